@@ -1,0 +1,54 @@
+"""Argument checks shared by the layers.
+
+Bad arguments raise ``ValueError`` before any work, naming the argument and the
+shapes involved, so a learner sees at once what went wrong.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def pair(value, name: str) -> tuple[int, int]:
+    """An int or a pair of ints, as ``torch.nn.functional`` takes them, as a pair."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if isinstance(value, int):
+        return (value, value)
+    try:
+        a, b = value
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}") from None
+    if isinstance(a, bool) or isinstance(b, bool) or not isinstance(a, int) or not isinstance(b, int):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return (a, b)
+
+
+def check_tensor(x, name: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+
+
+def check_rank(x: torch.Tensor, name: str, ranks, what: str = "") -> None:
+    """Raise unless ``x.dim()`` is one of ``ranks`` (an int or a tuple of ints)."""
+    check_tensor(x, name)
+    ranks = (ranks,) if isinstance(ranks, int) else tuple(ranks)
+    if x.dim() not in ranks:
+        want = " or ".join(f"{r}-D" for r in ranks)
+        extra = f" {what}" if what else ""
+        raise ValueError(f"{name} must be {want}{extra}, got shape {tuple(x.shape)}")
+
+
+def check_positive(value: tuple[int, int], name: str) -> None:
+    if min(value) < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+
+
+def check_non_negative(value: tuple[int, ...], name: str) -> None:
+    if min(value) < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def check_float(x: torch.Tensor, name: str) -> None:
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
