@@ -1,0 +1,1 @@
+"""Training machinery: run folders, checkpoints, loops for the CNN and the GPT."""
