@@ -1,0 +1,1 @@
+"""The two models, built only from ``customnn.ops``: ``cnn.CustomCNN`` (MNIST) and ``gpt.GPT`` (text)."""
