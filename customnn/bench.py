@@ -1,0 +1,50 @@
+"""``customnn bench``: the custom layers and models timed against PyTorch's built-in twins.
+
+The benchmarks build twins from ``torch.nn`` (the reference), so they live outside the
+library, in the ``benchmarks/`` folder of a source checkout; this command finds that
+folder and runs ``benchmarks/bench.py`` in-process with the same arguments.
+
+    customnn bench --quick
+    customnn bench --device cuda --json bench.json
+"""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+
+from customnn.errors import UserError
+
+BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--quick", action="store_true", help="fewer sizes and repetitions (under a minute)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the results to this JSON file")
+    p.add_argument("--only", default=None, help="comma-separated benchmark groups to run")
+
+
+def run(args) -> int:
+    script = BENCH_DIR / "bench.py"
+    if not script.is_file():
+        raise UserError(f"customnn bench needs a source checkout: {script} not found")
+    argv = ["bench.py"]
+    if args.quick:
+        argv.append("--quick")
+    argv += ["--device", args.device]
+    if args.json:
+        argv += ["--json", args.json]
+    if args.only:
+        argv += ["--only", args.only]
+    old_argv, old_path = sys.argv, list(sys.path)
+    sys.argv = argv
+    sys.path.insert(0, str(BENCH_DIR))
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as e:
+        return int(e.code or 0)
+    finally:
+        sys.argv, sys.path[:] = old_argv, old_path
+    return 0
