@@ -119,7 +119,11 @@ class Checkpoint:
 
 
 def save_checkpoint(path: str | Path, model_state: dict, meta: dict, state=None) -> None:
-    """Write a checkpoint atomically. ``meta`` must be JSON-serialisable."""
+    """Write a checkpoint atomically. ``meta`` must be JSON-serialisable.
+
+    A failed write (disk full, no permission) raises ``UserError`` and leaves the previous
+    checkpoint at ``path`` as it was.
+    """
     from safetensors.torch import save
 
     state_tensors, skeleton = flatten_state(state)
@@ -129,7 +133,11 @@ def save_checkpoint(path: str | Path, model_state: dict, meta: dict, state=None)
     tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
     header = {"format": FORMAT, "version": FORMAT_VERSION, **meta, "state": skeleton}
     data = save(tensors, metadata={"customnn": json.dumps(header)})
-    atomic_write_bytes(path, data)
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as e:  # disk full, no permission, ...: the previous file is untouched
+        raise UserError(f"could not save checkpoint {path}: {e.strerror or e}; "
+                        "the previous checkpoint (if any) is kept") from None
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

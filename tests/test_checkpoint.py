@@ -1,0 +1,163 @@
+"""Checkpoints: round trips, refusal of damaged or foreign files, and crash safety.
+
+A checkpoint must survive a process killed at any moment during a save (SIGKILL), a failed
+write (disk full) must keep the previous checkpoint, and no file from elsewhere is ever
+unpickled or used damaged.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from customnn.errors import UserError
+from customnn.train import run as runmod
+from customnn.train.run import RunDir, load_checkpoint, save_checkpoint
+
+
+def sample_state():
+    return {
+        "optim": {"state": {0: {"step": 3, "exp_avg": torch.randn(4)}, 2: {"step": 3, "exp_avg": torch.randn(2, 2)}},
+                  "param_groups": [{"lr": 0.1, "betas": [0.9, 0.99], "params": [0, 1, 2]}]},
+        "rng": runmod.rng_state({"data": torch.Generator().manual_seed(5)}),
+        "epoch": 2, "best": float("inf"), "note": None,
+    }
+
+
+def test_round_trip_keeps_weights_meta_and_nested_state(tmp_path):
+    weights = {"conv1.weight": torch.randn(6, 1, 5, 5), "fc.bias": torch.randn(10, dtype=torch.float64)}
+    state = sample_state()
+    path = tmp_path / "last.safetensors"
+    save_checkpoint(path, weights, {"model": "cnn", "config": {"arch": "seed"}, "step": 7}, state)
+    ck = load_checkpoint(path)
+    assert ck.meta["model"] == "cnn" and ck.meta["config"] == {"arch": "seed"} and ck.meta["step"] == 7
+    for k, v in weights.items():
+        assert torch.equal(ck.model_state[k], v) and ck.model_state[k].dtype == v.dtype
+    assert set(ck.state["optim"]["state"]) == {0, 2}  # int keys come back as ints
+    assert torch.equal(ck.state["optim"]["state"][2]["exp_avg"], state["optim"]["state"][2]["exp_avg"])
+    assert ck.state["epoch"] == 2 and ck.state["best"] == float("inf") and ck.state["note"] is None
+    g = torch.Generator()
+    runmod.set_rng_state(ck.state["rng"], {"data": g})
+    assert torch.equal(torch.rand(3, generator=g), torch.rand(3, generator=torch.Generator().manual_seed(5)))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "random", "empty", "foreign", "header"])
+def test_damaged_or_foreign_files_are_refused_in_one_line(tmp_path, damage):
+    path = tmp_path / "x.safetensors"
+    save_checkpoint(path, {"w": torch.randn(100, 100)}, {"model": "gpt", "config": {}})
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "random":
+        path.write_bytes(os.urandom(5000))
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "foreign":  # a valid safetensors file, but not ours
+        from safetensors.torch import save_file
+
+        save_file({"w": torch.randn(3)}, str(path))
+    elif damage == "header":  # our header, corrupted in the middle
+        path.write_bytes(data[:20] + b"\xff" * 10 + data[30:])
+    with pytest.raises(UserError) as e:
+        load_checkpoint(path)
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+
+
+def test_missing_checkpoint_and_run_folder_are_clear(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_checkpoint(tmp_path / "nope.safetensors")
+    with pytest.raises(UserError, match="not found"):
+        runmod.resolve_checkpoint(tmp_path / "no-run")
+    with pytest.raises(UserError, match="no checkpoint"):
+        runmod.resolve_checkpoint(tmp_path)
+    with pytest.raises(UserError, match="not a run folder"):
+        RunDir.open(tmp_path)
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.safetensors"
+    good = {"w": torch.arange(10.0)}
+    save_checkpoint(path, good, {"model": "cnn", "config": {}, "step": 1})
+    before = path.read_bytes()
+
+    real_open = open
+
+    def full_disk_open(file, mode="r", *a, **k):
+        if "w" in mode and str(file).endswith(f".tmp-{os.getpid()}"):
+            f = real_open(file, mode, *a, **k)
+
+            class Full:
+                def __enter__(self):
+                    return self
+
+                def __exit__(self, *exc):
+                    f.close()
+
+                def write(self, data):
+                    raise OSError(errno.ENOSPC, "No space left on device")
+
+            return Full()
+        return real_open(file, mode, *a, **k)
+
+    monkeypatch.setattr("builtins.open", full_disk_open)
+    with pytest.raises(UserError, match="No space left on device"):
+        save_checkpoint(path, {"w": torch.zeros(10)}, {"model": "cnn", "config": {}, "step": 2})
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert load_checkpoint(path).meta["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.safetensors"]  # no temporary left behind
+
+
+def test_failed_rename_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.safetensors"
+    save_checkpoint(path, {"w": torch.ones(3)}, {"model": "cnn", "config": {}, "step": 1})
+
+    def no_permission(src, dst):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(os, "replace", no_permission)
+    with pytest.raises(UserError, match="Permission denied"):
+        save_checkpoint(path, {"w": torch.zeros(3)}, {"model": "cnn", "config": {}, "step": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path).meta["step"] == 1
+    assert len(list(tmp_path.iterdir())) == 1
+
+
+SAVER = textwrap.dedent("""
+    import sys, torch
+    from customnn.train.run import save_checkpoint
+    path = sys.argv[1]
+    step = 0
+    print("ready", flush=True)
+    while True:
+        step += 1
+        w = torch.full((1024, 1024), float(step))  # 4 MB: a save takes a while
+        save_checkpoint(path, {"w": w}, {"model": "cnn", "config": {}, "step": step})
+""")
+
+
+def test_sigkill_during_saves_always_leaves_a_loadable_checkpoint(tmp_path):
+    path = tmp_path / "last.safetensors"
+    save_checkpoint(path, {"w": torch.zeros(1024, 1024)}, {"model": "cnn", "config": {}, "step": 0})
+    script = tmp_path / "saver.py"
+    script.write_text(SAVER)
+    last_step = 0
+    for delay in [0.05, 0.13, 0.21, 0.34, 0.5, 0.08]:
+        proc = subprocess.Popen([sys.executable, str(script), str(path)], stdout=subprocess.PIPE)
+        assert proc.stdout.readline().strip() == b"ready"
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        ck = load_checkpoint(path)  # never damaged
+        step = ck.meta["step"]
+        assert torch.equal(ck.model_state["w"], torch.full((1024, 1024), float(step)))
+        last_step = max(last_step, step)
+    assert last_step > 0, "the saver never completed a save; the test proves nothing"
