@@ -1,0 +1,143 @@
+"""Character-level text data: read a UTF-8 corpus, build its vocabulary, draw training blocks.
+
+The setup of nanoGPT's ``data/shakespeare_char/prepare.py`` and ``train.py``'s ``get_batch``:
+
+- the corpus is any UTF-8 text file (``--text PATH``), by default Tiny Shakespeare from the
+  data directory (``tinyshakespeare/input.txt``, downloaded and sha256-checked when missing);
+- the vocabulary is the sorted set of its characters; a token is a character's index in it.
+  The vocabulary is stored in every checkpoint, so generation needs nothing but the checkpoint;
+- the first 90% of the characters are for training, the last 10% for validation;
+- a batch is ``batch_size`` blocks of ``block_size + 1`` consecutive characters at random
+  offsets, drawn from a ``torch.Generator`` (whose state goes into checkpoints, so a resumed
+  run draws exactly the batches an uninterrupted one would): ``x`` is the first
+  ``block_size`` characters of each block, ``y`` the same shifted by one.
+
+    corpus = load_corpus(None, data_dir=None, block_size=64)
+    g = torch.Generator().manual_seed(1337)
+    x, y = get_batch(corpus.train, 64, 12, g)        # (12, 64) int64 each
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from customnn.errors import UserError
+
+DEFAULT_TEXT = "tinyshakespeare/input.txt"  # relative to the data directory
+TRAIN_FRACTION = 0.9  # nanoGPT's split: first 90% train, last 10% validation
+
+
+class Vocab:
+    """A character vocabulary: ``encode`` text to token ids and ``decode`` them back."""
+
+    def __init__(self, chars: str):
+        if not chars:
+            raise ValueError("a vocabulary needs at least one character")
+        if len(set(chars)) != len(chars):
+            raise ValueError("vocabulary characters must be distinct")
+        self.chars = chars
+        self.stoi = {c: i for i, c in enumerate(chars)}
+
+    @classmethod
+    def from_text(cls, text: str) -> Vocab:
+        return cls("".join(sorted(set(text))))
+
+    def __len__(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``; a character outside the vocabulary is a ``UserError`` naming it."""
+        try:
+            return [self.stoi[c] for c in text]
+        except KeyError as e:
+            c = e.args[0]
+            raise UserError(f"character {c!r} (U+{ord(c):04X}) at position {text.index(c)} is not in the "
+                            f"model's vocabulary of {len(self)} characters") from None
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[int(i)] for i in ids)
+
+
+@dataclass
+class Corpus:
+    """A text split into train and validation token tensors, with its vocabulary."""
+
+    path: Path  # where the text came from
+    vocab: Vocab
+    train: torch.Tensor  # (N_train,) int64 token ids, the first 90%
+    val: torch.Tensor  # (N_val,) int64 token ids, the last 10%
+
+
+def read_text(path: str | Path) -> str:
+    """The whole file as text; a missing, unreadable, non-UTF-8 or empty file is a ``UserError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"text file not found: {path}")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"cannot read text file {path}: {e.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (byte {e.start} is 0x{data[e.start]:02x}); "
+                        "convert it to UTF-8 first") from None
+    if not text:
+        raise UserError(f"text file {path} is empty")
+    return text
+
+
+def text_path(text: str | Path | None, data_dir: str | Path | None = None) -> Path:
+    """``--text PATH`` if given, else Tiny Shakespeare from the data directory (fetched if missing)."""
+    if text is not None:
+        return Path(text)
+    from customnn.data.cache import ensure_file
+
+    return ensure_file(DEFAULT_TEXT, data_dir=data_dir)
+
+
+def load_corpus(text: str | Path | None, data_dir: str | Path | None, block_size: int,
+                vocab: Vocab | None = None) -> Corpus:
+    """Read, tokenize and split a corpus for a model with context ``block_size``.
+
+    ``vocab`` (a trained model's) encodes the text instead of a vocabulary built from it; a
+    character the model does not know is then a ``UserError``. Each split must hold at least
+    one block of ``block_size + 1`` characters.
+    """
+    path = text_path(text, data_dir)
+    content = read_text(path)
+    vocab = vocab if vocab is not None else Vocab.from_text(content)
+    try:
+        ids = torch.tensor(vocab.encode(content), dtype=torch.int64)  # (N,)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    n = int(TRAIN_FRACTION * len(ids))
+    train, val = ids[:n], ids[n:]
+    need = block_size + 1
+    if len(val) < need:
+        raise UserError(f"{path} is too short: {len(content)} characters give a validation split of "
+                        f"{len(val)}, shorter than one block of {need} (block_size {block_size} + 1); "
+                        f"use a text of at least {need * 10} characters or a smaller --block-size")
+    return Corpus(path, vocab, train, val)
+
+
+def get_batch(data: torch.Tensor, block_size: int, batch_size: int, generator: torch.Generator,
+              device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """``batch_size`` random blocks: inputs ``x`` and next-character targets ``y``, each (B, T).
+
+    Offsets are uniform over every start that leaves room for ``block_size + 1`` characters
+    (nanoGPT's ``torch.randint(len(data) - block_size, ...)``), drawn from ``generator``.
+    """
+    if len(data) < block_size + 1:
+        raise ValueError(f"data of length {len(data)} is shorter than one block of {block_size + 1}")
+    ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator)  # (B,)
+    offsets = ix[:, None] + torch.arange(block_size + 1)  # (B, T+1)
+    blocks = data[offsets]  # (B, T+1)
+    x = blocks[:, :-1]  # (B, T)
+    y = blocks[:, 1:]  # (B, T)
+    if torch.device(device).type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.contiguous().to(device), y.contiguous().to(device)

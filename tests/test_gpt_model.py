@@ -1,0 +1,229 @@
+"""The GPT model against a twin built from torch.nn (nanoGPT's model.py) with copied weights:
+same logits, loss and every gradient; causality; the KV cache; initialisation; config checks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from customnn.models.gpt import GPT, GPTConfig
+
+
+# --- the twin: nanoGPT's model.py, written with torch.nn -----------------------------------
+class TwinAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.n_head = cfg.n_head
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+
+
+class TwinBlock(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.attn = TwinAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.mlp_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x))))
+
+
+class Twin(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.h = nn.ModuleList(TwinBlock(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_weights:
+            self.lm_head.weight = self.wte.weight
+
+    def forward(self, idx, targets=None):
+        pos = torch.arange(idx.shape[1])
+        x = self.wte(idx) + self.wpe(pos)
+        for block in self.h:
+            x = block(x)
+        logits = self.lm_head(self.ln_f(x))
+        loss = None if targets is None else F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
+        return logits, loss
+
+
+def twin_names(cfg: GPTConfig) -> dict[str, tuple[str, bool]]:
+    """our parameter name -> (twin parameter name, transposed?)"""
+    names = {"wte": ("wte.weight", False), "wpe": ("wpe.weight", False)}
+    for i in range(cfg.n_layer):
+        ours, theirs = f"blocks.{i}.", f"h.{i}."
+        pairs = [("ln_1", "ln_1"), ("ln_2", "ln_2"), ("attn.c_attn", "attn.c_attn"),
+                 ("attn.c_proj", "attn.c_proj"), ("mlp.c_fc", "c_fc"), ("mlp.c_proj", "mlp_proj")]
+        for a, b in pairs:
+            linear = not a.startswith("ln")
+            names[f"{ours}{a}.weight"] = (f"{theirs}{b}.weight", linear)
+            if cfg.bias:
+                names[f"{ours}{a}.bias"] = (f"{theirs}{b}.bias", False)
+    names["ln_f.weight"] = ("ln_f.weight", False)
+    if cfg.bias:
+        names["ln_f.bias"] = ("ln_f.bias", False)
+    if not cfg.tie_weights:
+        names["lm_head"] = ("lm_head.weight", True)
+    return names
+
+
+def make_twin(model: GPT) -> Twin:
+    cfg = model.config
+    twin = Twin(cfg).to(model.wte.dtype)
+    theirs = dict(twin.named_parameters())
+    ours = dict(model.named_parameters())
+    names = twin_names(cfg)
+    assert set(names) == set(ours)
+    with torch.no_grad():
+        for name, (tname, transposed) in names.items():
+            theirs[tname].copy_(ours[name].T if transposed else ours[name])
+    return twin
+
+
+def compare(cfg: GPTConfig, dtype, rtol, atol, B=3, T=None):
+    torch.manual_seed(0)
+    model = GPT(cfg, seed=7).to(dtype=dtype)
+    twin = make_twin(model)
+    T = T or cfg.block_size
+    idx = torch.randint(cfg.vocab_size, (B, T))
+    targets = torch.randint(cfg.vocab_size, (B, T))
+    logits, loss = model(idx, targets)
+    tlogits, tloss = twin(idx, targets)
+    torch.testing.assert_close(logits, tlogits, rtol=rtol, atol=atol)
+    torch.testing.assert_close(loss, tloss, rtol=rtol, atol=atol)
+    loss.backward()
+    tloss.backward()
+    theirs = dict(twin.named_parameters())
+    for name, p in model.named_parameters():
+        tname, transposed = twin_names(cfg)[name]
+        tgrad = theirs[tname].grad
+        torch.testing.assert_close(p.grad, tgrad.T if transposed else tgrad, rtol=rtol, atol=atol,
+                                   msg=lambda m, name=name: f"gradient of {name}: {m}")
+
+
+SMALL = dict(vocab_size=11, block_size=16, n_layer=2, n_head=2, n_embd=16)
+
+
+@pytest.mark.parametrize("bias,tie", [(True, True), (False, False), (True, False)])
+def test_same_logits_loss_and_gradients_as_torch_nn_twin_float64(bias, tie):
+    compare(GPTConfig(**SMALL, bias=bias, tie_weights=tie), torch.float64, rtol=1e-10, atol=1e-10)
+
+
+def test_same_logits_loss_and_gradients_as_torch_nn_twin_float32_nanogpt_size():
+    cfg = GPTConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128)
+    compare(cfg, torch.float32, rtol=1e-4, atol=2e-5, B=4)
+
+
+def test_shorter_sequences_than_block_size():
+    compare(GPTConfig(**SMALL), torch.float64, rtol=1e-10, atol=1e-10, T=5)
+
+
+def test_causal_a_later_token_never_changes_earlier_logits():
+    cfg = GPTConfig(**SMALL)
+    model = GPT(cfg, seed=3).to(dtype=torch.float64)
+    idx = torch.randint(cfg.vocab_size, (2, cfg.block_size))
+    base, _ = model(idx)
+    for t in (0, 5, cfg.block_size - 1):
+        changed = idx.clone()
+        changed[:, t] = (changed[:, t] + 1) % cfg.vocab_size
+        out, _ = model(changed)
+        torch.testing.assert_close(out[:, :t], base[:, :t], rtol=0, atol=0)
+        assert (out[:, t] - base[:, t]).abs().max() > 1e-6  # the changed position itself does move
+
+
+def test_cached_forward_equals_full_forward():
+    cfg = GPTConfig(**SMALL)
+    model = GPT(cfg, seed=5).to(dtype=torch.float64).eval()
+    idx = torch.randint(cfg.vocab_size, (2, cfg.block_size))
+    full, _ = model(idx)
+    cache = model.new_cache(batch_size=2)
+    with torch.no_grad():
+        pre, _ = model(idx[:, :6], cache=cache)  # prefill 6 positions
+        outs = [pre]
+        for t in range(6, cfg.block_size):  # then one position at a time
+            out, _ = model(idx[:, t:t + 1], cache=cache)
+            outs.append(out)
+    torch.testing.assert_close(torch.cat(outs, dim=1), full.detach(), rtol=1e-10, atol=1e-10)
+    assert cache.length == cfg.block_size
+    with pytest.raises(ValueError, match="longer than block_size"):
+        model(idx[:, :1], cache=cache)
+
+
+def test_last_only_gives_the_last_positions_logits():
+    cfg = GPTConfig(**SMALL)
+    model = GPT(cfg, seed=5).to(dtype=torch.float64)
+    idx = torch.randint(cfg.vocab_size, (2, 9))
+    full, _ = model(idx)
+    last, _ = model(idx, last_only=True)
+    assert last.shape == (2, 1, cfg.vocab_size)
+    torch.testing.assert_close(last, full[:, -1:], rtol=1e-12, atol=1e-12)
+
+
+def test_gpt2_initialisation_is_seeded_and_scaled():
+    cfg = GPTConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128)
+    a, b, c = GPT(cfg, seed=1), GPT(cfg, seed=1), GPT(cfg, seed=2)
+    for (name, p), q, r in zip(a.named_parameters(), b.parameters(), c.parameters()):
+        assert torch.equal(p, q), name
+        if "weight" in name and "ln" not in name:
+            assert not torch.equal(p, r), name
+    sd = a.state_dict()
+    assert abs(sd["blocks.0.attn.c_attn.weight"].std().item() - 0.02) < 0.002
+    assert abs(sd["blocks.0.mlp.c_proj.weight"].std().item() - 0.02 / math.sqrt(8)) < 0.001
+    assert abs(sd["blocks.1.attn.c_proj.weight"].std().item() - 0.02 / math.sqrt(8)) < 0.001
+    assert torch.equal(sd["blocks.0.ln_1.weight"], torch.ones(128))
+    assert torch.equal(sd["blocks.0.attn.c_attn.bias"], torch.zeros(384))
+    assert "lm_head" not in sd  # tied to wte
+    # parameter count of nanoGPT's CPU model (its count excludes the position table)
+    assert a.num_parameters() - cfg.block_size * cfg.n_embd == 801_664
+
+
+def test_uniform_loss_at_initialisation():
+    cfg = GPTConfig(vocab_size=65, block_size=32, n_layer=2, n_head=2, n_embd=32)
+    model = GPT(cfg, seed=0)
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(65, (8, 32), generator=g)
+    targets = torch.randint(65, (8, 32), generator=g)
+    _, loss = model(idx, targets)
+    assert abs(loss.item() - math.log(65)) < 0.05
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(n_embd=30, n_head=4), "divisible"),
+    (dict(n_layer=0), "n_layer"),
+    (dict(dropout=1.0), "dropout"),
+    (dict(vocab_size=2.5), "vocab_size"),
+])
+def test_config_is_checked(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GPTConfig(**kwargs)
+
+
+def test_dropout_only_in_training_mode():
+    cfg = GPTConfig(**SMALL, dropout=0.5)
+    model = GPT(cfg, seed=0)
+    idx = torch.randint(cfg.vocab_size, (2, 8))
+    model.eval()
+    a, _ = model(idx)
+    b, _ = model(idx)
+    assert torch.equal(a, b)
+    model.train()
+    c, _ = model(idx)
+    assert not torch.allclose(a, c)
