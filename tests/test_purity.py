@@ -93,13 +93,14 @@ def violations(source: str, filename: str) -> list[str]:
                     if rest.split(".")[-1] in BANNED_NAMES:
                         bad(node, full)
                         continue
-            if node.attr in BANNED_NAMES:
-                base = dotted(node.value)
-                root = base.split(".")[0] if base else None
-                if root in torch_aliases:
-                    continue  # already reported above
-                if root not in own_names:
-                    bad(node, f"method .{node.attr}() (a PyTorch layer-level function)")
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in BANNED_NAMES:
+            # ``x.softmax(-1)``: a Tensor method twin of a layer-level function. A call on one of
+            # our own names (``ops.softmax(x)``, ``self.dropout(x)``) is our layer, not PyTorch's;
+            # a plain attribute such as ``config.dropout`` is not a call and is fine.
+            base = dotted(node.func.value)
+            root = base.split(".")[0] if base else None
+            if root not in torch_aliases and root not in own_names:
+                bad(node, f"method .{node.func.attr}() (a PyTorch layer-level function)")
         elif isinstance(node, ast.Constant) and node.value == "scaled_dot_product_attention":
             bad(node, "scaled_dot_product_attention by name")
     return found
@@ -122,7 +123,7 @@ def test_purity_checker_allows_our_own_layers_and_basic_ops():
     src = (
         "import torch\nfrom customnn import ops\nfrom customnn.ops.loss import softmax\n"
         "y = ops.softmax(x, -1)\nz = softmax(x)\nw = torch.exp(x - x.amax(-1, keepdim=True))\n"
-        "v = x.unfold(2, 3, 1)\nu = torch.matmul(a, b)\nself.dropout(x)\n"
+        "v = x.unfold(2, 3, 1)\nu = torch.matmul(a, b)\nself.dropout(x)\np = config.dropout * 2\n"
     )
     assert violations(src, "example.py") == []
 
