@@ -1,0 +1,228 @@
+"""Padding and 2-D convolution, forward and hand-written backward.
+
+    from customnn import ops
+    y = ops.conv2d(x, w, b, stride=1, padding=2)   # same as F.conv2d (no groups)
+    xp = ops.pad2d(x, (1, 1, 2, 2))                # same as F.pad on the last two dims
+
+Convolution is done as im2col + one matrix product (the classic "unfold then GEMM",
+Chellapilla et al. 2006, "High Performance Convolutional Neural Networks for Document
+Processing"): the padded input is viewed, without copying, as every window it holds
+(``as_strided``), those windows are laid out as columns, and one matrix product with the
+weight gives every output pixel. The backward pass is the same matrices transposed:
+
+    dw   = dout @ cols^T                     (sum over batch and output pixels)
+    db   = dout summed over batch and pixels
+    dcol = w^T @ dout, then folded back into the padded input by *adding* each kernel
+           offset's slice (windows overlap, so one input pixel gets several gradients),
+           then un-padded.
+
+The readable loop version is ``conv2d_reference`` in ``reference.py``.
+
+Dimension letters: N batch, C input channels, O output channels, H/W input height/width,
+kh/kw kernel height/width, Ho/Wo output height/width, L = Ho*Wo output pixels,
+K = C*kh*kw values in one window.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from customnn.ops._checks import check_float, check_non_negative, check_positive, check_rank, pair
+
+
+# ----------------------------------------------------------------------------- padding
+
+def _pad_amounts(padding) -> tuple[int, int, int, int]:
+    """An int or (left, right, top, bottom), as F.pad takes it for the last two dims."""
+    if isinstance(padding, int) and not isinstance(padding, bool):
+        return (padding,) * 4
+    try:
+        amounts = tuple(padding)
+    except TypeError:
+        amounts = ()
+    if len(amounts) != 4 or any(isinstance(p, bool) or not isinstance(p, int) for p in amounts):
+        raise ValueError(f"padding must be an int or (left, right, top, bottom) ints, got {padding!r}")
+    return amounts
+
+
+def _pad_slices(size: int, before: int, after: int, name: str, shape) -> tuple[slice, slice, int]:
+    """For one dimension: the slice of the input that survives, where it lands in the output,
+    and the output size. Negative amounts crop, as in F.pad."""
+    out = size + before + after
+    if out < 0:
+        raise ValueError(f"padding {(before, after)} crops {name} of x (shape {tuple(shape)}) below zero")
+    src = slice(max(-before, 0), size - max(-after, 0))
+    dst = slice(max(before, 0), out - max(after, 0))
+    return src, dst, out
+
+
+class Pad2d(torch.autograd.Function):
+    """Constant padding of the last two dims. Backward: the gradient sliced back."""
+
+    @staticmethod
+    def forward(ctx, x, left, right, top, bottom, value):
+        *lead, H, W = x.shape
+        hsrc, hdst, Hp = _pad_slices(H, top, bottom, "the height", x.shape)
+        wsrc, wdst, Wp = _pad_slices(W, left, right, "the width", x.shape)
+        out = x.new_full((*lead, Hp, Wp), value)  # (..., Hp, Wp)
+        out[..., hdst, wdst] = x[..., hsrc, wsrc]
+        # Only the slices are kept for backward: the gradient of the padding is dropped.
+        ctx.slices = (hsrc, hdst, wsrc, wdst)
+        ctx.in_shape = x.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        hsrc, hdst, wsrc, wdst = ctx.slices
+        if hsrc.start == 0 and wsrc.start == 0 and hsrc.stop == ctx.in_shape[-2] and wsrc.stop == ctx.in_shape[-1]:
+            dx = dout[..., hdst, wdst]  # nothing was cropped: a view of dout
+        else:
+            dx = dout.new_zeros(ctx.in_shape)
+            dx[..., hsrc, wsrc] = dout[..., hdst, wdst]
+        return dx, None, None, None, None, None
+
+
+def pad2d(x: torch.Tensor, padding, value: float = 0.0) -> torch.Tensor:
+    """Pad the last two dims of ``x`` with ``value``: ``padding`` is an int (all four sides) or
+    ``(left, right, top, bottom)``, as ``F.pad(x, padding, value=value)``. Negative amounts crop."""
+    check_rank(x, "x", tuple(range(2, 9)), "(..., H, W)")
+    left, right, top, bottom = _pad_amounts(padding)
+    if (left, right, top, bottom) == (0, 0, 0, 0):
+        return x
+    return Pad2d.apply(x, left, right, top, bottom, float(value))
+
+
+# ----------------------------------------------------------------------------- convolution
+
+def pad_constant(x: torch.Tensor, ph: int, pw: int, value: float = 0.0) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, H + 2ph, W + 2pw), a new tensor (no autograd: used inside forwards)."""
+    if (ph, pw) == (0, 0):
+        return x
+    N, C, H, W = x.shape
+    xp = x.new_full((N, C, H + 2 * ph, W + 2 * pw), value)  # (N, C, Hp, Wp)
+    xp[:, :, ph: ph + H, pw: pw + W] = x
+    return xp
+
+
+def _windows(xp: torch.Tensor, kh: int, kw: int, Ho: int, Wo: int, stride, dilation) -> torch.Tensor:
+    """Every kernel window of the padded input as a view, no copy: (N, C, kh, kw, Ho, Wo)."""
+    sN, sC, sH, sW = xp.stride()
+    N, C = xp.shape[:2]
+    return xp.as_strided(
+        (N, C, kh, kw, Ho, Wo),
+        (sN, sC, dilation[0] * sH, dilation[1] * sW, stride[0] * sH, stride[1] * sW),
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _fold_index(kh, kw, Ho, Wo, Hp, Wp, stride, dilation, device) -> torch.Tensor:
+    """For each (kernel offset, output pixel), the flat position in the padded input that it
+    reads: (kh*kw*Ho*Wo,). Cached: it depends only on the geometry."""
+    (sh, sw), (dh, dw_) = stride, dilation
+    rows = (torch.arange(kh, device=device) * dh).view(kh, 1, 1, 1) + (torch.arange(Ho, device=device) * sh).view(1, 1, Ho, 1)
+    cols = (torch.arange(kw, device=device) * dw_).view(1, kw, 1, 1) + (torch.arange(Wo, device=device) * sw).view(1, 1, 1, Wo)
+    return (rows * Wp + cols).reshape(-1)  # (kh*kw*Ho*Wo,)
+
+
+def fold(dcols: torch.Tensor, padded_shape, stride, dilation) -> torch.Tensor:
+    """The adjoint of ``_windows``: add every window's gradient (N, C, kh, kw, Ho, Wo) back into
+    the padded input (N, C, Hp, Wp). Windows overlap, so this *adds* (index_add_)."""
+    N, C, kh, kw, Ho, Wo = dcols.shape
+    Hp, Wp = padded_shape[-2:]
+    index = _fold_index(kh, kw, Ho, Wo, Hp, Wp, tuple(stride), tuple(dilation), dcols.device)
+    dxp = dcols.new_zeros((N * C, Hp * Wp))  # (N*C, Hp*Wp)
+    dxp.index_add_(1, index, dcols.reshape(N * C, kh * kw * Ho * Wo))
+    return dxp.view(N, C, Hp, Wp)
+
+
+class Conv2d(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation):
+        N, C, H, W = x.shape
+        O, _, kh, kw = weight.shape
+        Ho, Wo = _out_size(x.shape, weight.shape, stride, padding, dilation)
+        K, L = C * kh * kw, Ho * Wo
+        xp = pad_constant(x, *padding)  # (N, C, Hp, Wp)
+        cols = _windows(xp, kh, kw, Ho, Wo, stride, dilation).reshape(N, K, L)  # (N, K, L), the im2col copy
+        wm = weight.reshape(O, K).expand(N, O, K)  # (N, O, K), a view
+        if bias is None:
+            out = torch.bmm(wm, cols)  # (N, O, L)
+        else:
+            out = torch.baddbmm(bias.view(1, O, 1).expand(N, O, L), wm, cols)  # (N, O, L)
+        # The columns are kept for backward (dw needs them; re-forming them would cost a second
+        # im2col copy), and the weight for dx.
+        ctx.save_for_backward(cols if ctx.needs_input_grad[1] else None, weight)
+        ctx.geometry = (x.shape, xp.shape, stride, padding, dilation, Ho, Wo)
+        ctx.has_bias = bias is not None
+        return out.view(N, O, Ho, Wo)
+
+    @staticmethod
+    def backward(ctx, dout):
+        cols, weight = ctx.saved_tensors
+        x_shape, xp_shape, stride, padding, dilation, Ho, Wo = ctx.geometry
+        N, C, H, W = x_shape
+        O, _, kh, kw = weight.shape
+        K, L = C * kh * kw, Ho * Wo
+        dout = dout.reshape(N, O, L)  # (N, O, L)
+        dx = dw = db = None
+        if ctx.needs_input_grad[1]:
+            dw = torch.bmm(dout, cols.transpose(1, 2)).sum(0).view(weight.shape)  # (O, C, kh, kw)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = dout.sum((0, 2))  # (O,)
+        if ctx.needs_input_grad[0]:
+            wt = weight.reshape(O, K).t().expand(N, K, O)  # (N, K, O), a view
+            dcols = torch.bmm(wt, dout).view(N, C, kh, kw, Ho, Wo)  # (N, C, kh, kw, Ho, Wo)
+            dxp = fold(dcols, xp_shape, stride, dilation)  # (N, C, Hp, Wp)
+            ph, pw = padding
+            dx = dxp[:, :, ph: ph + H, pw: pw + W]  # un-pad: a view
+        return dx, dw, db, None, None, None
+
+
+def _out_size(x_shape, w_shape, stride, padding, dilation) -> tuple[int, int]:
+    (H, W), (kh, kw) = x_shape[-2:], w_shape[-2:]
+    (sh, sw), (ph, pw), (dh, dw_) = stride, padding, dilation
+    return (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (W + 2 * pw - dw_ * (kw - 1) - 1) // sw + 1
+
+
+def conv_args(x, weight, bias, stride, padding, dilation):
+    """Check conv2d's arguments (ValueError naming argument and shapes); return the pairs."""
+    check_rank(x, "x", 4, "(N, C, H, W)")
+    check_rank(weight, "weight", 4, "(out_channels, in_channels, kh, kw)")
+    check_float(x, "x")
+    check_float(weight, "weight")
+    stride, padding, dilation = pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation")
+    check_positive(stride, "stride")
+    check_positive(dilation, "dilation")
+    check_non_negative(padding, "padding")
+    N, C, H, W = x.shape
+    O, Cw, kh, kw = weight.shape
+    if C != Cw:
+        raise ValueError(f"x has {C} channels but weight expects {Cw}: x {tuple(x.shape)}, weight {tuple(weight.shape)}")
+    if x.dtype != weight.dtype:
+        raise ValueError(f"x and weight must have the same dtype, got {x.dtype} and {weight.dtype}")
+    if min(weight.shape) < 1 or min(x.shape) < 1:
+        raise ValueError(f"x and weight must not be empty: x {tuple(x.shape)}, weight {tuple(weight.shape)}")
+    if bias is not None:
+        check_rank(bias, "bias", 1, "(out_channels,)")
+        if bias.shape[0] != O:
+            raise ValueError(f"bias must have shape ({O},) for weight {tuple(weight.shape)}, got {tuple(bias.shape)}")
+        if bias.dtype != x.dtype:
+            raise ValueError(f"bias must have x's dtype {x.dtype}, got {bias.dtype}")
+    for name, size, k, p, d in (("height", H, kh, padding[0], dilation[0]), ("width", W, kw, padding[1], dilation[1])):
+        if size + 2 * p < d * (k - 1) + 1:
+            raise ValueError(f"kernel {name} {k} (dilation {d}) is larger than the padded input {name} "
+                             f"{size + 2 * p}: x {tuple(x.shape)}, weight {tuple(weight.shape)}, padding {padding}")
+    return stride, padding, dilation
+
+
+def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           stride=1, padding=0, dilation=1) -> torch.Tensor:
+    """2-D convolution (cross-correlation), as ``F.conv2d`` without groups.
+
+    x (N, C, H, W), weight (O, C, kh, kw), bias (O,) or None; stride, padding and dilation
+    are ints or (height, width) pairs. Returns (N, O, Ho, Wo)."""
+    stride, padding, dilation = conv_args(x, weight, bias, stride, padding, dilation)
+    return Conv2d.apply(x, weight, bias, stride, padding, dilation)

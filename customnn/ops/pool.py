@@ -1,0 +1,163 @@
+"""2-D max pooling and average pooling, forward and hand-written backward.
+
+    from customnn import ops
+    y = ops.max_pool2d(x, 2)              # same as F.max_pool2d(x, 2)
+    y = ops.avg_pool2d(x, 3, 2, 1)        # same as F.avg_pool2d (count_include_pad=True)
+
+Both view the (padded) input as its windows without copying (``as_strided``), as the
+convolution does. Max pooling keeps, for each output, which position of its window held
+the maximum: the *first* one in row-major order when several are equal, as PyTorch breaks
+ties. Its backward sends each output gradient to that one input pixel, adding (windows
+may overlap, so one pixel can be the maximum of several windows). Average pooling's
+backward spreads each output gradient evenly over its window, again adding.
+
+When the windows tile the input exactly (stride equal to the kernel, no padding), a window
+is a pair of plain reshaped axes and both directions are cheap reshapes.
+
+The readable loop version of max pooling is ``max_pool2d_reference`` in ``reference.py``.
+
+Dimension letters: N batch, C channels, H/W input height/width, kh/kw window size,
+Ho/Wo output height/width, Hp/Wp padded input height/width.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from customnn.ops._checks import check_float, check_non_negative, check_positive, check_rank, pair
+from customnn.ops.conv import pad_constant
+
+
+def pool_args(x, kernel_size, stride, padding, name):
+    """Check a pooling layer's arguments (ValueError naming argument and shapes); return the
+    pairs and the output size."""
+    check_rank(x, "x", 4, "(N, C, H, W)")
+    check_float(x, "x")
+    kernel = pair(kernel_size, "kernel_size")
+    stride = kernel if stride is None else pair(stride, "stride")
+    padding = pair(padding, "padding")
+    check_positive(kernel, "kernel_size")
+    check_positive(stride, "stride")
+    check_non_negative(padding, "padding")
+    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
+        raise ValueError(f"{name}: padding {padding} must be at most half of kernel_size {kernel}")
+    H, W = x.shape[-2:]
+    if H + 2 * padding[0] < kernel[0] or W + 2 * padding[1] < kernel[1]:
+        raise ValueError(f"{name}: kernel_size {kernel} is larger than the padded input "
+                         f"{(H + 2 * padding[0], W + 2 * padding[1])}: x {tuple(x.shape)}, padding {padding}")
+    Ho = (H + 2 * padding[0] - kernel[0]) // stride[0] + 1
+    Wo = (W + 2 * padding[1] - kernel[1]) // stride[1] + 1
+    return kernel, stride, padding, (Ho, Wo)
+
+
+def _windows(xp: torch.Tensor, kernel, stride, out_size) -> torch.Tensor:
+    """Every pooling window of the padded input as a view, no copy: (N, C, Ho, Wo, kh, kw)."""
+    sN, sC, sH, sW = xp.stride()
+    return xp.as_strided((*xp.shape[:2], *out_size, *kernel),
+                         (sN, sC, stride[0] * sH, stride[1] * sW, sH, sW))
+
+
+def _tiles(kernel, stride, padding, in_size) -> bool:
+    """Do the windows tile the input exactly (stride == kernel, no padding, no remainder)?"""
+    return (stride == kernel and padding == (0, 0)
+            and in_size[0] % kernel[0] == 0 and in_size[1] % kernel[1] == 0)
+
+
+@functools.lru_cache(maxsize=64)
+def _window_base(Ho, Wo, Wp, stride, device) -> torch.Tensor:
+    """Flat position, in the padded input, of each window's top-left pixel: (Ho*Wo,)."""
+    rows = torch.arange(Ho, device=device) * (stride[0] * Wp)
+    cols = torch.arange(Wo, device=device) * stride[1]
+    return (rows.view(Ho, 1) + cols.view(1, Wo)).reshape(-1)
+
+
+# ----------------------------------------------------------------------------- max pooling
+
+class MaxPool2d(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, x, kernel, stride, padding, out_size):
+        N, C, H, W = x.shape
+        (kh, kw), (Ho, Wo) = kernel, out_size
+        xp = pad_constant(x, *padding, value=float("-inf"))  # (N, C, Hp, Wp)
+        windows = _windows(xp, kernel, stride, out_size).reshape(N, C, Ho, Wo, kh * kw)  # copy
+        # torch.max over a dim returns the index of the first maximum: PyTorch's tie rule.
+        out, arg = windows.max(dim=-1)  # (N, C, Ho, Wo) each; arg in [0, kh*kw)
+        # Only the argmax (an index within the window) is kept for backward.
+        ctx.save_for_backward(arg)
+        ctx.geometry = (x.shape, xp.shape, kernel, stride, padding)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        (arg,) = ctx.saved_tensors
+        x_shape, xp_shape, (kh, kw), stride, (ph, pw) = ctx.geometry
+        N, C, H, W = x_shape
+        Hp, Wp = xp_shape[-2:]
+        Ho, Wo = arg.shape[-2:]
+        if _tiles((kh, kw), stride, (ph, pw), (H, W)):
+            # Each input pixel is in exactly one window: put dout at the argmax of a
+            # (kh*kw)-slot window, zeros elsewhere, and read the windows back as the image.
+            dwin = dout.new_zeros((N, C, Ho, Wo, kh * kw))
+            dwin.scatter_(-1, arg.unsqueeze(-1), dout.unsqueeze(-1))  # (N, C, Ho, Wo, kh*kw)
+            dx = dwin.view(N, C, Ho, Wo, kh, kw).permute(0, 1, 2, 4, 3, 5).reshape(N, C, H, W)
+            return dx, None, None, None, None
+        # Flat position of each argmax in the padded input; windows may overlap: add.
+        offset = (arg // kw) * Wp + arg % kw  # (N, C, Ho, Wo)
+        where = offset.view(N * C, Ho * Wo) + _window_base(Ho, Wo, Wp, tuple(stride), arg.device)
+        dxp = dout.new_zeros((N * C, Hp * Wp))  # (N*C, Hp*Wp)
+        dxp.scatter_add_(1, where, dout.reshape(N * C, Ho * Wo))
+        dx = dxp.view(N, C, Hp, Wp)[:, :, ph: ph + H, pw: pw + W]  # un-pad: a view
+        return dx, None, None, None, None
+
+
+def max_pool2d(x: torch.Tensor, kernel_size, stride=None, padding=0) -> torch.Tensor:
+    """Max pooling as ``F.max_pool2d``: x (N, C, H, W); stride defaults to kernel_size; padding
+    (at most half the kernel) counts as -inf. Returns (N, C, Ho, Wo)."""
+    kernel, stride, padding, out_size = pool_args(x, kernel_size, stride, padding, "max_pool2d")
+    return MaxPool2d.apply(x, kernel, stride, padding, out_size)
+
+
+# ----------------------------------------------------------------------------- average pooling
+
+class AvgPool2d(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, x, kernel, stride, padding, out_size):
+        N, C, H, W = x.shape
+        (kh, kw), (Ho, Wo) = kernel, out_size
+        # count_include_pad=True: padding counts as zeros, so every window divides by kh*kw.
+        xp = pad_constant(x, *padding)  # (N, C, Hp, Wp)
+        out = _windows(xp, kernel, stride, out_size).sum((-2, -1)) / (kh * kw)  # (N, C, Ho, Wo)
+        # Nothing but the geometry is needed for backward.
+        ctx.geometry = (x.shape, xp.shape, kernel, stride, padding)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        x_shape, xp_shape, (kh, kw), stride, (ph, pw) = ctx.geometry
+        N, C, H, W = x_shape
+        Ho, Wo = dout.shape[-2:]
+        share = dout / (kh * kw)  # (N, C, Ho, Wo): what each pixel of a window receives
+        if _tiles((kh, kw), stride, (ph, pw), (H, W)):
+            dx = share.view(N, C, Ho, 1, Wo, 1).expand(N, C, Ho, kh, Wo, kw).reshape(N, C, H, W)
+            return dx, None, None, None, None
+        dxp = dout.new_zeros(xp_shape)  # (N, C, Hp, Wp)
+        windows = _windows(dxp, (kh, kw), stride, (Ho, Wo))  # (N, C, Ho, Wo, kh, kw), a view
+        if stride[0] >= kh and stride[1] >= kw:
+            windows.copy_(share.view(N, C, Ho, Wo, 1, 1).expand_as(windows))  # no overlap
+        else:
+            for i in range(kh):  # overlapping windows: add one kernel offset at a time
+                for j in range(kw):
+                    windows[:, :, :, :, i, j] += share
+        dx = dxp[:, :, ph: ph + H, pw: pw + W]  # un-pad: a view
+        return dx, None, None, None, None
+
+
+def avg_pool2d(x: torch.Tensor, kernel_size, stride=None, padding=0) -> torch.Tensor:
+    """Average pooling as ``F.avg_pool2d`` with its defaults (count_include_pad=True,
+    ceil_mode=False): x (N, C, H, W); stride defaults to kernel_size. Returns (N, C, Ho, Wo)."""
+    kernel, stride, padding, out_size = pool_args(x, kernel_size, stride, padding, "avg_pool2d")
+    return AvgPool2d.apply(x, kernel, stride, padding, out_size)

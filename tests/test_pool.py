@@ -1,0 +1,113 @@
+"""max_pool2d and avg_pool2d against torch.nn.functional: forward and gradient on awkward
+configurations, float64 (rel. err <= 1e-10) and float32 (<= 1e-5); ties in max pooling
+broken as PyTorch does; gradcheck; bad arguments."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from customnn import ops
+from oracle import check_layer
+
+DTYPES = [torch.float64, torch.float32]
+POOLS = [(ops.max_pool2d, F.max_pool2d), (ops.avg_pool2d, F.avg_pool2d)]
+
+# (x shape, kwargs): tiling windows (the reshape path), overlapping windows, leftover rows,
+# padding, rectangular kernels and strides, batch 1, a window as large as the input.
+CONFIGS = [
+    ((2, 3, 8, 8), dict(kernel_size=2)),
+    ((1, 2, 12, 9), dict(kernel_size=3)),
+    ((2, 3, 9, 11), dict(kernel_size=2)),                               # leftover row/column
+    ((2, 3, 9, 11), dict(kernel_size=3, stride=2, padding=1)),
+    ((1, 2, 7, 6), dict(kernel_size=(3, 2), stride=(1, 2), padding=(1, 0))),
+    ((2, 2, 10, 10), dict(kernel_size=3, stride=1)),
+    ((2, 2, 13, 7), dict(kernel_size=2, stride=3)),                     # gaps between windows
+    ((2, 1, 5, 5), dict(kernel_size=5)),
+    ((2, 2, 6, 8), dict(kernel_size=(2, 4), stride=(2, 4))),
+    ((1, 3, 5, 7), dict(kernel_size=4, stride=(2, 3), padding=2)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("xs,kwargs", CONFIGS)
+@pytest.mark.parametrize("ours,ref", POOLS, ids=["max", "avg"])
+def test_pool_matches_torch(ours, ref, xs, kwargs, dtype):
+    x = torch.randn(xs, dtype=dtype, requires_grad=True)
+    check_layer(ours, ref, [x], kwargs)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("xs,kwargs", CONFIGS)
+def test_max_pool_ties_go_to_the_first_maximum(xs, kwargs, dtype):
+    # Integers in a small range and all zeros: most windows hold several equal maxima.
+    for x in (torch.randint(-1, 2, xs).to(dtype), torch.zeros(xs, dtype=dtype)):
+        check_layer(ops.max_pool2d, F.max_pool2d, [x.requires_grad_(True)], kwargs)
+
+
+def test_max_pool_tie_rule_explicitly():
+    x = torch.zeros(1, 1, 2, 2, dtype=torch.float64, requires_grad=True)
+    ops.max_pool2d(x, 2).sum().backward()
+    assert x.grad.flatten().tolist() == [1.0, 0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("ours,ref", POOLS, ids=["max", "avg"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pool_non_contiguous_input(ours, ref, dtype):
+    x = torch.randn(2, 9, 8, 3, dtype=dtype).permute(0, 3, 1, 2).requires_grad_(True)  # channels-last
+    assert not x.is_contiguous()
+    for kwargs in (dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1)):
+        check_layer(ours, ref, [x], kwargs)
+    grads = []  # a strided slice of a bigger leaf, by hand (check_layer would clone it contiguous)
+    for fn in (ours, ref):
+        big = torch.arange(2 * 3 * 20 * 20, dtype=dtype).reshape(2, 3, 20, 20).remainder(7).requires_grad_(True)
+        y = fn(big[:, :, 1:17:2, 2:18], 2)
+        y.backward(torch.linspace(-1, 1, y.numel(), dtype=dtype).view(y.shape))
+        grads.append((y, big.grad))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("ours", [ops.max_pool2d, ops.avg_pool2d], ids=["max", "avg"])
+@pytest.mark.parametrize("kwargs", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1),
+                                    dict(kernel_size=(2, 3), stride=1)])
+def test_pool_gradcheck(ours, kwargs):
+    # Distinct values (a permutation), so max pooling has no ties for finite differences to straddle.
+    x = (torch.randperm(2 * 2 * 7 * 6).to(torch.float64) / 10).view(2, 2, 7, 6).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: ours(x, **kwargs), (x,))
+
+
+def test_max_pool_with_infinities_and_stride_default():
+    x = torch.full((1, 2, 4, 4), float("-inf"), dtype=torch.float64)
+    x[0, 0, 1, 1] = 3.0
+    results = []
+    for pool in (ops.max_pool2d, F.max_pool2d):  # by hand: the oracle's inf - inf would be nan
+        leaf = x.clone().requires_grad_(True)
+        y = pool(leaf, 2)
+        y.backward(torch.arange(1.0, 9.0, dtype=torch.float64).view(y.shape))
+        results.append((y, leaf.grad))
+    assert results[0][0].shape == (1, 2, 2, 2)
+    for ours, ref in zip(*results):
+        torch.testing.assert_close(ours, ref, rtol=0, atol=0)  # all -inf windows: grad to the first
+
+
+# ----------------------------------------------------------------------------- bad arguments
+
+@pytest.mark.parametrize("pool", [ops.max_pool2d, ops.avg_pool2d], ids=["max", "avg"])
+def test_pool_errors(pool):
+    x = torch.randn(2, 3, 8, 8)
+
+    def bad(match, *args, **kwargs):
+        with pytest.raises(ValueError, match=match):
+            pool(*args, **kwargs)
+
+    bad(r"x must be 4-D .*\(3, 8, 8\)", x[0], 2)
+    bad(r"kernel_size must be >= 1", x, 0)
+    bad(r"stride must be >= 1", x, 2, 0)
+    bad(r"padding must be >= 0", x, 2, 2, -1)
+    bad(r"padding \(2, 2\) must be at most half of kernel_size \(3, 3\)", x, 3, 1, 2)
+    bad(r"padding \(0, 2\) must be at most half of kernel_size \(3, 3\)", x, 3, 1, (0, 2))
+    bad(r"kernel_size \(9, 2\) is larger than the padded input \(8, 8\)", x, (9, 2))
+    bad(r"x must be a floating-point tensor", x.long(), 2)
+    bad(r"kernel_size must be an int or a pair", x, (2, 2, 2))
