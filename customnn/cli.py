@@ -25,7 +25,7 @@ from customnn.errors import UserError
 # (command words, module, one-line help)
 COMMANDS = [
     (("demo",), "customnn.demo", "train both models as the seed did, then write a report"),
-    (("check",), "customnn.check", "check every layer against PyTorch's (forward and gradients)"),
+    (("check",), "customnn_ref.check", "check every layer against PyTorch's (forward and gradients)"),
     (("train", "cnn"), "customnn.train.cnn", "train the MNIST CNN"),
     (("train", "gpt"), "customnn.train.gpt", "train the character-level Transformer"),
     (("eval",), "customnn.evaluate", "evaluate a run or checkpoint on its test/validation data"),

@@ -1,0 +1,104 @@
+"""`customnn check` (customnn_ref/check.py): every layer's row is OK, one row per layer and dtype,
+and a broken layer shows up as FAIL with exit code 1."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from customnn import ops
+from customnn_ref import check
+
+LAYERS = [
+    "conv2d", "pad2d", "max_pool2d", "avg_pool2d", "relu", "gelu", "gelu (tanh)", "flatten", "linear",
+    "embedding", "softmax", "log_softmax", "cross_entropy", "layer_norm", "batch_norm (train)",
+    "batch_norm (eval)", "dropout", "attention", "conv2d_reference", "max_pool2d_reference",
+    "attention_reference",
+]
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser()
+    check.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def table_rows(out: str) -> dict[tuple[str, str], str]:
+    """(layer, dtype) -> status, read back from the printed table."""
+    rows = {}
+    for line in out.splitlines():
+        for dtype in ("float64", "float32"):
+            marker = f" {dtype} "
+            if marker in line:
+                layer = line.split(marker)[0].strip()
+                rows[(layer, dtype)] = line.split()[-1]
+    return rows
+
+
+def test_defaults():
+    args = parse([])
+    assert (args.dtype, args.device, args.seed) == ("both", "auto", 0)
+
+
+def test_every_layer_ok_in_both_dtypes(capsys):
+    code = check.run(parse(["--device", "cpu"]))
+    out = capsys.readouterr().out
+    rows = table_rows(out)
+    assert set(rows) == {(layer, d) for layer in LAYERS for d in ("float64", "float32")}, out
+    bad = {k: v for k, v in rows.items() if v != "OK"}
+    assert not bad, out
+    assert code == 0
+    assert f"all {2 * len(LAYERS)} rows OK" in out
+
+
+def test_a_wrong_layer_fails(capsys, monkeypatch):
+    relu = ops.relu
+    monkeypatch.setattr(ops, "relu", lambda x: relu(x) * (1 + 1e-6))  # off by one part in a million
+    code = check.run(parse(["--dtype", "float64", "--device", "cpu"]))
+    out = capsys.readouterr().out
+    rows = table_rows(out)
+    assert rows[("relu", "float64")] == "FAIL", out
+    assert rows[("gelu", "float64")] == "OK", out
+    assert code == 1
+    assert "rows FAIL" in out
+
+
+def test_a_layer_that_raises_fails_and_the_table_goes_on(capsys, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(ops, "layer_norm", broken)
+    code = check.run(parse(["--dtype", "float32", "--device", "cpu"]))
+    out = capsys.readouterr().out
+    rows = table_rows(out)
+    assert rows[("layer_norm", "float32")] == "FAIL" and "RuntimeError: boom" in out
+    assert rows[("attention", "float32")] == "OK"
+    assert code == 1
+
+
+def test_wrong_gradient_only_fails(capsys, monkeypatch):
+    # forward right, gradient doubled: the gradient column must catch it
+    import torch
+
+    class Twice(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, dout):
+            return 2 * dout
+
+    monkeypatch.setattr(ops, "flatten", lambda x: Twice.apply(x).flatten(1))
+    code = check.run(parse(["--dtype", "float64", "--device", "cpu"]))
+    out = capsys.readouterr().out
+    line = next(l for l in out.splitlines() if l.startswith("flatten "))
+    assert line.split()[-1] == "FAIL" and " 0 " in line, line  # forward error 0, dx large
+    assert code == 1
+
+
+@pytest.mark.parametrize("argv", [["--dtype", "float16"], ["--device", "tpu"]])
+def test_bad_options_are_rejected(argv):
+    with pytest.raises(SystemExit):
+        parse(argv)
