@@ -4,15 +4,15 @@
     y = ops.max_pool2d(x, 2)              # same as F.max_pool2d(x, 2)
     y = ops.avg_pool2d(x, 3, 2, 1)        # same as F.avg_pool2d (count_include_pad=True)
 
-Both view the (padded) input as its windows without copying (``as_strided``), as the
-convolution does. Max pooling keeps, for each output, which position of its window held
-the maximum: the *first* one in row-major order when several are equal, as PyTorch breaks
-ties. Its backward sends each output gradient to that one input pixel, adding (windows
-may overlap, so one pixel can be the maximum of several windows). Average pooling's
-backward spreads each output gradient evenly over its window, again adding.
-
-When the windows tile the input exactly (stride equal to the kernel, no padding), a window
-is a pair of plain reshaped axes and both directions are cheap reshapes.
+Both loop over the kh*kw positions inside a window (never over pixels): position (i, j) of
+every window at once is a strided view of the (padded) input, and the windows are combined
+elementwise, a running sum or a running maximum. Max pooling keeps, for each output, which
+position of its window held the maximum: the *first* one in row-major order when several
+are equal, as PyTorch breaks ties. Its backward sends each output gradient to that one input
+pixel, adding (windows may overlap, so one pixel can be the maximum of several windows).
+Average pooling's backward spreads each output gradient evenly over its window, again
+adding; when the windows tile the input exactly (stride equal to the kernel, no padding)
+that is just each gradient repeated kh x kw times.
 
 The readable loop version of max pooling is ``max_pool2d_reference`` in ``reference.py``.
 
@@ -52,11 +52,11 @@ def pool_args(x, kernel_size, stride, padding, name):
     return kernel, stride, padding, (Ho, Wo)
 
 
-def _windows(xp: torch.Tensor, kernel, stride, out_size) -> torch.Tensor:
-    """Every pooling window of the padded input as a view, no copy: (N, C, Ho, Wo, kh, kw)."""
-    sN, sC, sH, sW = xp.stride()
-    return xp.as_strided((*xp.shape[:2], *out_size, *kernel),
-                         (sN, sC, stride[0] * sH, stride[1] * sW, sH, sW))
+def _offset_view(xp: torch.Tensor, i: int, j: int, stride, out_size) -> torch.Tensor:
+    """Pixel (i, j) of every window, as a view: (N, C, Ho, Wo). Looping over the kh*kw kernel
+    offsets and combining these views elementwise is much faster than reducing a window axis."""
+    (sh, sw), (Ho, Wo) = stride, out_size
+    return xp[:, :, i: i + sh * (Ho - 1) + 1: sh, j: j + sw * (Wo - 1) + 1: sw]
 
 
 def _tiles(kernel, stride, padding, in_size) -> bool:
@@ -82,31 +82,37 @@ class MaxPool2d(torch.autograd.Function):
         N, C, H, W = x.shape
         (kh, kw), (Ho, Wo) = kernel, out_size
         xp = pad_constant(x, *padding, value=float("-inf"))  # (N, C, Hp, Wp)
-        windows = _windows(xp, kernel, stride, out_size).reshape(N, C, Ho, Wo, kh * kw)  # copy
-        # torch.max over a dim returns the index of the first maximum: PyTorch's tie rule.
-        out, arg = windows.max(dim=-1)  # (N, C, Ho, Wo) each; arg in [0, kh*kw)
-        # Only the argmax (an index within the window) is kept for backward.
+        Hp, Wp = xp.shape[-2:]
+        # Walk the window in row-major order keeping the running maximum and where it was,
+        # as a flat offset into the padded input (i * Wp + j for window pixel (i, j)). Only a
+        # strictly larger value moves it, so ties keep the first maximum (PyTorch's rule); as
+        # offsets only grow along the walk, "the last offset that moved it" is a running max
+        # of offset * moved, much cheaper than masked_fill. torch.maximum propagates NaN.
+        out = _offset_view(xp, 0, 0, stride, out_size).clone()  # (N, C, Ho, Wo)
+        arg = torch.zeros(out.shape, dtype=torch.int32, device=x.device)  # (N, C, Ho, Wo)
+        for i in range(kh):
+            for j in range(kw):
+                if i == j == 0:
+                    continue
+                value = _offset_view(xp, i, j, stride, out_size)  # (N, C, Ho, Wo)
+                moved = torch.gt(value, out).to(torch.int32).mul_(i * Wp + j)
+                torch.maximum(arg, moved, out=arg)
+                torch.maximum(out, value, out=out)
+        # Only the argmax (int32, an offset from its window's corner) is kept for backward.
         ctx.save_for_backward(arg)
-        ctx.geometry = (x.shape, xp.shape, kernel, stride, padding)
+        ctx.geometry = (x.shape, xp.shape, stride, padding)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         (arg,) = ctx.saved_tensors
-        x_shape, xp_shape, (kh, kw), stride, (ph, pw) = ctx.geometry
+        x_shape, xp_shape, stride, (ph, pw) = ctx.geometry
         N, C, H, W = x_shape
         Hp, Wp = xp_shape[-2:]
         Ho, Wo = arg.shape[-2:]
-        if _tiles((kh, kw), stride, (ph, pw), (H, W)):
-            # Each input pixel is in exactly one window: put dout at the argmax of a
-            # (kh*kw)-slot window, zeros elsewhere, and read the windows back as the image.
-            dwin = dout.new_zeros((N, C, Ho, Wo, kh * kw))
-            dwin.scatter_(-1, arg.unsqueeze(-1), dout.unsqueeze(-1))  # (N, C, Ho, Wo, kh*kw)
-            dx = dwin.view(N, C, Ho, Wo, kh, kw).permute(0, 1, 2, 4, 3, 5).reshape(N, C, H, W)
-            return dx, None, None, None, None
-        # Flat position of each argmax in the padded input; windows may overlap: add.
-        offset = (arg // kw) * Wp + arg % kw  # (N, C, Ho, Wo)
-        where = offset.view(N * C, Ho * Wo) + _window_base(Ho, Wo, Wp, tuple(stride), arg.device)
+        # Flat position of each argmax in the padded input (int64, as scatter wants).
+        # Windows may overlap, so add; scatter_add_ is also the fastest way when they tile.
+        where = _window_base(Ho, Wo, Wp, tuple(stride), arg.device) + arg.view(N * C, Ho * Wo)  # (N*C, Ho*Wo)
         dxp = dout.new_zeros((N * C, Hp * Wp))  # (N*C, Hp*Wp)
         dxp.scatter_add_(1, where, dout.reshape(N * C, Ho * Wo))
         dx = dxp.view(N, C, Hp, Wp)[:, :, ph: ph + H, pw: pw + W]  # un-pad: a view
@@ -130,7 +136,10 @@ class AvgPool2d(torch.autograd.Function):
         (kh, kw), (Ho, Wo) = kernel, out_size
         # count_include_pad=True: padding counts as zeros, so every window divides by kh*kw.
         xp = pad_constant(x, *padding)  # (N, C, Hp, Wp)
-        out = _windows(xp, kernel, stride, out_size).sum((-2, -1)) / (kh * kw)  # (N, C, Ho, Wo)
+        out = _offset_view(xp, 0, 0, stride, out_size).clone()  # (N, C, Ho, Wo)
+        for p in range(1, kh * kw):
+            out += _offset_view(xp, p // kw, p % kw, stride, out_size)
+        out /= kh * kw
         # Nothing but the geometry is needed for backward.
         ctx.geometry = (x.shape, xp.shape, kernel, stride, padding)
         return out
@@ -142,16 +151,12 @@ class AvgPool2d(torch.autograd.Function):
         Ho, Wo = dout.shape[-2:]
         share = dout / (kh * kw)  # (N, C, Ho, Wo): what each pixel of a window receives
         if _tiles((kh, kw), stride, (ph, pw), (H, W)):
-            dx = share.view(N, C, Ho, 1, Wo, 1).expand(N, C, Ho, kh, Wo, kw).reshape(N, C, H, W)
+            dx = share.repeat_interleave(kh, dim=2).repeat_interleave(kw, dim=3)  # (N, C, H, W)
             return dx, None, None, None, None
         dxp = dout.new_zeros(xp_shape)  # (N, C, Hp, Wp)
-        windows = _windows(dxp, (kh, kw), stride, (Ho, Wo))  # (N, C, Ho, Wo, kh, kw), a view
-        if stride[0] >= kh and stride[1] >= kw:
-            windows.copy_(share.view(N, C, Ho, Wo, 1, 1).expand_as(windows))  # no overlap
-        else:
-            for i in range(kh):  # overlapping windows: add one kernel offset at a time
-                for j in range(kw):
-                    windows[:, :, :, :, i, j] += share
+        for i in range(kh):  # windows may overlap: add one kernel offset at a time
+            for j in range(kw):
+                _offset_view(dxp, i, j, stride, (Ho, Wo)).add_(share)
         dx = dxp[:, :, ph: ph + H, pw: pw + W]  # un-pad: a view
         return dx, None, None, None, None
 
