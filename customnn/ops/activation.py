@@ -1,0 +1,118 @@
+"""Elementwise activations: ReLU and GELU (exact erf form and tanh approximation).
+
+Reference: GELU from Hendrycks & Gimpel, "Gaussian Error Linear Units" (2016),
+    gelu(x) = x * Phi(x) = 0.5 * x * (1 + erf(x / sqrt(2)))
+and its tanh approximation (used by GPT-2 and llm.c's ``gelu_forward``/``gelu_backward``)
+    gelu(x) ~= 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3))).
+
+Entry points ``relu(x)`` and ``gelu(x, approximate="none")`` match ``F.relu`` and ``F.gelu``.
+Both work elementwise, so any shape, dtype and device goes; non-contiguous inputs are fine.
+
+    from customnn import ops
+    y = ops.gelu(x, approximate="tanh")
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from customnn.ops._checks import check_float, check_tensor
+
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+_LOG2_INV_SQRT_2PI = math.log2(1.0 / math.sqrt(2.0 * math.pi))  # phi(x) = 2^(-x^2 log2(e) / 2 + this)
+_TANH_K = math.sqrt(2.0 / math.pi)  # sqrt(2/pi), the tanh form's scale
+_TANH_A = 0.044715  # the tanh form's cubic coefficient
+_LOG2E = math.log2(math.e)  # exp(z) = exp2(z * log2(e)); exp2 is the faster kernel on CPU
+
+
+class _ReLU(torch.autograd.Function):
+    """y = max(x, 0); dx = dout where x > 0, else 0."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = x.clamp_min(0)
+        # The output is kept for backward (y > 0 exactly where x > 0): the next layer usually
+        # keeps y as its own input anyway, so this costs no extra memory.
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, dout):
+        (y,) = ctx.saved_tensors
+        # sign(y) is 1 where y > 0 and 0 where y == 0: the step function as a float mask
+        # (a bool mask is several times slower to build and apply on CPU).
+        dx = torch.sign(y).mul_(dout)
+        return dx
+
+
+class _GeluErf(torch.autograd.Function):
+    """y = x * Phi(x); dx = dout * (Phi(x) + x * phi(x)), phi the standard normal density."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.mul(x, _INV_SQRT2).erf_()  # erf(x / sqrt2), then 0.5 * x * (1 + erf) in place
+        y.add_(1.0).mul_(x).mul_(0.5)
+        # x and the output y are kept. erf is the expensive part, so backward does not
+        # recompute it: it reads Phi(x) back as y / x (exact to rounding; only subnormal x
+        # within a few ulps of 0 lose digits). y costs no extra memory (the next layer keeps it
+        # as its input), and phi(x) is one cheap exp2 of x.
+        ctx.save_for_backward(x, y)
+        return y
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, y = ctx.saved_tensors
+        # One new tensor, updated in place (each big allocation costs as much as the math):
+        dx = torch.mul(x, x).mul_(-0.5 * _LOG2E).add_(_LOG2_INV_SQRT_2PI).exp2_()  # phi(x)
+        dx.mul_(x).addcdiv_(y, x)  # x * phi(x) + Phi(x), with Phi(x) read back as y / x
+        dx.nan_to_num_(nan=0.5)  # at x == 0, y / x is 0/0: there Phi + x * phi = 0.5
+        return dx.mul_(dout)
+
+
+class _GeluTanh(torch.autograd.Function):
+    """y = 0.5 x (1 + tanh(u)), u = k (x + a x^3), computed as y = x * sigmoid(2u)
+    (0.5 (1 + tanh(u)) == sigmoid(2u), and sigmoid is much cheaper than tanh on CPU);
+    dx = dout * (s + x s (1 - s) 2k (1 + 3 a x^2)), s = sigmoid(2u)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = _inner2(x).sigmoid_().mul_(x)
+        # Only x is kept; the sigmoid is recomputed in backward (as llm.c's gelu_backward
+        # recomputes tanh) rather than stored.
+        ctx.save_for_backward(x)
+        return y
+
+    @staticmethod
+    def backward(ctx, dout):
+        (x,) = ctx.saved_tensors
+        s = _inner2(x).sigmoid_()
+        # dx = (s + q s (1 - s)) * dout with q = x * 2k (1 + 3 a x^2), built in one new tensor
+        dx = torch.mul(x, x).mul_(6.0 * _TANH_A * _TANH_K).add_(2.0 * _TANH_K).mul_(x)  # q
+        dx.mul_(s)
+        dx.addcmul_(dx, s, value=-1.0)  # q s - q s s = q s (1 - s)
+        return dx.add_(s).mul_(dout)
+
+
+def _inner2(x: torch.Tensor) -> torch.Tensor:
+    """2u = 2k x (1 + a x^2), the argument of the sigmoid in the tanh form."""
+    return torch.mul(x, x).mul_(2.0 * _TANH_K * _TANH_A).add_(2.0 * _TANH_K).mul_(x)
+
+
+def relu(x: torch.Tensor) -> torch.Tensor:
+    """max(x, 0) elementwise, as ``F.relu``."""
+    check_tensor(x, "x")
+    check_float(x, "x")
+    return _ReLU.apply(x)
+
+
+def gelu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    """GELU elementwise, as ``F.gelu``: ``approximate="none"`` (erf) or ``"tanh"``."""
+    check_tensor(x, "x")
+    check_float(x, "x")
+    if approximate == "none":
+        return _GeluErf.apply(x)
+    if approximate == "tanh":
+        return _GeluTanh.apply(x)
+    raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")

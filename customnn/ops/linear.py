@@ -1,0 +1,145 @@
+"""Linear (fully connected) layer, flatten, and embedding lookup.
+
+``linear(x, weight, bias)`` is the seed's ``x @ weight + bias`` with weight ``(in, out)``, so it
+equals ``F.linear(x, weight.T, bias)``. Its backward is the matrix calculus of llm.c's
+``matmul_backward``: dx = dout @ W^T, dW = x^T @ dout, db = sum of dout over the rows.
+``flatten(x)`` is ``x.flatten(1)``; ``embedding(idx, weight)`` is ``F.embedding``: row lookup
+forward, and a scatter-add of the upstream rows into dweight backward (llm.c's
+``encoder_backward``; a row used by two tokens gets both contributions).
+
+Dimension letters: N rows (all leading dimensions of x flattened together, e.g. B*T),
+C in_features, OC out_features, V the number of embedding rows (vocabulary size).
+
+    from customnn import ops
+    y = ops.linear(x, w, b)          # x (B, T, C), w (C, OC), b (OC,) -> (B, T, OC)
+    e = ops.embedding(idx, wte)      # idx (B, T) int64, wte (V, C) -> (B, T, C)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from customnn.ops._checks import check_float, check_tensor
+
+
+class _Linear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        C, OC = weight.shape
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, C)  # (N, C), a view when x is contiguous
+        if bias is None:
+            out = x2 @ weight  # (N, OC)
+        else:
+            out = torch.addmm(bias, x2, weight)  # (N, OC)
+        # x (as 2-D rows) and W are what the backward's two matmuls need; the output is not kept.
+        ctx.save_for_backward(x2, weight)
+        ctx.x_shape = x.shape
+        ctx.has_bias = bias is not None
+        return out.view(*lead, OC)
+
+    @staticmethod
+    def backward(ctx, dout):
+        x2, weight = ctx.saved_tensors
+        OC = weight.shape[1]
+        dout2 = dout.reshape(-1, OC)  # (N, OC)
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dx = (dout2 @ weight.T).view(ctx.x_shape)  # (N, C) -> x's shape
+        if ctx.needs_input_grad[1]:
+            dw = x2.T @ dout2  # (C, OC)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = dout2.sum(0)  # (OC,)
+        return dx, dw, db
+
+
+class _Flatten(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.x_shape = x.shape  # only the shape is needed to undo the reshape
+        return x.flatten(1)  # (N, prod(rest)): a view when the strides allow it
+
+    @staticmethod
+    def backward(ctx, dout):
+        return dout.reshape(ctx.x_shape)
+
+
+class _Embedding(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, idx, weight):
+        V, C = weight.shape
+        flat = idx.reshape(-1)  # (N,)
+        out = weight.index_select(0, flat)  # (N, C)
+        # The indices are kept for backward (small: one integer per token); the weight is not
+        # needed, only its shape.
+        ctx.save_for_backward(flat)
+        ctx.weight_shape = weight.shape
+        return out.view(*idx.shape, C)
+
+    @staticmethod
+    def backward(ctx, dout):
+        (flat,) = ctx.saved_tensors
+        dw = None
+        if ctx.needs_input_grad[1]:
+            V, C = ctx.weight_shape
+            dw = torch.zeros((V, C), dtype=dout.dtype, device=dout.device)
+            # Add, don't assign: a row used by several tokens gets every contribution.
+            dw.index_add_(0, flat, dout.reshape(-1, C))
+        return None, dw
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ weight + bias`` for x (..., C), weight (C, OC), bias (OC,) -> (..., OC)."""
+    check_tensor(x, "x")
+    check_tensor(weight, "weight")
+    check_float(x, "x")
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be 2-D (in_features, out_features), got shape {tuple(weight.shape)}")
+    if x.dim() < 1:
+        raise ValueError(f"x must have at least 1 dimension, got shape {tuple(x.shape)}")
+    if x.shape[-1] != weight.shape[0]:
+        raise ValueError(
+            f"linear: x's last dimension ({x.shape[-1]}) must equal weight's first (in_features, "
+            f"{weight.shape[0]}); got x {tuple(x.shape)} and weight {tuple(weight.shape)}"
+        )
+    if x.dtype != weight.dtype:
+        raise ValueError(f"x and weight must have the same dtype, got {x.dtype} and {weight.dtype}")
+    if bias is not None:
+        check_tensor(bias, "bias")
+        if bias.shape != (weight.shape[1],):
+            raise ValueError(
+                f"bias must have shape ({weight.shape[1]},) to match weight {tuple(weight.shape)}, "
+                f"got {tuple(bias.shape)}"
+            )
+        if bias.dtype != x.dtype:
+            raise ValueError(f"bias must have x's dtype {x.dtype}, got {bias.dtype}")
+    return _Linear.apply(x, weight, bias)
+
+
+def flatten(x: torch.Tensor) -> torch.Tensor:
+    """``x.flatten(1)``: keep the batch dimension, merge the rest."""
+    check_tensor(x, "x")
+    if x.dim() < 2:
+        raise ValueError(f"flatten needs x with at least 2 dimensions (batch, ...), got shape {tuple(x.shape)}")
+    return _Flatten.apply(x)
+
+
+def embedding(idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Rows of weight (V, C) picked by integer indices idx (any shape) -> (*idx.shape, C)."""
+    check_tensor(idx, "idx")
+    check_tensor(weight, "weight")
+    if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
+        raise ValueError(f"idx must be an integer tensor of indices, got dtype {idx.dtype}")
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be 2-D (num_embeddings, embedding_dim), got shape {tuple(weight.shape)}")
+    V = weight.shape[0]
+    if idx.numel() > 0:
+        lo, hi = (int(v) for v in torch.aminmax(idx))  # one pass, one sync
+        if lo < 0 or hi >= V:
+            raise ValueError(
+                f"idx values must be in [0, {V}) for weight of shape {tuple(weight.shape)}, "
+                f"got values in [{lo}, {hi}]"
+            )
+    if idx.dtype not in (torch.int32, torch.int64):
+        idx = idx.long()
+    return _Embedding.apply(idx, weight)

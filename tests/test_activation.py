@@ -1,0 +1,89 @@
+"""relu and gelu (exact and tanh) against torch.nn.functional: forward, gradient, gradcheck, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from customnn import ops
+from oracle import check_layer
+
+DTYPES = [torch.float64, torch.float32]
+SHAPES = [(1,), (7,), (3, 5), (2, 3, 7), (12, 64, 33)]
+LAYERS = [
+    ("relu", ops.relu, F.relu, {}),
+    ("gelu", ops.gelu, F.gelu, {}),
+    ("gelu_tanh", ops.gelu, F.gelu, {"approximate": "tanh"}),
+]
+
+
+@pytest.mark.parametrize("name,ours,ref,kwargs", LAYERS, ids=[l[0] for l in LAYERS])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_matches_functional(name, ours, ref, kwargs, dtype, shape):
+    x = (torch.randn(shape, dtype=dtype) * 3).requires_grad_()
+    check_layer(ours, ref, [x], kwargs)
+
+
+@pytest.mark.parametrize("name,ours,ref,kwargs", LAYERS, ids=[l[0] for l in LAYERS])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_non_contiguous_input(name, ours, ref, kwargs, dtype):
+    # The layer sees a strided view; check_layer's leaf is the base, so the view is not copied.
+    def view(t):
+        x = t.permute(2, 0, 1)[:, ::2]  # (4, 3, 9) from (6, 9, 4)
+        assert not x.is_contiguous()
+        return x
+
+    base = (torch.randn(6, 9, 4, dtype=dtype) * 2).requires_grad_()
+    check_layer(lambda t, **kw: ours(view(t), **kw), lambda t, **kw: ref(view(t), **kw), [base], kwargs)
+
+
+@pytest.mark.parametrize("name,ours,ref,kwargs", LAYERS, ids=[l[0] for l in LAYERS])
+def test_special_points(name, ours, ref, kwargs):
+    # 0 (where gelu reads Phi back as 0/0), signed zero, large magnitudes, tiny values
+    x = torch.tensor([0.0, -0.0, 1e-30, -1e-30, 1e-8, -3.0, 3.0, -10.0, 10.0, -40.0, 40.0],
+                     dtype=torch.float64, requires_grad=True)
+    check_layer(ours, ref, [x], kwargs)
+    check_layer(ours, ref, [x.detach().float().requires_grad_()], kwargs)
+
+
+@pytest.mark.parametrize("name,ours,ref,kwargs", LAYERS, ids=[l[0] for l in LAYERS])
+def test_gradcheck(name, ours, ref, kwargs):
+    x = torch.randn(4, 6, dtype=torch.float64)
+    if name == "relu":  # keep away from the kink at 0, where the finite difference is undefined
+        x = x + 0.1 * x.sign()
+    x.requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: ours(t, **kwargs), (x,))
+
+
+@pytest.mark.parametrize("name,ours,ref,kwargs", LAYERS, ids=[l[0] for l in LAYERS])
+def test_input_without_grad(name, ours, ref, kwargs):
+    x = torch.randn(3, 4)
+    y = ours(x, **kwargs)
+    assert not y.requires_grad
+    torch.testing.assert_close(y, ref(x, **kwargs), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,ours,ref,kwargs", LAYERS, ids=[l[0] for l in LAYERS])
+def test_bfloat16(name, ours, ref, kwargs):
+    x = torch.randn(8, 16).bfloat16().requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    y, y_ref = ours(x, **kwargs), ref(x_ref, **kwargs)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), y_ref.float(), rtol=2e-2, atol=2e-2)
+    g = torch.randn(8, 16).bfloat16()
+    y.backward(g)
+    y_ref.backward(g)
+    torch.testing.assert_close(x.grad.float(), x_ref.grad.float(), rtol=3e-2, atol=3e-2)
+
+
+def test_gelu_rejects_unknown_approximation():
+    with pytest.raises(ValueError, match="approximate"):
+        ops.gelu(torch.randn(3), approximate="sigmoid")
+
+
+@pytest.mark.parametrize("fn", [ops.relu, ops.gelu])
+def test_rejects_integer_input(fn):
+    with pytest.raises(ValueError, match="floating-point"):
+        fn(torch.arange(5))

@@ -1,0 +1,133 @@
+"""softmax, log_softmax and cross_entropy against torch.nn.functional: forward, gradients,
+gradcheck (every reduction, ignore_index, label smoothing), errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from customnn import ops
+from oracle import check_layer
+
+DTYPES = [torch.float64, torch.float32]
+
+
+@pytest.mark.parametrize("ours,ref", [(ops.softmax, F.softmax), (ops.log_softmax, F.log_softmax)])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,dim", [((5,), 0), ((1, 1), -1), ((3, 7), 1), ((3, 7), 0), ((2, 3, 5), 1), ((12, 4, 9, 9), -1)])
+def test_softmax_matches_functional(ours, ref, dtype, shape, dim):
+    x = (torch.randn(shape, dtype=dtype) * 4).requires_grad_()
+    check_layer(ours, ref, [x], {"dim": dim})
+
+
+@pytest.mark.parametrize("ours,ref", [(ops.softmax, F.softmax), (ops.log_softmax, F.log_softmax)])
+def test_softmax_non_contiguous_and_large_values(ours, ref):
+    base = (torch.randn(4, 6, 5, dtype=torch.float64) * 300).requires_grad_()  # exp would overflow unshifted
+    check_layer(lambda t, dim: ours(t.transpose(0, 2), dim), lambda t, dim: ref(t.transpose(0, 2), dim), [base], {"dim": 1})
+    y = ours(base.detach().float() * 10, dim=-1)
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("ours", [ops.softmax, ops.log_softmax])
+def test_softmax_gradcheck(ours):
+    x = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: ours(t, dim=1), (x,))
+    assert torch.autograd.gradcheck(lambda t: ours(t, dim=-1), (x,))
+
+
+def test_softmax_bad_dim():
+    with pytest.raises(ValueError, match="dim"):
+        ops.softmax(torch.randn(2, 3), dim=2)
+
+
+def _ce_case(logits_shape, dtype, ignore=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    C = logits_shape[0] if len(logits_shape) == 1 else logits_shape[1]
+    logits = (torch.randn(logits_shape, generator=g, dtype=dtype) * 2).requires_grad_()
+    t_shape = () if len(logits_shape) == 1 else logits_shape[:1] + logits_shape[2:]
+    target = torch.randint(0, C, t_shape, generator=g)
+    if ignore is not None and target.numel() > 1:
+        target.view(-1)[:: 3] = ignore
+    return logits, target
+
+
+CE_SHAPES = [(7,), (1, 5), (6, 4), (4, 3, 5), (2, 4, 3, 2), (768, 65)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", CE_SHAPES)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("ignore_index,smoothing", [(-100, 0.0), (-100, 0.1), (2, 0.0), (-1, 0.25)])
+def test_cross_entropy_matches_functional(dtype, shape, reduction, ignore_index, smoothing):
+    logits, target = _ce_case(shape, dtype, ignore=ignore_index if ignore_index != -100 else None)
+    kwargs = dict(ignore_index=ignore_index, reduction=reduction, label_smoothing=smoothing)
+    check_layer(ops.cross_entropy, F.cross_entropy, [logits, target], kwargs)
+
+
+def test_cross_entropy_gpt_path_non_contiguous_logits():
+    # logits.view(-1, V) of (B, T, V), and logits that are a transposed view
+    base = torch.randn(65, 24, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 65, (24,))
+    check_layer(lambda t, y: ops.cross_entropy(t.T, y), lambda t, y: F.cross_entropy(t.T, y), [base, target])
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("ignore_index,smoothing", [(-100, 0.0), (1, 0.0), (-100, 0.2), (1, 0.3)])
+@pytest.mark.parametrize("shape", [(5, 4), (3, 4, 2)])
+def test_cross_entropy_gradcheck(reduction, ignore_index, smoothing, shape):
+    logits, target = _ce_case(shape, torch.float64, ignore=ignore_index if ignore_index != -100 else None)
+    fn = lambda t: ops.cross_entropy(t, target, ignore_index, reduction, smoothing)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (logits,))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_cross_entropy_all_ignored_as_pytorch(reduction, smoothing):
+    logits = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    target = torch.full((4,), -100)
+    ours = ops.cross_entropy(logits, target, reduction=reduction, label_smoothing=smoothing)
+    ref_logits = logits.detach().clone().requires_grad_()
+    ref = F.cross_entropy(ref_logits, target, reduction=reduction, label_smoothing=smoothing)
+    torch.testing.assert_close(ours, ref, equal_nan=True)  # mean: nan (0/0), as PyTorch
+    ours.sum().backward()
+    ref.sum().backward()
+    assert torch.equal(logits.grad, ref_logits.grad)  # zeros
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_cross_entropy_target_without_grad_logits():
+    logits, target = torch.randn(5, 3), torch.randint(0, 3, (5,))
+    loss = ops.cross_entropy(logits, target)
+    assert not loss.requires_grad
+    torch.testing.assert_close(loss, F.cross_entropy(logits, target))
+
+
+def test_cross_entropy_bfloat16():
+    logits = torch.randn(16, 10).bfloat16().requires_grad_()
+    target = torch.randint(0, 10, (16,))
+    loss = ops.cross_entropy(logits, target)
+    assert loss.dtype == torch.bfloat16
+    torch.testing.assert_close(loss.float(), F.cross_entropy(logits.float(), target), rtol=2e-2, atol=2e-2)
+    loss.backward()
+    assert logits.grad.dtype == torch.bfloat16
+
+
+def test_cross_entropy_errors():
+    logits = torch.randn(4, 3)
+    with pytest.raises(ValueError, match=r"\[0, 3\).*\[3\]"):
+        ops.cross_entropy(logits, torch.tensor([0, 1, 3, 2]))
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        ops.cross_entropy(logits, torch.tensor([0, -2, 1, 2]))
+    with pytest.raises(ValueError, match=r"target shape \(5,\)"):
+        ops.cross_entropy(logits, torch.tensor([0, 1, 2, 0, 1]))
+    with pytest.raises(ValueError, match=r"target shape"):
+        ops.cross_entropy(torch.randn(2, 3, 4), torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="integer class indices"):
+        ops.cross_entropy(logits, torch.rand(4, 3))
+    with pytest.raises(ValueError, match="reduction"):
+        ops.cross_entropy(logits, torch.tensor([0, 1, 2, 0]), reduction="avg")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        ops.cross_entropy(logits, torch.tensor([0, 1, 2, 0]), label_smoothing=1.5)
+    # ignore_index itself is not out of range
+    assert torch.isfinite(ops.cross_entropy(logits, torch.tensor([0, -100, 2, 0])))
