@@ -1,0 +1,440 @@
+"""``customnn train gpt``: train the character-level GPT, nanoGPT's ``train.py`` on customnn.
+
+The loop of nanoGPT's ``train.py``: random blocks of the training text, AdamW with decoupled
+weight decay on the matrices only (not on biases, norm gains or embeddings), a cosine
+learning-rate schedule with linear warmup (``optim.cosine_lr``, nanoGPT's ``get_lr``),
+gradient clipping at a global norm, and every ``eval_interval`` steps the mean loss of
+``eval_iters`` batches of each split, printed as nanoGPT prints it::
+
+    step 250: train loss 1.9661, val loss 2.0656
+
+Everything goes into a run folder (``customnn/train/run.py``): config.json, metrics.jsonl,
+train.log, ``best.safetensors`` (lowest val loss) and ``last.safetensors`` (saved at every
+evaluation), loss.png and report.md. A checkpoint holds the model, its configuration and
+vocabulary (all generation needs) and the whole training state: optimizer moments, the step,
+every RNG state (the batch generator included), the best val loss. So ``--resume RUN``
+continues with exactly the losses an uninterrupted run would have had. Evaluation draws its
+batches from a generator seeded afresh each time, so every evaluation of a run sees the
+same batches and uses none of the training randomness.
+
+Ctrl-C (or SIGTERM) finishes the current step, saves ``last.safetensors`` and prints how to
+resume. A loss or gradient that is not finite stops the run at once with the step number;
+the last checkpoint (from the last evaluation) is left untouched.
+
+Presets (``--preset``; every field can be overridden by its flag, e.g. ``--max-iters 500``):
+``nanogpt-cpu`` is nanoGPT's documented CPU run, ``default`` the best model we found for ten
+minutes on a 2-core CPU, ``tiny`` a few seconds for tests.
+
+    customnn train gpt --preset nanogpt-cpu
+    customnn train gpt --resume runs/gpt-20261127-120000 --max-iters 4000
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import torch
+
+from customnn.data.text import Corpus, Vocab, get_batch, load_corpus
+from customnn.errors import UserError
+from customnn.models.gpt import GPT, GPTConfig
+from customnn.optim import AdamW, clip_grad_norm_, cosine_lr, grads_are_finite, set_lr
+from customnn.train.run import (RunDir, load_checkpoint, plot_curves, progress_bar, resolve_checkpoint,
+                                resolve_device, rng_state, save_checkpoint, seed_all, set_rng_state,
+                                InterruptFlag)
+
+
+@dataclass
+class GPTTrainConfig:
+    """Everything a GPT run depends on. Defaults are the ``default`` preset's."""
+
+    preset: str = "default"  # the preset these values started from (recorded in config.json)
+    # model (GPTConfig; vocab_size comes from the text)
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 128
+    dropout: float = 0.0
+    bias: bool = False
+    tie_weights: bool = True
+    # data
+    text: str | None = None  # a UTF-8 text file; None: Tiny Shakespeare from the data directory
+    data_dir: str | None = None  # the data directory (None: $CUSTOMNN_DATA, else ~/.cache/customnn)
+    batch_size: int = 16
+    # optimizer and schedule
+    max_iters: int = 6000  # training steps
+    lr: float = 1e-3  # peak learning rate, reached after warmup
+    min_lr: float = 1e-4  # the cosine schedule's floor
+    warmup_iters: int = 100  # linear warmup steps
+    lr_decay_iters: int | None = None  # cosine decay length (None: max_iters)
+    beta1: float = 0.9
+    beta2: float = 0.99
+    weight_decay: float = 0.1  # on matrices only
+    grad_clip: float = 1.0  # global gradient norm; 0 turns clipping off
+    # evaluation and logging
+    eval_interval: int = 500  # evaluate (and save last.safetensors) every this many steps
+    eval_iters: int = 20  # batches of each split per evaluation
+    log_interval: int = 10  # a training-loss row in metrics.jsonl every this many steps
+    # run
+    seed: int = 1337
+    device: str = "auto"  # auto, cpu or cuda
+    out: str = "runs"  # run folders are created under this folder
+    resume: str | None = None  # a run folder to continue (from its last.safetensors) instead of a new run
+
+    def model_config(self, vocab_size: int) -> GPTConfig:
+        return GPTConfig(vocab_size=vocab_size, block_size=self.block_size, n_layer=self.n_layer,
+                         n_head=self.n_head, n_embd=self.n_embd, dropout=self.dropout, bias=self.bias,
+                         tie_weights=self.tie_weights)
+
+    @property
+    def decay_iters(self) -> int:
+        return self.max_iters if self.lr_decay_iters is None else self.lr_decay_iters
+
+
+PRESETS: dict[str, dict] = {
+    # nanoGPT's README, "I only have a macbook": config/train_shakespeare_char.py with
+    # --device=cpu --eval_iters=20 --block_size=64 --batch_size=12 --n_layer=4 --n_head=4
+    # --n_embd=128 --max_iters=2000 --lr_decay_iters=2000 --dropout=0.0 (bias False, beta2 0.99,
+    # lr 1e-3 -> 1e-4, warmup 100, weight decay 0.1, clip 1.0, eval_interval 250).
+    "nanogpt-cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False,
+                        batch_size=12, max_iters=2000, lr=1e-3, min_lr=1e-4, warmup_iters=100,
+                        lr_decay_iters=2000, beta1=0.9, beta2=0.99, weight_decay=0.1, grad_clip=1.0,
+                        eval_interval=250, eval_iters=20),
+    # Ten minutes on a 2-core CPU, evaluation included (see the README for the figures).
+    "default": dict(),
+    # A few seconds: tests and smoke runs.
+    "tiny": dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=8, max_iters=100, lr=3e-3,
+                 min_lr=3e-4, warmup_iters=5, eval_interval=50, eval_iters=4, log_interval=5),
+}
+
+FIELDS = [f for f in fields(GPTTrainConfig) if f.name not in ("preset", "resume")]
+# Flags that may change when a run is resumed; the rest would change what is being trained.
+RESUMABLE = {"max_iters", "lr_decay_iters", "eval_interval", "eval_iters", "log_interval", "device",
+             "data_dir", "text", "out"}
+
+
+def make_config(preset: str = "default", **overrides) -> GPTTrainConfig:
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
+    cfg = replace(GPTTrainConfig(), preset=preset, **PRESETS[preset])
+    cfg = replace(cfg, **overrides)
+    check_config(cfg)
+    return cfg
+
+
+def check_config(cfg: GPTTrainConfig) -> None:
+    """Every value in range, or a one-line ``UserError`` naming the flag."""
+    def flag(name):
+        return "--" + name.replace("_", "-")
+
+    for name in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "max_iters", "eval_interval",
+                 "eval_iters", "log_interval"):
+        if getattr(cfg, name) < 1:
+            raise UserError(f"{flag(name)} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.n_embd % cfg.n_head:
+        raise UserError(f"--n-embd ({cfg.n_embd}) must be divisible by --n-head ({cfg.n_head})")
+    for name in ("lr", "min_lr", "weight_decay", "grad_clip"):
+        value = getattr(cfg, name)
+        if not (value >= 0 and math.isfinite(value)):
+            raise UserError(f"{flag(name)} must be a finite number >= 0, got {value}")
+    if cfg.lr == 0:
+        raise UserError("--lr must be > 0")
+    if not 0 <= cfg.dropout < 1:
+        raise UserError(f"--dropout must be in [0, 1), got {cfg.dropout}")
+    for name in ("beta1", "beta2"):
+        if not 0 <= getattr(cfg, name) < 1:
+            raise UserError(f"{flag(name)} must be in [0, 1), got {getattr(cfg, name)}")
+    if cfg.warmup_iters < 0:
+        raise UserError(f"--warmup-iters must be >= 0, got {cfg.warmup_iters}")
+    if cfg.decay_iters <= cfg.warmup_iters:
+        raise UserError(f"--lr-decay-iters ({cfg.decay_iters}) must be larger than --warmup-iters "
+                        f"({cfg.warmup_iters})")
+
+
+# --- the model on disk ---------------------------------------------------------------------------
+def checkpoint_meta(cfg: GPTTrainConfig, model: GPT, vocab: Vocab, step: int, **extra) -> dict:
+    return {"model": "gpt", "config": model.config.to_dict(), "vocab": vocab.chars,
+            "train_config": asdict(cfg), "step": step, **extra}
+
+
+def model_from_checkpoint(ckpt, path, device="cpu") -> tuple[GPT, Vocab]:
+    """The GPT and vocabulary stored in a loaded checkpoint; any mismatch is a ``UserError``."""
+    meta = ckpt.meta
+    if meta.get("model") != "gpt":
+        raise UserError(f"{path} holds a {meta.get('model')!r} model, not a GPT")
+    try:
+        config = GPTConfig(**meta["config"])
+        vocab = Vocab(meta["vocab"])
+        if len(vocab) != config.vocab_size:
+            raise ValueError(f"{len(vocab)} vocabulary characters for vocab_size {config.vocab_size}")
+        model = GPT(config)
+        model.load_state_dict(ckpt.model_state)
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path}: the checkpoint does not describe a valid GPT ({e})") from None
+    return model.to(device=device), vocab
+
+
+def load_model(run_or_path, prefer: str = "best", device="cpu") -> tuple[GPT, Vocab, Path, dict]:
+    path = resolve_checkpoint(run_or_path, prefer=prefer)
+    ckpt = load_checkpoint(path)
+    model, vocab = model_from_checkpoint(ckpt, path, device)
+    return model, vocab, path, ckpt.meta
+
+
+# --- evaluation ----------------------------------------------------------------------------------
+@torch.inference_mode()
+def estimate_loss(model: GPT, corpus: Corpus, batch_size: int, eval_iters: int, seed: int,
+                  device) -> dict[str, float]:
+    """Mean loss over ``eval_iters`` batches of each split, from generators seeded with ``seed``."""
+    was_training = model.training
+    model.eval()
+    out = {}
+    block = model.config.block_size
+    for i, split in enumerate(("train", "val")):
+        g = torch.Generator().manual_seed(seed + i)
+        data = corpus.train if split == "train" else corpus.val
+        total = torch.zeros((), device=device)
+        for _ in range(eval_iters):
+            x, y = get_batch(data, block, batch_size, g, device)
+            total += model(x, y)[1]
+        out[split] = total.item() / eval_iters
+    model.train(was_training)
+    return out
+
+
+def eval_line(step: int, losses: dict) -> str:
+    return f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+
+
+def evaluate_checkpoint(args, path, ckpt) -> int:
+    """``customnn eval RUN`` for a GPT: nanoGPT's loss line for the checkpoint."""
+    device = resolve_device(args.device)
+    model, vocab = model_from_checkpoint(ckpt, path, device)
+    tc = ckpt.meta.get("train_config", {})
+    text = args.text if args.text is not None else tc.get("text")
+    data_dir = args.data_dir if args.data_dir is not None else tc.get("data_dir")
+    corpus = load_corpus(text, data_dir, model.config.block_size, vocab=vocab)
+    batch_size = args.batch_size or tc.get("batch_size", 12)
+    eval_iters = args.eval_iters or tc.get("eval_iters", 20)
+    if batch_size < 1 or eval_iters < 1:
+        raise UserError("--batch-size and --eval-iters must be >= 1")
+    losses = estimate_loss(model, corpus, batch_size, eval_iters, tc.get("seed", 1337) + 1, device)
+    print(eval_line(int(ckpt.meta.get("step", 0)), losses))
+    return 0
+
+
+# --- training --------------------------------------------------------------------------------------
+def param_groups(model: GPT, weight_decay: float) -> list[dict]:
+    """Decay the matrices of linear layers; not biases, layer-norm gains or the embeddings."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        is_embedding = name in ("wte", "wpe")
+        (decay if p.dim() >= 2 and not is_embedding else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def sample_text(model: GPT, vocab: Vocab, prompt: str = "\n", n: int = 300, seed: int = 1337,
+                temperature: float = 0.8) -> str:
+    from customnn.generate import generate
+
+    g = torch.Generator(device=model.wte.device).manual_seed(seed)
+    ids = generate(model, vocab.encode(prompt), n, temperature=temperature, generator=g)
+    return prompt + vocab.decode(ids)
+
+
+def train(cfg: GPTTrainConfig, quiet: bool = False) -> dict:
+    """Train (or, with ``cfg.resume``, continue) a GPT run; returns its figures and the model.
+
+    Returns ``run_dir``, ``final_val_loss``, ``final_train_loss``, ``best_val_loss``, ``step``,
+    ``time_s`` (wall time of all sessions of the run), ``model``, ``vocab``, ``interrupted``.
+    """
+    check_config(cfg)
+    device = resolve_device(cfg.device)
+    t_start = time.perf_counter()
+    if cfg.resume is not None:
+        run = RunDir.open(cfg.resume)
+        ckpt_path = run.checkpoint("last")
+        ckpt = load_checkpoint(ckpt_path)
+        if ckpt.state is None:
+            raise UserError(f"{ckpt_path} holds no training state to resume from")
+    else:
+        ckpt = None
+    corpus = load_corpus(cfg.text, cfg.data_dir, cfg.block_size,
+                         vocab=Vocab(ckpt.meta["vocab"]) if ckpt else None)
+    if ckpt is None:  # the folder is made only once the data are known to be good
+        run = RunDir.create("gpt", cfg.out)
+    seed_all(cfg.seed)
+    model = GPT(cfg.model_config(len(corpus.vocab)), seed=cfg.seed).to(device=device)
+    opt = AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    lr_at = cosine_lr(cfg.lr, cfg.warmup_iters, cfg.decay_iters, cfg.min_lr)
+    batch_gen = torch.Generator().manual_seed(cfg.seed)
+    step, best_val, evaluated_at, elapsed = 0, float("inf"), -1, 0.0
+    if ckpt is not None:
+        model_from_checkpoint(ckpt, ckpt_path)  # checks the stored model before anything is copied
+        if ckpt.meta["config"] != model.config.to_dict():
+            raise UserError(f"{ckpt_path} was trained with a different model configuration")
+        model.load_state_dict({k: v.to(device) for k, v in ckpt.model_state.items()})
+        st = ckpt.state
+        opt.load_state_dict(st["optimizer"])
+        set_rng_state(st["rng"], {"train": batch_gen})
+        step, best_val = int(st["iteration"]), float(st["best_val_loss"])
+        evaluated_at, elapsed = int(st["evaluated_at"]), float(st["elapsed"])
+        run.truncate_metrics(lambda r: r.get("step", 0) <= step)
+        run.log(f"resuming {run.path} at step {step}", echo=not quiet)
+    else:
+        run.write_config({**asdict(cfg), "model": model.config.to_dict(), "parameters": model.num_parameters(),
+                          "text_path": str(corpus.path), "device": str(device)})
+        run.log(f"training a GPT of {model.num_parameters() / 1e6:.2f}M parameters on {corpus.path.name} "
+                f"({len(corpus.train):,} train / {len(corpus.val):,} val characters, vocabulary of "
+                f"{len(corpus.vocab)}) on {device}; run folder {run.path}", echo=not quiet)
+    if step > cfg.max_iters:
+        raise UserError(f"the run is already at step {step}, past --max-iters {cfg.max_iters}")
+
+    def save(name: str, losses: dict | None) -> None:
+        state = {"optimizer": opt.state_dict(), "rng": rng_state({"train": batch_gen}), "iteration": step,
+                 "best_val_loss": best_val, "evaluated_at": evaluated_at,
+                 "elapsed": elapsed + time.perf_counter() - t_start}
+        extra = {} if losses is None else {"train_loss": losses["train"], "val_loss": losses["val"]}
+        save_checkpoint(run.checkpoint(name), model.state_dict(), checkpoint_meta(cfg, model, corpus.vocab, step,
+                                                                                  **extra), state)
+
+    losses = None
+    interrupted = False
+    bar = progress_bar(cfg.max_iters, "train gpt", quiet=quiet, initial=step)
+
+    def log(line: str) -> None:  # printed above the progress bar when there is one
+        if not bar.disable:
+            run.log(line, echo=False)
+            bar.write(line, file=sys.stdout)
+        else:
+            run.log(line, echo=not quiet)
+
+    model.train()
+    with InterruptFlag() as flag:
+        while True:
+            if (step % cfg.eval_interval == 0 or step == cfg.max_iters) and evaluated_at != step:
+                losses = estimate_loss(model, corpus, cfg.batch_size, cfg.eval_iters, cfg.seed + 1, device)
+                evaluated_at = step
+                log(eval_line(step, losses))
+                run.log_metrics(step=step, train_loss=losses["train"], val_loss=losses["val"],
+                                time=round(elapsed + time.perf_counter() - t_start, 3))
+                if losses["val"] < best_val:
+                    best_val = losses["val"]
+                    save("best", losses)
+                save("last", losses)
+            if step >= cfg.max_iters:
+                break
+            if flag.requested:
+                interrupted = True
+                save("last", None)
+                msg = (f"interrupted at step {step}; saved {run.checkpoint('last')}. Resume with: "
+                       f"customnn train gpt --resume {run.path}")
+                run.log(msg, echo=False)
+                print(msg, file=sys.stderr, flush=True)
+                break
+            lr = lr_at(step)
+            set_lr(opt, lr)
+            x, y = get_batch(corpus.train, cfg.block_size, cfg.batch_size, batch_gen, device)
+            _, loss = model(x, y)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                norm = clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                finite = bool(torch.isfinite(loss) & torch.isfinite(norm))
+            else:
+                finite = bool(torch.isfinite(loss)) and grads_are_finite(model.parameters())
+            if not finite:
+                bar.close()
+                last = run.checkpoint("last")
+                msg = (f"training diverged at step {step}: the loss or a gradient is not finite "
+                       f"(loss {loss.item()}, lr {lr:.3g}). ")
+                msg += (f"The last good checkpoint, {last} (step {evaluated_at}), is untouched. "
+                        if last.is_file() else "No checkpoint was saved before it. ")
+                msg += f"Try a lower --lr (this run used --lr {cfg.lr:g})."
+                run.log(msg, echo=False)
+                raise UserError(msg)
+            opt.step()
+            opt.zero_grad()
+            step += 1
+            bar.update(1)
+            if step % cfg.log_interval == 0:
+                loss_value = loss.item()
+                run.log_metrics(step=step, loss=loss_value, lr=lr)
+                bar.set_postfix(loss=f"{loss_value:.4f}")
+    bar.close()
+    total = elapsed + time.perf_counter() - t_start
+    write_outputs(run, cfg, model, corpus, total, quiet)
+    return {"run_dir": run.path, "final_train_loss": losses["train"] if losses else None,
+            "final_val_loss": losses["val"] if losses else None, "best_val_loss": best_val, "step": step,
+            "time_s": total, "model": model, "vocab": corpus.vocab, "interrupted": interrupted}
+
+
+def write_outputs(run: RunDir, cfg: GPTTrainConfig, model: GPT, corpus: Corpus, total_s: float,
+                  quiet: bool) -> None:
+    """loss.png and report.md from metrics.jsonl, with a generated sample."""
+    rows = run.read_metrics()
+    train_rows = [r for r in rows if "loss" in r]
+    evals = [r for r in rows if "val_loss" in r]
+    plot_curves(run.path / "loss.png", {
+        "train (batch)": ([r["step"] for r in train_rows], [r["loss"] for r in train_rows]),
+        "train (eval)": ([r["step"] for r in evals], [r["train_loss"] for r in evals]),
+        "val (eval)": ([r["step"] for r in evals], [r["val_loss"] for r in evals]),
+    }, xlabel="step", title=f"GPT on {corpus.path.name} ({cfg.preset})")
+    sample = sample_text(model, corpus.vocab, "\n", 300, seed=cfg.seed)
+    lines = [f"# GPT run `{run.path.name}`", "",
+             f"Preset `{cfg.preset}`: {cfg.n_layer} layers, {cfg.n_head} heads, width {cfg.n_embd}, "
+             f"context {cfg.block_size}, {model.num_parameters():,} parameters; batch {cfg.batch_size}, "
+             f"lr {cfg.lr:g} -> {cfg.min_lr:g}, text `{corpus.path}`.", "",
+             f"Training time {total_s:.1f} s (evaluation included).", "",
+             "| step | train loss | val loss | time (s) |", "| ---: | ---: | ---: | ---: |"]
+    lines += [f"| {r['step']} | {r['train_loss']:.4f} | {r['val_loss']:.4f} | {r.get('time', 0):.1f} |" for r in evals]
+    lines += ["", "![loss](loss.png)", "", "A sample (temperature 0.8, from a newline):", "", "```",
+              sample.strip("\n"), "```", ""]
+    run.path.joinpath("report.md").write_text("\n".join(lines))
+
+
+# --- the command ------------------------------------------------------------------------------
+_FLAG_TYPES = {"int": int, "int | None": int, "float": float, "bool": bool, "str": str, "str | None": str}
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--preset", default="default", choices=list(PRESETS),
+                   help="starting values: nanogpt-cpu, default or tiny (default: default)")
+    p.add_argument("--resume", metavar="RUN", default=None,
+                   help="continue the run in this folder from its last.safetensors")
+    p.add_argument("--quiet", action="store_true", help="no log lines on stdout, no progress bar")
+    for f in FIELDS:
+        flag = "--" + f.name.replace("_", "-")
+        kind = _FLAG_TYPES[str(f.type)]
+        default = PRESETS["default"].get(f.name, f.default)
+        if kind is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                           help=f"(default preset: {default})")
+        else:
+            p.add_argument(flag, type=kind, default=None, metavar=kind.__name__.upper(),
+                           help=f"(default preset: {default})")
+
+
+def run(args) -> int:
+    overrides = {f.name: getattr(args, f.name) for f in FIELDS if getattr(args, f.name, None) is not None}
+    if args.resume is not None:
+        run_dir = RunDir.open(args.resume)
+        saved = run_dir.read_config()
+        fixed = [k for k in overrides if k not in RESUMABLE and overrides[k] != saved.get(k)]
+        if fixed:
+            raise UserError(f"--{fixed[0].replace('_', '-')} cannot change when resuming (it changes what is "
+                            f"trained); only {', '.join('--' + k.replace('_', '-') for k in sorted(RESUMABLE))} can")
+        base = {f.name: saved[f.name] for f in FIELDS if f.name in saved}
+        cfg = replace(GPTTrainConfig(preset=saved.get("preset", "default"), **base), **overrides,
+                      resume=str(run_dir.path))
+        check_config(cfg)
+        run_dir.write_config({**saved, **asdict(cfg)})
+        result = train(cfg, quiet=args.quiet)
+    else:
+        cfg = make_config(args.preset, **overrides)
+        result = train(cfg, quiet=args.quiet)
+    return 130 if result["interrupted"] else 0

@@ -1,0 +1,169 @@
+"""GPT training: a real short run on Tiny Shakespeare, resume = uninterrupted, Ctrl-C, divergence,
+the command line (through a subprocess) and its errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from customnn.errors import UserError
+from customnn.train.gpt import PRESETS, GPTTrainConfig, make_config, param_groups, train
+from customnn.train.run import load_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(*args, timeout=120, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models: one thread avoids contention on a busy machine
+    return subprocess.run([sys.executable, "-m", "customnn", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO, env=env, **kw)
+
+
+def losses_of(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "time"} for r in rows]
+
+
+def test_presets_nanogpt_cpu_is_nanogpts_documented_run():
+    cfg = make_config("nanogpt-cpu")
+    assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.batch_size) == (4, 4, 128, 64, 12)
+    assert (cfg.max_iters, cfg.lr, cfg.min_lr, cfg.lr_decay_iters, cfg.warmup_iters) == (2000, 1e-3, 1e-4, 2000, 100)
+    assert (cfg.beta1, cfg.beta2, cfg.weight_decay, cfg.grad_clip, cfg.dropout, cfg.eval_iters) == (
+        0.9, 0.99, 0.1, 1.0, 0.0, 20)
+    assert set(PRESETS) == {"nanogpt-cpu", "default", "tiny"}
+    with pytest.raises(UserError, match="unknown preset 'huge'"):
+        make_config("huge")
+    with pytest.raises(UserError, match="--n-embd \\(30\\) must be divisible by --n-head"):
+        make_config("tiny", n_embd=30, n_head=4)
+    with pytest.raises(UserError, match="--lr-decay-iters"):
+        make_config("tiny", warmup_iters=200)
+
+
+def test_no_weight_decay_on_biases_norms_and_embeddings():
+    from customnn.models.gpt import GPT, GPTConfig
+
+    model = GPT(GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=8, bias=True))
+    decay, no_decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sorted(names[id(p)] for p in decay["params"]) == [
+        "blocks.0.attn.c_attn.weight", "blocks.0.attn.c_proj.weight", "blocks.0.mlp.c_fc.weight",
+        "blocks.0.mlp.c_proj.weight"]
+    assert {"wte", "wpe", "ln_f.weight", "blocks.0.ln_1.bias"} <= {names[id(p)] for p in no_decay["params"]}
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.1, 0.0)
+
+
+def test_short_training_on_tiny_shakespeare_learns(tmp_path, capsys):
+    result = train(make_config("tiny", out=str(tmp_path)))
+    out = capsys.readouterr().out
+    run = Path(result["run_dir"])
+    assert "step 0: train loss 4.1" in out  # about the uniform log(65) = 4.17 at the start
+    last_line = [line for line in out.splitlines() if line.startswith("step ")][-1]
+    assert last_line == f"step 100: train loss {result['final_train_loss']:.4f}, val loss {result['final_val_loss']:.4f}"
+    assert result["final_val_loss"] < 3.3 < 4.17  # well below the uniform loss after 100 steps
+    assert result["best_val_loss"] == result["final_val_loss"]
+    for name in ("config.json", "metrics.jsonl", "train.log", "best.safetensors", "last.safetensors",
+                 "loss.png", "report.md"):
+        assert (run / name).is_file(), name
+    ckpt = load_checkpoint(run / "last.safetensors")
+    assert ckpt.meta["model"] == "gpt" and ckpt.meta["step"] == 100
+    assert ckpt.meta["vocab"][:2] == "\n " and len(ckpt.meta["vocab"]) == ckpt.meta["config"]["vocab_size"] == 65
+    assert "step 100: train loss" in (run / "train.log").read_text()
+    assert "| 100 |" in (run / "report.md").read_text()
+
+
+def test_resume_gives_exactly_the_losses_of_an_uninterrupted_run(tmp_path):
+    common = dict(out=str(tmp_path), max_iters=40, lr_decay_iters=40, eval_interval=10, log_interval=1,
+                  dropout=0.1)  # dropout: the global RNG state must be restored too
+    full = train(make_config("tiny", **common), quiet=True)
+    first = train(make_config("tiny", **{**common, "max_iters": 25}), quiet=True)  # stops between evaluations
+    assert first["step"] == 25
+    resumed = train(make_config("tiny", **common, resume=str(first["run_dir"])), quiet=True)
+    assert resumed["run_dir"] == first["run_dir"]
+    # the first session's closing evaluation at step 25 is the one extra row
+    rows = [r for r in losses_of(Path(resumed["run_dir"])) if "loss" in r or r["step"] % 10 == 0]
+    assert rows == losses_of(Path(full["run_dir"]))
+    assert resumed["final_val_loss"] == full["final_val_loss"]
+    a = load_checkpoint(Path(full["run_dir"]) / "last.safetensors").model_state
+    b = load_checkpoint(Path(resumed["run_dir"]) / "last.safetensors").model_state
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = make_config("tiny", out=str(tmp_path), lr=1e6, warmup_iters=0, max_iters=50)
+    with pytest.raises(UserError) as e:
+        train(cfg, quiet=True)
+    msg = str(e.value)
+    assert "diverged at step" in msg and "lower --lr" in msg and "--lr 1e+06" in msg
+    run = next(tmp_path.iterdir())
+    ckpt = load_checkpoint(run / "last.safetensors")
+    assert ckpt.meta["step"] == 0  # the evaluation at step 0 saved it; nothing after touched it
+    assert all(torch.isfinite(t).all() for t in ckpt.model_state.values())
+    assert "diverged" in (run / "train.log").read_text()
+
+
+def test_cli_train_eval_and_errors(tmp_path):
+    r = cli("train", "gpt", "--preset", "tiny", "--max-iters", "20", "--eval-interval", "10", "--out", tmp_path,
+            "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines if line.startswith("step ")] == ["step 0", "step 10", "step 20"]
+    run = next(tmp_path.iterdir())
+    r2 = cli("eval", run, "--checkpoint", "last")
+    assert r2.returncode == 0, r2.stderr
+    assert r2.stdout.strip() == lines[-1]  # the same batches: the same figures as at the end of training
+
+    for args, message in [
+        (("--preset", "huge"), "invalid choice: 'huge'"),
+        (("--preset", "tiny", "--batch-size", "0"), "--batch-size must be >= 1"),
+        (("--preset", "tiny", "--lr", "fast"), "invalid float value: 'fast'"),
+        (("--preset", "tiny", "--dropout", "1.5"), "--dropout must be in [0, 1)"),
+        (("--preset", "tiny", "--text", tmp_path / "none.txt"), "text file not found"),
+        (("--resume", tmp_path / "nothing"), "run folder not found"),
+        (("--resume", run, "--n-layer", "3"), "--n-layer cannot change when resuming"),
+        (("--preset", "tiny", "--device", "tpu"), "--device must be auto, cpu or cuda"),
+    ]:
+        r = cli("train", "gpt", *args, "--out", tmp_path)
+        assert r.returncode == 2, (args, r.stderr)
+        assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
+        assert "Traceback" not in r.stderr
+
+
+def test_ctrl_c_saves_and_resume_continues_exactly(tmp_path):
+    common = ["--preset", "tiny", "--lr-decay-iters", "1000", "--eval-interval", "1000", "--log-interval", "1",
+              "--device", "cpu", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "customnn", "train", "gpt", *common, "--max-iters", "1000",
+                             "--out", str(tmp_path / "a")], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 90
+    metrics = None
+    while time.time() < deadline:  # wait until it is training (a few steps logged)
+        found = list((tmp_path / "a").glob("*/metrics.jsonl"))
+        if found and len(found[0].read_text().splitlines()) >= 4:
+            metrics = found[0]
+            break
+        time.sleep(0.1)
+    assert metrics is not None, "training did not start"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    run = metrics.parent
+    assert f"customnn train gpt --resume {run}" in err
+    step = load_checkpoint(run / "last.safetensors").state["iteration"]
+    assert 4 <= step < 1000
+    end = step + 6
+    r = cli("train", "gpt", "--resume", run, "--max-iters", end, "--quiet")
+    assert r.returncode == 0, r.stderr
+    r = cli("train", "gpt", *common, "--max-iters", end, "--out", tmp_path / "b")
+    assert r.returncode == 0, r.stderr
+    other = next((tmp_path / "b").iterdir())
+    assert losses_of(run) == losses_of(other)
+    assert len([row for row in losses_of(run) if "loss" in row]) == end
