@@ -51,6 +51,24 @@ def test_conv2d_without_bias_and_without_input_grad(dtype):
     assert x.grad is None and w.grad is not None
 
 
+def test_conv2d_frozen_weight_and_bias_only():
+    x, w, b = inputs((2, 3, 7, 6), (4, 3, 3, 2), torch.float64)
+    w.requires_grad_(False)
+    errors = check_layer(ops.conv2d, F.conv2d, [x, w, b], dict(stride=2, padding=(2, 1)))
+    assert set(errors) == {"forward", "grad0", "grad2"}
+    x.requires_grad_(False)
+    errors = check_layer(ops.conv2d, F.conv2d, [x, w, b], dict(dilation=(2, 1)))
+    assert set(errors) == {"forward", "grad2"}
+
+
+def test_conv2d_inference_mode_then_training():
+    x, w, b = inputs((2, 3, 8, 8), (4, 3, 3, 3), torch.float64)
+    with torch.inference_mode():
+        y = ops.conv2d(x, w, b, padding=1)
+    assert not y.requires_grad
+    check_layer(ops.conv2d, F.conv2d, [x, w, b], dict(padding=1))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_conv2d_non_contiguous_inputs(dtype):
     # x in channels-last memory, seen as (N, C, H, W); weight transposed in memory.

@@ -12,9 +12,9 @@ weight gives every output pixel. The backward pass is the same matrices transpos
 
     dw   = dout @ cols^T                     (sum over batch and output pixels)
     db   = dout summed over batch and pixels
-    dcol = w^T @ dout, then folded back into the padded input by *adding* each kernel
-           offset's slice (windows overlap, so one input pixel gets several gradients),
-           then un-padded.
+    dcol = w^T @ dout, then folded back into the padded input by *adding* each window's
+           values where they were read from (windows overlap, so one input pixel gets
+           several gradients; one index_add_ over a precomputed index), then un-padded.
 
 The readable loop version is ``conv2d_reference`` in ``reference.py``.
 
