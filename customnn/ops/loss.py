@@ -90,34 +90,37 @@ class _CrossEntropy(torch.autograd.Function):
         else:  # the common case (the caller has seen no target equal to ignore_index)
             valid, safe, n_valid = None, target.unsqueeze(1), N
         shifted, e, s = _shifted_exp(logits, 1)  # (N, C), (N, C), (N, 1)
-        lse = s.log()  # (N, 1) log-sum-exp of the shifted logits
-        loss = lse - shifted.gather(1, safe)  # (N, 1) -log p[target]
+        # probs (N, C) is the one big tensor kept: the fused backward is probs - q. (PyTorch
+        # keeps its log-softmax output, the same size.)
+        probs = e.div_(s)
+        lse = s.log_()  # (N, 1) log-sum-exp of the shifted logits
         if label_smoothing > 0.0:
             # -mean over classes of log p = lse - mean(shifted)
             smooth = lse - shifted.mean(1, keepdim=True)  # (N, 1)
-            loss = torch.lerp(loss, smooth, label_smoothing)  # (1 - eps) nll + eps smooth
+            loss = torch.lerp(lse - shifted.gather(1, safe), smooth, label_smoothing)  # (1 - eps) nll + eps smooth
+        else:
+            loss = lse.sub_(shifted.gather(1, safe))  # (N, 1) -log p[target]
         loss = loss.view(N)
         if valid is not None:
             loss = loss * valid
-        if reduction == "mean":
-            out = loss.sum() / n_valid  # 0/0 = nan when every row is ignored, as in PyTorch
+        if reduction == "mean":  # over the rows that count (0/0 = nan if all are ignored, as PyTorch)
+            out = loss.mean() if valid is None else loss.sum() / n_valid
         elif reduction == "sum":
             out = loss.sum()
         else:
             out = loss.view(target_shape)
-        # probs (N, C) is the one big tensor kept: the fused backward is probs - q. (PyTorch
-        # keeps its log-softmax output, the same size.)
-        probs = e.div_(s)
         if valid is None:
             ctx.save_for_backward(probs, safe)
         else:
             ctx.save_for_backward(probs, safe, valid, n_valid)
         ctx.reduction, ctx.label_smoothing, ctx.n = reduction, label_smoothing, N
-        return out.to(ctx.logits_dtype)
+        return out if out.dtype == ctx.logits_dtype else out.to(ctx.logits_dtype)
 
     @staticmethod
     def backward(ctx, dout):
         probs, safe, *masked = ctx.saved_tensors
+        if dout.dtype != probs.dtype:  # half-precision logits were computed in float32
+            dout = dout.to(probs.dtype)
         eps = ctx.label_smoothing
         C = probs.shape[1]
         # dloss: the gradient reaching each row's loss, (N, 1) or a scalar
@@ -130,15 +133,17 @@ class _CrossEntropy(torch.autograd.Function):
         if masked:  # ignored rows get no gradient
             dloss = masked[0].unsqueeze(1) * dloss
         # dlogits = (probs - q) * dloss, q = (1 - eps) onehot + eps / C
-        dlogits = probs - eps / C if eps > 0.0 else probs.clone()
-        dlogits.scatter_add_(1, safe, torch.full(safe.shape, eps - 1.0, dtype=probs.dtype, device=probs.device))
-        dlogits.mul_(dloss)  # (N, C)
+        dlogits = (probs - eps / C).mul_(dloss) if eps > 0.0 else probs * dloss  # (N, C)
+        at_target = (dloss * (eps - 1.0)).expand(probs.shape[0], 1)  # -(1 - eps) dloss, (N, 1)
+        dlogits.scatter_add_(1, safe, at_target)
         shape = ctx.logits_shape
         if len(shape) == 1:
             dlogits = dlogits.view(shape)
         elif len(shape) > 2:  # back to (N, C, d1, ...)
             dlogits = dlogits.view(shape[0], *shape[2:], shape[1]).movedim(-1, 1)
-        return dlogits.to(ctx.logits_dtype), None, None, None, None, None
+        if dlogits.dtype != ctx.logits_dtype:
+            dlogits = dlogits.to(ctx.logits_dtype)
+        return dlogits, None, None, None, None, None
 
 
 def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
