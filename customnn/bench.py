@@ -4,8 +4,13 @@ The benchmarks build twins from ``torch.nn`` (the reference), so they live outsi
 library, in the ``benchmarks/`` folder of a source checkout; this command finds that
 folder and runs ``benchmarks/bench.py`` in-process with the same arguments.
 
-    customnn bench --quick
+    customnn bench --quick                       # under a minute
     customnn bench --device cuda --json bench.json
+    customnn bench --only cnn,gpt --threads 0    # some groups, torch's default thread count
+
+Groups: cnn, gpt (training steps), attention, conv, reference (the loop versions), generate
+(KV cache), memory (peak memory, one process each), layers (benchmarks/ops.py; not by default).
+Results go to bench-results/bench.json unless ``--json`` says otherwise.
 """
 
 from __future__ import annotations
@@ -22,8 +27,13 @@ BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 def add_arguments(p) -> None:
     p.add_argument("--quick", action="store_true", help="fewer sizes and repetitions (under a minute)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
-    p.add_argument("--json", default=None, metavar="PATH", help="also write the results to this JSON file")
-    p.add_argument("--only", default=None, help="comma-separated benchmark groups to run")
+    p.add_argument("--json", default=None, metavar="PATH",
+                   help="write the results to this JSON file (default bench-results/bench.json)")
+    p.add_argument("--only", default=None,
+                   help="comma-separated groups: cnn, gpt, attention, conv, reference, generate, memory, layers")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads on the CPU (default 1: steady on a shared machine; 0: torch's default)")
+    p.add_argument("--reps", type=int, default=None, help="alternating samples per side (default 5 quick, 15 full)")
 
 
 def run(args) -> int:
@@ -38,12 +48,19 @@ def run(args) -> int:
         argv += ["--json", args.json]
     if args.only:
         argv += ["--only", args.only]
+    if args.threads is not None:
+        argv += ["--threads", str(args.threads)]
+    if args.reps is not None:
+        argv += ["--reps", str(args.reps)]
     old_argv, old_path = sys.argv, list(sys.path)
     sys.argv = argv
     sys.path.insert(0, str(BENCH_DIR))
     try:
         runpy.run_path(str(script), run_name="__main__")
-    except SystemExit as e:
+    except SystemExit as e:  # argparse's usage errors, the script's own exit codes or messages
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+            return 2
         return int(e.code or 0)
     finally:
         sys.argv, sys.path[:] = old_argv, old_path
