@@ -99,27 +99,27 @@ class LayerNorm(Module):
 class KVCache:
     """Keys and values of every layer for the positions seen so far, for one batch of sequences.
 
-    Tensors are allocated once at ``block_size``; ``length`` positions are filled. A forward
-    pass with a cache writes its keys and values at ``length ... length + T - 1`` in every layer,
-    then advances ``length`` by T.
+    One tensor per layer holds both, allocated once at ``block_size``; ``length`` positions
+    are filled. A forward pass with a cache writes its keys and values at ``length ...
+    length + T - 1`` in every layer, then advances ``length`` by T.
     """
 
     def __init__(self, config: GPTConfig, batch_size: int, device, dtype):
         hs = config.n_embd // config.n_head
-        shape = (batch_size, config.n_head, config.block_size, hs)  # (B, nh, block_size, hs)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        shape = (2, batch_size, config.n_head, config.block_size, hs)  # (k|v, B, nh, block_size, hs)
+        self.kv = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.length = 0
 
     def reset(self) -> None:
         self.length = 0
 
-    def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write this step's k, v (B, nh, T, hs); return every cached k, v (B, nh, S, hs) so far."""
-        end = self.length + k.shape[2]
-        self.k[layer][:, :, self.length:end] = k
-        self.v[layer][:, :, self.length:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+    def store(self, layer: int, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this step's keys and values kv (2, B, nh, T, hs); return every cached k, v
+        (B, nh, S, hs) so far."""
+        end = self.length + kv.shape[3]
+        cached = self.kv[layer]
+        cached[:, :, :, self.length:end] = kv  # one copy for both
+        return cached[0, :, :, :end], cached[1, :, :, :end]
 
 
 class CausalSelfAttention(Module):
@@ -137,15 +137,13 @@ class CausalSelfAttention(Module):
     def forward(self, x, cache: KVCache | None = None):
         B, T, C = x.shape
         nh, hs = self.n_head, C // self.n_head
-        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
-        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        qkv = self.c_attn(x).view(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hs): q, k, v
+        q, k, v = qkv.unbind(0)  # (B, nh, T, hs) each
         causal = True
         if cache is not None:
             # A prefill starts at position 0, where SDPA's top-left causal mask is right; a
             # single new token attends to every cached key, so it needs no mask.
-            k, v = cache.store(self.layer, k, v)  # (B, nh, S, hs)
+            k, v = cache.store(self.layer, qkv[1:])  # (B, nh, S, hs)
             causal = T > 1
         p = self.dropout if self.training else 0.0
         y = ops.attention(q, k, v, causal=causal, dropout_p=p)  # (B, nh, T, hs)
