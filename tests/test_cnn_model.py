@@ -1,0 +1,203 @@
+"""CustomCNN against a twin built from torch.nn with copied weights: logits, loss, gradients,
+batch-norm running statistics and a few training steps, for both architectures, in train and
+eval mode. Also the hand-written initialisation against PyTorch's defaults."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from customnn import init, ops
+from customnn.models.cnn import CustomCNN
+
+
+class TwinCNN(nn.Module):
+    """The same networks from torch.nn layers. Dropout uses a mask handed in by the test
+    (the one our model draws), so both sides drop the same units."""
+
+    def __init__(self, arch: str, dropout: float = 0.3, width: int = 24):
+        super().__init__()
+        self.arch = arch
+        if arch == "seed":
+            self.conv1, self.conv2, self.fc = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 12, 5), nn.Linear(192, 10)
+        else:
+            w = width
+            self.convs = nn.ModuleList([nn.Conv2d(1, w, 3, padding=1), nn.Conv2d(w, 2 * w, 3, padding=1),
+                                        nn.Conv2d(2 * w, 4 * w, 3, padding=1)])
+            self.bns = nn.ModuleList([nn.BatchNorm2d(c) for c in (w, 2 * w, 4 * w)])
+            self.fc = nn.Linear(36 * w, 10)
+            self.p = dropout
+        self.mask = None
+
+    def forward(self, x):
+        if self.arch == "seed":
+            x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+            x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+            return self.fc(x.flatten(1))
+        for conv, bn in zip(self.convs, self.bns):
+            x = F.max_pool2d(F.relu(bn(conv(x))), 2)
+        x = x.flatten(1)
+        if self.training and self.p > 0:
+            x = x * self.mask
+        return self.fc(x)
+
+
+def copy_into_twin(model: CustomCNN, twin: TwinCNN) -> None:
+    with torch.no_grad():
+        if model.arch == "seed":
+            pairs = [(twin.conv1, model.conv1), (twin.conv2, model.conv2)]
+        else:
+            pairs = [(c, s.conv) for c, s in zip(twin.convs, model.stages)]
+            for bn, s in zip(twin.bns, model.stages):
+                bn.weight.copy_(s.bn.weight)
+                bn.bias.copy_(s.bn.bias)
+                bn.running_mean.copy_(s.bn.running_mean)
+                bn.running_var.copy_(s.bn.running_var)
+        for theirs, ours in pairs:
+            theirs.weight.copy_(ours.weight)
+            theirs.bias.copy_(ours.bias)
+        twin.fc.weight.copy_(model.fc.weight.T)  # our linear weight is (in, out)
+        twin.fc.bias.copy_(model.fc.bias)
+
+
+def twin_grads(model: CustomCNN, twin: TwinCNN) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(name, our gradient, the twin's gradient in our layout) for every parameter."""
+    if model.arch == "seed":
+        mods = {"conv1": twin.conv1, "conv2": twin.conv2}
+    else:
+        mods = {f"stages.{i}.conv": c for i, c in enumerate(twin.convs)}
+        mods.update({f"stages.{i}.bn": b for i, b in enumerate(twin.bns)})
+    out = []
+    for name, p in model.named_parameters():
+        prefix, attr = name.rsplit(".", 1)
+        if prefix == "fc":
+            g = twin.fc.weight.grad.T if attr == "weight" else twin.fc.bias.grad
+        else:
+            g = getattr(mods[prefix], attr).grad
+        out.append((name, p.grad, g))
+    return out
+
+
+def dropout_mask(model: CustomCNN, shape) -> torch.Tensor:
+    """The mask our model's next dropout call will draw (same generator state), as a multiplier."""
+    g = torch.Generator().set_state(model.generator.get_state())
+    return ops.dropout(torch.ones(shape), model.dropout, True, generator=g)
+
+
+@pytest.mark.parametrize("arch", ["seed", "default"])
+@pytest.mark.parametrize("training", [True, False])
+def test_model_matches_torch_twin(arch, training):
+    torch.manual_seed(0)
+    model = CustomCNN(arch, seed=3)
+    model.generator = torch.Generator().manual_seed(7)
+    twin = TwinCNN(arch)
+    if arch == "default" and not training:  # give eval mode non-trivial running statistics
+        for s in model.stages:
+            s.bn.running_mean.uniform_(-0.5, 0.5)
+            s.bn.running_var.uniform_(0.5, 2.0)
+    copy_into_twin(model, twin)
+    model.train(training)
+    twin.train(training)
+    x = torch.randn(16, 1, 28, 28)
+    y = torch.randint(0, 10, (16,))
+    if arch == "default":
+        twin.mask = dropout_mask(model, (16, 36 * 24))
+
+    logits, loss = model(x, y)
+    ref_logits = twin(x)
+    ref_loss = F.cross_entropy(ref_logits, y)
+    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(loss, ref_loss, atol=1e-6, rtol=1e-6)
+
+    loss.backward()
+    ref_loss.backward()
+    for name, ours, theirs in twin_grads(model, twin):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+    if arch == "default":  # batch norm's running statistics moved the same way (train) or not at all (eval)
+        for s, bn in zip(model.stages, twin.bns):
+            torch.testing.assert_close(s.bn.running_mean, bn.running_mean, atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(s.bn.running_var, bn.running_var, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["seed", "default"])
+def test_training_steps_match_the_twin(arch):
+    """Five SGD steps (written out, same on both sides): the parameters stay together."""
+    model = CustomCNN(arch, seed=5, dropout=0.0)
+    twin = TwinCNN(arch, dropout=0.0)
+    copy_into_twin(model, twin)
+    lr = 0.05
+    for step in range(5):
+        x = torch.randn(8, 1, 28, 28)
+        y = torch.randint(0, 10, (8,))
+        _, loss = model(x, y)
+        ref = F.cross_entropy(twin(x), y)
+        torch.testing.assert_close(loss, ref, atol=1e-5, rtol=1e-5)
+        loss.backward()
+        ref.backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= lr * p.grad
+                p.grad = None
+            for p in twin.parameters():
+                p -= lr * p.grad
+                p.grad = None
+    check = TwinCNN(arch, dropout=0.0)
+    copy_into_twin(model, check)
+    for (name, a), b in zip(check.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+
+
+def test_seed_arch_shapes_and_state_names():
+    model = CustomCNN("seed")
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert shapes == {"conv1.weight": (6, 1, 5, 5), "conv1.bias": (6,), "conv2.weight": (12, 6, 5, 5),
+                      "conv2.bias": (12,), "fc.weight": (192, 10), "fc.bias": (10,)}
+    assert model.num_parameters() == 6 * 25 + 6 + 12 * 150 + 12 + 1920 + 10
+    logits, loss = model(torch.randn(3, 1, 28, 28))
+    assert logits.shape == (3, 10) and loss is None
+
+
+def test_default_arch_has_batch_norm_buffers_and_dropout_only_in_training():
+    model = CustomCNN("default", seed=0)
+    buffers = dict(model.named_buffers())
+    assert set(buffers) == {f"stages.{i}.bn.running_{s}" for i in range(3) for s in ("mean", "var")}
+    x = torch.randn(4, 1, 28, 28)
+    model.eval()
+    a, _ = model(x)
+    b, _ = model(x)
+    torch.testing.assert_close(a, b)  # eval: deterministic
+    model.train()
+    model.generator = torch.Generator().manual_seed(0)
+    c, _ = model(x)
+    d, _ = model(x)
+    assert not torch.allclose(c, d)  # different dropout masks
+
+
+def test_same_seed_same_weights_and_bad_arguments():
+    a, b, c = CustomCNN("default", seed=1), CustomCNN("default", seed=1), CustomCNN("default", seed=2)
+    for (k, v), w, u in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
+        assert torch.equal(v, w), k
+    assert not torch.equal(a.stages[0].conv.weight, c.stages[0].conv.weight)
+    with pytest.raises(ValueError, match="arch"):
+        CustomCNN("resnet")
+    with pytest.raises(ValueError, match=r"\(N, 1, 28, 28\)"):
+        CustomCNN("seed")(torch.randn(2, 28, 28))
+
+
+def test_init_matches_pytorch_default_bounds_and_statistics():
+    g = torch.Generator().manual_seed(0)
+    w = init.fan_in_uniform((64, 32, 3, 3), init.conv_fan_in((64, 32, 3, 3)), g)
+    bound = 1 / math.sqrt(32 * 9)
+    assert w.requires_grad and w.abs().max() <= bound and w.abs().max() > 0.99 * bound
+    assert abs(w.std().item() - bound / math.sqrt(3)) < 0.02 * bound  # U(-b, b) has std b / sqrt(3)
+    ref = nn.Conv2d(32, 64, 3)  # PyTorch's own default draws from the same interval
+    assert ref.weight.abs().max() <= bound and ref.bias.abs().max() <= bound
+    k = init.kaiming_uniform((1000, 100), 1000, g)
+    assert abs(k.var().item() - 2 / 1000) < 2e-4  # He: variance 2 / fan_in
+    assert init.linear_fan_in((192, 10)) == 192
+    with pytest.raises(ValueError):
+        init.fan_in_uniform((3,), 0)

@@ -1,0 +1,171 @@
+"""The CNN training loop on real MNIST: it learns, it leaves a complete run folder, it resumes
+exactly (mid-epoch and at an epoch boundary, with dropout, shifts and batch norm in play), it
+stops cleanly on divergence keeping the last good checkpoint, and it refuses bad settings."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from customnn.errors import UserError
+from customnn.models.cnn import CustomCNN
+from customnn.train import cnn
+from customnn.train.cnn import CNNTrainConfig, random_shift, train
+from customnn.train.run import load_checkpoint
+
+TRAIN_LINE = re.compile(r"^Train Epoch: \d+ \[\d+/\d+ \(\d+%\)\]\tLoss: \d+\.\d{6}$")
+TEST_LINE = re.compile(r"^Test set: Average loss: \d+\.\d{4}, Accuracy: \d+/\d+ \(\d+\.\d{2}%\)$")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One thread: the steps are small, and on a shared machine two threads fight for cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def train_losses(run_dir) -> list[tuple[int, float]]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in rows if r["kind"] == "train"]
+
+
+def test_real_short_training_learns_and_writes_the_run_folder(tmp_path, capsys):
+    result = train(CNNTrainConfig(arch="seed", train_samples=2560, test_samples=1000, epochs=2,
+                                  out=str(tmp_path)), quiet=False)
+    assert result["test_accuracy"] > 85.0  # chance is 10%
+    assert result["n_test"] == 1000 and 850 < result["correct"] <= 1000
+    assert len(result["epoch_times"]) == 2 and result["finished"] and not result["interrupted"]
+    run = result["run_dir"]
+    for name in ("config.json", "metrics.jsonl", "train.log", "last.safetensors", "best.safetensors",
+                 "loss.png", "report.md"):
+        assert (run / name).is_file(), name
+    assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    log = (run / "train.log").read_text().splitlines()
+    train_lines = [line for line in log if line.startswith("Train Epoch")]
+    test_lines = [line for line in log if line.startswith("Test set")]
+    assert len(test_lines) == 2 and all(TEST_LINE.match(line) for line in test_lines)
+    assert len(train_lines) == 2 * 4 and all(TRAIN_LINE.match(line) for line in train_lines)  # 40 batches, every 10th
+    assert train_lines[1].startswith("Train Epoch: 1 [640/2560 (25%)]")
+    assert test_lines[-1] in capsys.readouterr().out  # the same lines on stdout
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"] == "cnn" and config["lr"] == cnn.DEFAULT_LR[("seed", "adamw")]
+    ckpt = load_checkpoint(run / "last.safetensors")
+    assert ckpt.meta["model"] == "cnn" and ckpt.meta["config"]["arch"] == "seed" and ckpt.meta["step"] == 80
+    assert f"{result['correct']}/1000" in (run / "report.md").read_text()
+
+
+def test_same_seed_same_run(tmp_path):
+    cfg = dict(arch="default", width=4, train_samples=256, test_samples=100, epochs=1, batch_size=32,
+               log_interval=1, out=str(tmp_path))
+    a = train(CNNTrainConfig(**cfg), quiet=True)
+    b = train(CNNTrainConfig(**cfg), quiet=True)
+    c = train(CNNTrainConfig(**cfg, seed=2), quiet=True)
+    assert train_losses(a["run_dir"]) == train_losses(b["run_dir"])
+    assert train_losses(a["run_dir"]) != train_losses(c["run_dir"])
+
+
+@pytest.mark.parametrize("stop_after", [5, 8])  # mid-epoch, and exactly at the end of epoch 1
+def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, stop_after):
+    cfg = dict(arch="default", width=4, train_samples=256, test_samples=200, epochs=2, batch_size=32,
+               log_interval=1, dropout=0.3, shift=2, schedule="cosine", out=str(tmp_path))
+    full = train(CNNTrainConfig(**cfg), quiet=True)
+    part = train(CNNTrainConfig(**cfg, max_steps=stop_after), quiet=True)
+    assert not part["finished"] and part["step"] == stop_after
+    assert len(train_losses(part["run_dir"])) == stop_after
+    resumed = train(CNNTrainConfig(resume=str(part["run_dir"])), quiet=True)
+    assert resumed["finished"] and resumed["run_dir"] == part["run_dir"] and resumed["step"] == 16
+    assert train_losses(resumed["run_dir"]) == train_losses(full["run_dir"])  # exactly, step for step
+    assert [t["loss"] for t in resumed["tests"]] == [t["loss"] for t in full["tests"]]
+    assert resumed["test_accuracy"] == full["test_accuracy"]
+    a, b = load_checkpoint(full["run_dir"] / "last.safetensors"), load_checkpoint(resumed["run_dir"] / "last.safetensors")
+    for k, v in a.model_state.items():
+        assert torch.equal(v, b.model_state[k]), k
+
+
+def test_resume_refuses_new_settings_and_missing_runs(tmp_path):
+    with pytest.raises(UserError, match="drop --lr"):
+        train(CNNTrainConfig(resume=str(tmp_path), lr=0.1), quiet=True)
+    with pytest.raises(UserError, match="run folder not found"):
+        train(CNNTrainConfig(resume=str(tmp_path / "nope")), quiet=True)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(UserError, match="no last.safetensors"):
+        train(CNNTrainConfig(resume=str(tmp_path)), quiet=True)
+
+
+def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    cfg = dict(arch="seed", train_samples=128, test_samples=100, epochs=3, batch_size=32, out=str(tmp_path))
+    good = train(CNNTrainConfig(**cfg, max_steps=4), quiet=True)  # what epoch 1's checkpoint holds
+    calls = {"n": 0}
+    forward = CustomCNN.forward
+
+    def poisoned(self, x, targets=None):  # step 6 (epoch 2, batch 2) produces a NaN loss
+        logits, loss = forward(self, x, targets)
+        calls["n"] += targets is not None  # training steps only, not evaluation
+        if calls["n"] == 6 and targets is not None:
+            loss = loss * float("nan")
+        return logits, loss
+
+    monkeypatch.setattr(CustomCNN, "forward", poisoned)
+    with pytest.raises(UserError) as e:
+        train(CNNTrainConfig(**cfg), quiet=True)
+    message = str(e.value)
+    assert "diverged at step 6 (epoch 2, batch 2)" in message and "lower --lr" in message and "nan" in message
+    runs = sorted(p for p in tmp_path.iterdir() if p != good["run_dir"])
+    kept = load_checkpoint(runs[-1] / "last.safetensors")
+    assert kept.meta["step"] == 4 and kept.meta["epoch"] == 2  # the end of epoch 1, untouched
+    ref = load_checkpoint(good["run_dir"] / "last.safetensors")
+    for k, v in ref.model_state.items():
+        assert torch.equal(v, kept.model_state[k]), k
+    assert "diverged at step 6" in (runs[-1] / "train.log").read_text()
+
+
+def test_huge_learning_rate_is_reported_as_divergence(tmp_path):
+    with pytest.raises(UserError, match=r"diverged at step \d+ .*no checkpoint had been saved yet.*lower --lr"):
+        train(CNNTrainConfig(arch="seed", train_samples=256, test_samples=100, epochs=1, lr=1e6,
+                             out=str(tmp_path)), quiet=True)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(epochs=0), "--epochs must be >= 1"),
+    (dict(epochs=-3), "--epochs must be >= 1"),
+    (dict(batch_size=500, train_samples=100), "larger than the 100 training images"),
+    (dict(arch="resnet"), "--arch must be one of"),
+    (dict(optimizer="lbfgs"), "--optimizer must be one of"),
+    (dict(lr=-1.0), "--lr must be a positive number"),
+    (dict(lr=float("nan")), "--lr must be a positive number"),
+    (dict(train_samples=70000), "more than the 60000"),
+    (dict(test_samples=0), "--test-samples must be >= 1"),
+    (dict(shift=20), "--shift"),
+    (dict(dropout=1.0), "--dropout"),
+])
+def test_bad_settings_are_one_line_errors(change, message):
+    with pytest.raises(UserError, match=re.escape(message)) as e:
+        CNNTrainConfig(**change).resolved()
+    assert "\n" not in str(e.value)
+
+
+def test_arch_defaults_fill_only_what_was_not_given():
+    seed = CNNTrainConfig(arch="seed").resolved()
+    assert (seed.epochs, seed.shift, seed.lr) == (3, 0, cnn.DEFAULT_LR[("seed", "adamw")])
+    default = CNNTrainConfig(arch="default", epochs=2, optimizer="sgd").resolved()
+    assert default.epochs == 2 and default.shift == 2 and default.lr == cnn.DEFAULT_LR[("default", "sgd")]
+
+
+def test_random_shift_moves_whole_images_within_bounds():
+    g = torch.Generator().manual_seed(0)
+    x = torch.full((64, 1, 28, 28), -0.4242)
+    x[:, :, 10:18, 10:18] = 2.0  # a centred square
+    y = random_shift(x, 2, g)
+    assert y.shape == x.shape
+    ink = (y[:, 0] > 1).nonzero()
+    for n in range(64):
+        rows, cols = ink[ink[:, 0] == n, 1], ink[ink[:, 0] == n, 2]
+        assert len(rows) == 64  # nothing cut off, nothing added
+        assert 8 <= rows.min() <= 12 and 8 <= cols.min() <= 12
+    assert len({(int(r.min()), int(c.min())) for r, c in
+                ((ink[ink[:, 0] == n, 1], ink[ink[:, 0] == n, 2]) for n in range(64))}) > 10  # varied offsets
