@@ -83,7 +83,7 @@ def to_mnist(gray: np.ndarray, name: str = "image") -> np.ndarray:
     total = box.sum()
     cy = (box.sum(axis=1) * np.arange(nh)).sum() / total  # centre of mass
     cx = (box.sum(axis=0) * np.arange(nw)).sum() / total
-    top, left = int(round(13.5 - cy)), int(round(13.5 - cx))  # put it at the centre of 28x28
+    top, left = int(round(14.0 - cy)), int(round(14.0 - cx))  # MNIST digits have their mass at (14, 14)
     top, left = min(max(top, 0), 28 - nh), min(max(left, 0), 28 - nw)
     out = np.zeros((28, 28), dtype=np.float32)
     out[top:top + nh, left:left + nw] = box
