@@ -148,6 +148,18 @@ def test_pad2d_zero_padding_is_identity():
 
 # ----------------------------------------------------------------------------- bad arguments
 
+def test_conv2d_keeps_only_x_and_weight_for_backward():
+    """Peak memory: the im2col columns (kh*kw times x's size) are re-formed in backward, not
+    kept from the forward; and the result still matches PyTorch's, batch and stride included."""
+    x = torch.randn(5, 3, 9, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    y = ops.conv2d(x, w, None, stride=(2, 1), padding=1)
+    kept = sum(t.numel() for t in y.grad_fn.saved_tensors)
+    assert kept == x.numel() + w.numel()
+    check_layer(ops.conv2d, F.conv2d, [x, w, torch.randn(4, dtype=torch.float64, requires_grad=True)],
+                dict(stride=(2, 1), padding=1, dilation=(1, 2)))
+
+
 def bad(match, fn, *args, **kwargs):
     with pytest.raises(ValueError, match=match):
         fn(*args, **kwargs)

@@ -8,8 +8,10 @@ Convolution is done as im2col + one matrix product (the classic "unfold then GEM
 Chellapilla et al. 2006, "High Performance Convolutional Neural Networks for Document
 Processing"): the padded input is viewed, without copying, as every window it holds
 (``as_strided``), those windows are laid out as columns, and one matrix product with the
-weight gives every output pixel. The backward pass is the same matrices transposed:
+weight gives every output pixel. The backward pass is the same matrices transposed, with the batch moved inside the
+columns so that each is ONE matrix product over every output pixel of every image:
 
+    cols (K, N*L) re-formed from x (not kept from the forward: it is kh*kw times x's size)
     dw   = dout @ cols^T                     (sum over batch and output pixels)
     db   = dout summed over batch and pixels
     dcol = w^T @ dout, then folded back into the padded input by *adding* each window's
@@ -116,25 +118,42 @@ def _windows(xp: torch.Tensor, kh: int, kw: int, Ho: int, Wo: int, stride, dilat
     )
 
 
+def _columns(x: torch.Tensor, kh: int, kw: int, Ho: int, Wo: int, stride, padding, dilation) -> torch.Tensor:
+    """im2col with the kernel offsets first: (K, N*L), rows (C, kh, kw), columns (N, Ho, Wo).
+
+    With the batch inside the columns, the weight gradient is ONE matrix product whose inner
+    dimension runs over every output pixel of every image (N*L), instead of N small products
+    that leave an (N, O, K) tensor to be summed."""
+    N, C = x.shape[:2]
+    xp = pad_constant(x, *padding)  # (N, C, Hp, Wp)
+    windows = _windows(xp, kh, kw, Ho, Wo, stride, dilation)  # (N, C, kh, kw, Ho, Wo), a view
+    return windows.permute(1, 2, 3, 0, 4, 5).reshape(C * kh * kw, N * Ho * Wo)  # (K, N*L), the copy
+
+
 @functools.lru_cache(maxsize=64)
-def _fold_index(kh, kw, Ho, Wo, Hp, Wp, stride, dilation, device) -> torch.Tensor:
-    """For each (kernel offset, output pixel), the flat position in the padded input that it
-    reads: (kh*kw*Ho*Wo,). Cached: it depends only on the geometry."""
+def _fold_index(kh, kw, N, Ho, Wo, Hp, Wp, stride, dilation, device) -> torch.Tensor:
+    """For each column entry (kernel offset, image, output pixel) of ``_columns``, the flat
+    position in one channel of the padded input (N, Hp, Wp) that it was read from:
+    (kh*kw*N*Ho*Wo,). Cached: it depends only on the geometry."""
     (sh, sw), (dh, dw_) = stride, dilation
-    rows = (torch.arange(kh, device=device) * dh).view(kh, 1, 1, 1) + (torch.arange(Ho, device=device) * sh).view(1, 1, Ho, 1)
-    cols = (torch.arange(kw, device=device) * dw_).view(1, kw, 1, 1) + (torch.arange(Wo, device=device) * sw).view(1, 1, 1, Wo)
-    return (rows * Wp + cols).reshape(-1)  # (kh*kw*Ho*Wo,)
+    ar = functools.partial(torch.arange, device=device)
+    rows = (ar(kh) * dh).view(kh, 1, 1, 1, 1) + (ar(Ho) * sh).view(1, 1, 1, Ho, 1)  # (kh, 1, 1, Ho, 1)
+    cols = (ar(kw) * dw_).view(1, kw, 1, 1, 1) + (ar(Wo) * sw).view(1, 1, 1, 1, Wo)  # (1, kw, 1, 1, Wo)
+    image = (ar(N) * (Hp * Wp)).view(1, 1, N, 1, 1)  # (1, 1, N, 1, 1)
+    return (image + rows * Wp + cols).reshape(-1)  # (kh*kw*N*Ho*Wo,)
 
 
-def fold(dcols: torch.Tensor, padded_shape, stride, dilation) -> torch.Tensor:
-    """The adjoint of ``_windows``: add every window's gradient (N, C, kh, kw, Ho, Wo) back into
-    the padded input (N, C, Hp, Wp). Windows overlap, so this *adds* (index_add_)."""
-    N, C, kh, kw, Ho, Wo = dcols.shape
-    Hp, Wp = padded_shape[-2:]
-    index = _fold_index(kh, kw, Ho, Wo, Hp, Wp, tuple(stride), tuple(dilation), dcols.device)
-    dxp = dcols.new_zeros((N * C, Hp * Wp))  # (N*C, Hp*Wp)
-    dxp.index_add_(1, index, dcols.reshape(N * C, kh * kw * Ho * Wo))
-    return dxp.view(N, C, Hp, Wp)
+def _fold(dcols: torch.Tensor, x_shape, kh, kw, Ho, Wo, stride, padding, dilation) -> torch.Tensor:
+    """The adjoint of ``_columns``: add every column entry's gradient back where it was read
+    from in the padded input, then un-pad: (K, N*L) -> (N, C, H, W). Windows overlap, so one
+    input pixel gets several gradients: this *adds*, with one index_add_ over a cached index."""
+    N, C, H, W = x_shape
+    (ph, pw) = padding
+    Hp, Wp = H + 2 * ph, W + 2 * pw
+    index = _fold_index(kh, kw, N, Ho, Wo, Hp, Wp, tuple(stride), tuple(dilation), dcols.device)
+    dxp = dcols.new_zeros((C, N * Hp * Wp))  # (C, N*Hp*Wp): the batch inside, like dcols
+    dxp.index_add_(1, index, dcols.view(C, kh * kw * N * Ho * Wo))
+    return dxp.view(C, N, Hp, Wp).permute(1, 0, 2, 3)[:, :, ph: ph + H, pw: pw + W]  # (N, C, H, W): a view
 
 
 class Conv2d(torch.autograd.Function):
@@ -152,32 +171,36 @@ class Conv2d(torch.autograd.Function):
             out = torch.bmm(wm, cols)  # (N, O, L)
         else:
             out = torch.baddbmm(bias.view(1, O, 1).expand(N, O, L), wm, cols)  # (N, O, L)
-        # The columns are kept for backward (dw needs them; re-forming them would cost a second
-        # im2col copy), and the weight for dx.
-        ctx.save_for_backward(cols if ctx.needs_input_grad[1] else None, weight)
-        ctx.geometry = (x.shape, xp.shape, stride, padding, dilation, Ho, Wo)
+        # x and the weight are kept for backward, not the columns: those are kh*kw times the
+        # size of x (9x for a 3x3 kernel) and re-forming them costs one copy, a few percent
+        # of the matrix products (STYLE.md: recompute cheap things rather than store big ones).
+        ctx.save_for_backward(x, weight)
+        ctx.geometry = (stride, padding, dilation, Ho, Wo)
         ctx.has_bias = bias is not None
         return out.view(N, O, Ho, Wo)
 
     @staticmethod
     def backward(ctx, dout):
-        cols, weight = ctx.saved_tensors
-        x_shape, xp_shape, stride, padding, dilation, Ho, Wo = ctx.geometry
-        N, C, H, W = x_shape
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation, Ho, Wo = ctx.geometry
+        N, C, H, W = x.shape
         O, _, kh, kw = weight.shape
         K, L = C * kh * kw, Ho * Wo
-        dout = dout.reshape(N, O, L)  # (N, O, L)
+        need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
         dx = dw = db = None
-        if ctx.needs_input_grad[1]:
-            dw = torch.bmm(dout, cols.transpose(1, 2)).sum(0).view(weight.shape)  # (O, C, kh, kw)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            db = dout.sum((0, 2))  # (O,)
-        if ctx.needs_input_grad[0]:
-            wt = weight.reshape(O, K).t().expand(N, K, O)  # (N, K, O), a view
-            dcols = torch.bmm(wt, dout).view(N, C, kh, kw, Ho, Wo)  # (N, C, kh, kw, Ho, Wo)
-            dxp = fold(dcols, xp_shape, stride, dilation)  # (N, C, Hp, Wp)
-            ph, pw = padding
-            dx = dxp[:, :, ph: ph + H, pw: pw + W]  # un-pad: a view
+        if ctx.has_bias and need_db:
+            db = dout.sum((0, 2, 3))  # (O,)
+        if need_dx or need_dw:
+            # The output gradient with the batch inside the columns, like _columns' layout:
+            # both products below are then single matrix products over all N*L pixels.
+            dout_m = dout.transpose(0, 1).reshape(O, N * L)  # (O, N*L), a small copy
+        if need_dw:
+            cols = _columns(x, kh, kw, Ho, Wo, stride, padding, dilation)  # (K, N*L), recomputed
+            dw = (dout_m @ cols.T).view(weight.shape)  # (O, K) -> (O, C, kh, kw)
+            del cols  # freed before dcols (the same size) is made: a lower peak
+        if need_dx:
+            dcols = weight.reshape(O, K).T @ dout_m  # (K, N*L)
+            dx = _fold(dcols, x.shape, kh, kw, Ho, Wo, stride, padding, dilation)  # (N, C, H, W)
         return dx, dw, db, None, None, None
 
 
