@@ -207,8 +207,9 @@ def train(cfg: CNNTrainConfig, quiet: bool = False) -> dict:
 
     Returns a dict with ``run_dir``, ``test_loss``, ``test_accuracy`` (percent), ``correct``,
     ``n_test``, ``epoch_times`` (seconds of training per epoch), ``tests`` (one result per
-    epoch), ``step``, ``interrupted`` (True after Ctrl-C/SIGTERM), ``finished`` (False after
-    Ctrl-C or ``max_steps``: the run can be resumed), ``config`` and ``model``. Raises ``UserError`` for bad settings and on divergence.
+    epoch), ``step``, ``interrupted`` (True when Ctrl-C/SIGTERM stopped it early), ``finished``
+    (False after Ctrl-C or ``max_steps``: the run can be resumed), ``config`` and ``model``.
+    Raises ``UserError`` for bad settings and on divergence (``Diverged``).
     """
     if cfg.resume:
         run, ckpt, cfg = _open_resume(cfg)
@@ -247,7 +248,7 @@ def train(cfg: CNNTrainConfig, quiet: bool = False) -> dict:
         step, epoch, batch, order = s["step"], s["epoch"], s["batch"], s["order"]
         tests, epoch_times, best_acc = s["tests"], s["epoch_times"], s["best_accuracy"]
         epoch_time_so_far = s["epoch_time_so_far"]
-        set_rng_state(s["rng"], gens)
+        _restore_generators(run, s["rng"], gens, cfg.seed + 2 + step)
         run.truncate_metrics(lambda row: row.get("step", 0) <= step)
         run.log(f"resumed {run.path} at epoch {epoch}, batch {batch}/{batches_per_epoch} (step {step})",
                 echo=not quiet)
@@ -289,14 +290,14 @@ def train(cfg: CNNTrainConfig, quiet: bool = False) -> dict:
                 loss.backward()
                 if not (loss.item() < EXPLODED_LOSS) or not grads_are_finite(model.parameters()):
                     bar.close()
-                    _diverged(run, cfg, step, epoch, batch, loss, quiet)
+                    _diverged(run, cfg, step, epoch, batch, loss)
                 optimizer.step()
                 optimizer.zero_grad()
                 if batch % cfg.log_interval == 0:
                     loss_value = loss.item()
                     log(f"Train Epoch: {epoch} [{batch * cfg.batch_size}/{n_train} "
                         f"({100.0 * batch / batches_per_epoch:.0f}%)]\tLoss: {loss_value:.6f}", bar)
-                    run.log_metrics(kind="train", step=step + 1, epoch=epoch + batch / batches_per_epoch,
+                    run.log_metrics(kind="train", step=step + 1, epoch=epoch - 1 + (batch + 1) / batches_per_epoch,
                                     loss=loss_value, lr=lr)
                 step += 1
                 batch += 1
@@ -319,22 +320,34 @@ def train(cfg: CNNTrainConfig, quiet: bool = False) -> dict:
                 save("best")
             save("last")
 
-    if interrupted:
+    finished = epoch > cfg.epochs  # a stop requested at the very last step still finished the run
+    if not finished:
         path = save("last")
         why = "interrupted" if flag.requested else f"stopped after --max-steps {cfg.max_steps}"
         run.log(f"{why} at epoch {epoch}, batch {batch}/{batches_per_epoch} (step {step}); "
                 f"saved {path}", echo=not quiet)
         print(f"to continue: customnn train cnn --resume {run.path}", file=sys.stderr if quiet else sys.stdout,
               flush=True)
-    _write_plot_and_report(run, cfg, model, tests, epoch_times, step, interrupted)
+    _write_plot_and_report(run, cfg, model, tests, epoch_times, step, not finished)
     final = tests[-1] if tests else {"loss": float("nan"), "accuracy": float("nan"), "correct": 0, "n": 0}
     return {"run_dir": run.path, "test_loss": final["loss"], "test_accuracy": final["accuracy"],
             "correct": final["correct"], "n_test": final["n"], "epoch_times": list(epoch_times),
-            "tests": tests, "step": step, "interrupted": flag.requested, "finished": not interrupted,
+            "tests": tests, "step": step, "interrupted": flag.requested and not finished, "finished": finished,
             "config": asdict(cfg), "model": model}
 
 
-def _diverged(run: RunDir, cfg: CNNTrainConfig, step: int, epoch: int, batch: int, loss, quiet: bool):
+def _restore_generators(run: RunDir, state: dict, gens: dict, fallback_seed: int) -> None:
+    """Restore every random state; a dropout generator saved on another kind of device (a CPU
+    run resumed on a GPU) cannot be, so it is reseeded and the run is exact from there on."""
+    set_rng_state(state, {k: g for k, g in gens.items() if k != "dropout"})
+    try:
+        gens["dropout"].set_state(state["gen.dropout"])
+    except (KeyError, RuntimeError, TypeError):
+        gens["dropout"].manual_seed(fallback_seed)
+        run.log("note: the dropout generator was saved on another device; reseeded it", echo=False)
+
+
+def _diverged(run: RunDir, cfg: CNNTrainConfig, step: int, epoch: int, batch: int, loss):
     last = run.checkpoint("last")
     kept = f"the last good checkpoint {last} is kept as it was" if last.is_file() else "no checkpoint had been saved yet"
     value = loss.item()
@@ -398,7 +411,7 @@ def _write_plot_and_report(run, cfg, model, tests, epoch_times, step, interrupte
                                    f"`customnn train cnn --resume {run.path}`)" if interrupted else ""),
              "", "| epoch | test loss | test accuracy | train time (s) |", "| --- | --- | --- | --- |"]
     lines += [f"| {t['epoch']} | {t['loss']:.4f} | {t['correct']}/{t['n']} ({t['accuracy']:.2f}%) | "
-              f"{t['epoch_time']:.1f} |" for t in tests]
+              f"{t['epoch_time']:.2f} |" for t in tests]
     if tests:
         lines += ["", f"Final: {test_line(tests[-1])}; total training time {sum(epoch_times):.1f} s.",
                   "Best checkpoint (best.safetensors) is chosen by test accuracy; the figure above is the last epoch's."]
