@@ -189,3 +189,15 @@ def test_ctrl_c_saves_and_resume_continues_exactly(tmp_path):
     other = next((tmp_path / "b").iterdir())
     assert losses_of(run) == losses_of(other)
     assert len([row for row in losses_of(run) if "loss" in row]) == end
+
+
+def test_time_budget_plans_the_steps_to_fit(tmp_path, capsys):
+    budget = 8.0
+    result = train(make_config("tiny", out=str(tmp_path), max_iters=1_000_000, time_budget=budget, eval_interval=200))
+    out = capsys.readouterr().out
+    assert "time budget 8 s: " in out and " steps planned at step 15" in out
+    assert 100 < result["step"] < 1_000_000
+    assert result["time_s"] < budget + 3  # the plan is revised after each evaluation
+    assert out.splitlines()[-1].startswith(f"step {result['step']}: train loss")  # the closing evaluation
+    ckpt = load_checkpoint(Path(result["run_dir"]) / "last.safetensors")
+    assert ckpt.state["total_iters"] == result["step"]

@@ -55,33 +55,34 @@ class GPTTrainConfig:
 
     preset: str = "default"  # the preset these values started from (recorded in config.json)
     # model (GPTConfig; vocab_size comes from the text)
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    block_size: int = 128
-    dropout: float = 0.0
-    bias: bool = False
-    tie_weights: bool = True
+    n_layer: int = 4  # nanoGPT's CPU model: 4 blocks of width 128, 0.8M parameters
+    n_head: int = 4  # head size 32
+    n_embd: int = 128  # wider models learn more per step but fewer steps fit in ten minutes
+    block_size: int = 128  # characters of context: a line and a half of verse
+    dropout: float = 0.0  # ten minutes of training do not overfit a 0.8M model enough to need it
+    bias: bool = False  # nanoGPT's setting: no biases in linear layers and layer norms
+    tie_weights: bool = True  # the output projection is the token embedding (fewer parameters)
     # data
     text: str | None = None  # a UTF-8 text file; None: Tiny Shakespeare from the data directory
     data_dir: str | None = None  # the data directory (None: $CUSTOMNN_DATA, else ~/.cache/customnn)
-    batch_size: int = 16
+    batch_size: int = 12  # small batches, many steps: the most progress per second on a CPU
     # optimizer and schedule
-    max_iters: int = 6000  # training steps
-    lr: float = 1e-3  # peak learning rate, reached after warmup
-    min_lr: float = 1e-4  # the cosine schedule's floor
+    max_iters: int = 20000  # training steps (with --time-budget: the most it may plan)
+    lr: float = 3e-3  # peak learning rate after warmup; 3x nanoGPT's 1e-3 trains this small model faster
+    min_lr: float = 3e-4  # the cosine schedule's floor, lr / 10 as nanoGPT
     warmup_iters: int = 100  # linear warmup steps
     lr_decay_iters: int | None = None  # cosine decay length (None: max_iters)
-    beta1: float = 0.9
-    beta2: float = 0.99
+    beta1: float = 0.9  # AdamW's first moment, the usual value
+    beta2: float = 0.99  # nanoGPT's for small batches (its default 0.95 is for large ones)
     weight_decay: float = 0.1  # on matrices only
     grad_clip: float = 1.0  # global gradient norm; 0 turns clipping off
     # evaluation and logging
-    eval_interval: int = 500  # evaluate (and save last.safetensors) every this many steps
-    eval_iters: int = 20  # batches of each split per evaluation
+    eval_interval: int = 1000  # evaluate (and save last.safetensors) every this many steps
+    eval_iters: int = 40  # batches of each split per evaluation
     log_interval: int = 10  # a training-loss row in metrics.jsonl every this many steps
     # run
-    seed: int = 1337
+    time_budget: float | None = 580.0  # seconds for the whole run, evaluation included (None: max_iters steps)
+    seed: int = 1337  # initialisation, batches and dropout; nanoGPT's seed
     device: str = "auto"  # auto, cpu or cuda
     out: str = "runs"  # run folders are created under this folder
     resume: str | None = None  # a run folder to continue (from its last.safetensors) instead of a new run
@@ -104,17 +105,18 @@ PRESETS: dict[str, dict] = {
     "nanogpt-cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False,
                         batch_size=12, max_iters=2000, lr=1e-3, min_lr=1e-4, warmup_iters=100,
                         lr_decay_iters=2000, beta1=0.9, beta2=0.99, weight_decay=0.1, grad_clip=1.0,
-                        eval_interval=250, eval_iters=20),
-    # Ten minutes on a 2-core CPU, evaluation included (see the README for the figures).
+                        eval_interval=250, eval_iters=20, time_budget=None),
+    # Ten minutes on a 2-core CPU, evaluation included: nanoGPT's CPU model at context 128, lr 3e-3,
+    # batch 12, as many steps as fit in 580 s (chosen by val loss at equal compute; see the README).
     "default": dict(),
     # A few seconds: tests and smoke runs.
     "tiny": dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=8, max_iters=100, lr=3e-3,
-                 min_lr=3e-4, warmup_iters=5, eval_interval=50, eval_iters=4, log_interval=5),
+                 min_lr=3e-4, warmup_iters=5, eval_interval=50, eval_iters=4, log_interval=5, time_budget=None),
 }
 
 FIELDS = [f for f in fields(GPTTrainConfig) if f.name not in ("preset", "resume")]
 # Flags that may change when a run is resumed; the rest would change what is being trained.
-RESUMABLE = {"max_iters", "lr_decay_iters", "eval_interval", "eval_iters", "log_interval", "device",
+RESUMABLE = {"max_iters", "time_budget", "lr_decay_iters", "eval_interval", "eval_iters", "log_interval", "device",
              "data_dir", "text", "out"}
 
 
@@ -149,6 +151,8 @@ def check_config(cfg: GPTTrainConfig) -> None:
     for name in ("beta1", "beta2"):
         if not 0 <= getattr(cfg, name) < 1:
             raise UserError(f"{flag(name)} must be in [0, 1), got {getattr(cfg, name)}")
+    if cfg.time_budget is not None and not (cfg.time_budget > 0 and math.isfinite(cfg.time_budget)):
+        raise UserError(f"--time-budget must be a number of seconds > 0, got {cfg.time_budget}")
     if cfg.warmup_iters < 0:
         raise UserError(f"--warmup-iters must be >= 0, got {cfg.warmup_iters}")
     if cfg.decay_iters <= cfg.warmup_iters:
@@ -247,6 +251,51 @@ def sample_text(model: GPT, vocab: Vocab, prompt: str = "\n", n: int = 300, seed
     return prompt + vocab.decode(ids)
 
 
+class StepPlanner:
+    """How many steps fit in ``--time-budget`` seconds, evaluations and the closing outputs included.
+
+    The step time is measured from the 5th step of a session on (the first ones warm up
+    caches and thread pools), without the time spent in evaluations. The plan is made once
+    enough steps are timed (within the warmup, so that the cosine schedule, whose length is
+    the plan, has not started yet) and revised after every evaluation, as the machine's speed
+    may change. Without a budget the plan is ``max_iters``.
+    """
+
+    RESERVE_S = 5.0  # the plot, the report and its sample, the final save
+
+    def __init__(self, cfg: GPTTrainConfig, start_step: int, total_iters: int):
+        self.cfg = cfg
+        self.total = total_iters
+        self.mark_step = start_step + 5  # timing starts here
+        self.first_plan_step = self.mark_step + max(10, min(40, cfg.warmup_iters - self.mark_step - 1))
+        self.mark_time = None
+        self.eval_time = 0.0  # seconds spent in evaluations since the mark
+        self.last_eval_s = 0.0
+        self.planned = False
+
+    def timed_eval(self, seconds: float) -> None:
+        self.last_eval_s = seconds
+        if self.mark_time is not None:
+            self.eval_time += seconds
+
+    def update(self, step: int, used_s: float, after_eval: bool) -> bool:
+        """Revise the plan at this step; True when ``total`` changed."""
+        if self.cfg.time_budget is None:
+            return False
+        if step == self.mark_step:
+            self.mark_time = used_s
+        if self.mark_time is None or not (step == self.first_plan_step or (after_eval and self.planned)):
+            return False
+        per_step = (used_s - self.mark_time - self.eval_time) / max(1, step - self.mark_step)
+        left = self.cfg.time_budget - used_s - self.RESERVE_S - self.last_eval_s  # the final evaluation
+        per_eval = self.last_eval_s / self.cfg.eval_interval  # evaluations spread over the steps
+        steps = max(0, int(left / (per_step + per_eval)))
+        total = max(step, min(self.cfg.max_iters, step + steps))
+        self.planned = True
+        changed, self.total = total != self.total, total
+        return changed
+
+
 def train(cfg: GPTTrainConfig, quiet: bool = False) -> dict:
     """Train (or, with ``cfg.resume``, continue) a GPT run; returns its figures and the model.
 
@@ -271,9 +320,9 @@ def train(cfg: GPTTrainConfig, quiet: bool = False) -> dict:
     seed_all(cfg.seed)
     model = GPT(cfg.model_config(len(corpus.vocab)), seed=cfg.seed).to(device=device)
     opt = AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-    lr_at = cosine_lr(cfg.lr, cfg.warmup_iters, cfg.decay_iters, cfg.min_lr)
     batch_gen = torch.Generator().manual_seed(cfg.seed)
     step, best_val, evaluated_at, elapsed = 0, float("inf"), -1, 0.0
+    total_iters = cfg.max_iters  # the plan: max_iters, or what fits in the time budget
     if ckpt is not None:
         model_from_checkpoint(ckpt, ckpt_path)  # checks the stored model before anything is copied
         if ckpt.meta["config"] != model.config.to_dict():
@@ -284,6 +333,8 @@ def train(cfg: GPTTrainConfig, quiet: bool = False) -> dict:
         set_rng_state(st["rng"], {"train": batch_gen})
         step, best_val = int(st["iteration"]), float(st["best_val_loss"])
         evaluated_at, elapsed = int(st["evaluated_at"]), float(st["elapsed"])
+        if cfg.time_budget is not None:
+            total_iters = min(int(st["total_iters"]), cfg.max_iters)
         run.truncate_metrics(lambda r: r.get("step", 0) <= step)
         run.log(f"resuming {run.path} at step {step}", echo=not quiet)
     else:
@@ -294,18 +345,29 @@ def train(cfg: GPTTrainConfig, quiet: bool = False) -> dict:
                 f"{len(corpus.vocab)}) on {device}; run folder {run.path}", echo=not quiet)
     if step > cfg.max_iters:
         raise UserError(f"the run is already at step {step}, past --max-iters {cfg.max_iters}")
+    planner = StepPlanner(cfg, step, total_iters)
+
+    def schedule(total: int):
+        decay = cfg.lr_decay_iters if cfg.lr_decay_iters is not None else max(total, cfg.warmup_iters + 1)
+        return cosine_lr(cfg.lr, cfg.warmup_iters, decay, cfg.min_lr)
+
+    def clock() -> float:  # seconds of this run so far, all sessions
+        return elapsed + time.perf_counter() - t_start
+
+    lr_at = schedule(total_iters)
+    announced = False  # the first plan is printed, revisions go to train.log only
 
     def save(name: str, losses: dict | None) -> None:
         state = {"optimizer": opt.state_dict(), "rng": rng_state({"train": batch_gen}), "iteration": step,
-                 "best_val_loss": best_val, "evaluated_at": evaluated_at,
-                 "elapsed": elapsed + time.perf_counter() - t_start}
+                 "best_val_loss": best_val, "evaluated_at": evaluated_at, "total_iters": total_iters,
+                 "elapsed": clock()}
         extra = {} if losses is None else {"train_loss": losses["train"], "val_loss": losses["val"]}
         save_checkpoint(run.checkpoint(name), model.state_dict(), checkpoint_meta(cfg, model, corpus.vocab, step,
                                                                                   **extra), state)
 
     losses = None
     interrupted = False
-    bar = progress_bar(cfg.max_iters, "train gpt", quiet=quiet, initial=step)
+    bar = progress_bar(total_iters, "train gpt", quiet=quiet, initial=step)
 
     def log(line: str) -> None:  # printed above the progress bar when there is one
         if not bar.disable:
@@ -317,17 +379,28 @@ def train(cfg: GPTTrainConfig, quiet: bool = False) -> dict:
     model.train()
     with InterruptFlag() as flag:
         while True:
-            if (step % cfg.eval_interval == 0 or step == cfg.max_iters) and evaluated_at != step:
+            evaluate = (step % cfg.eval_interval == 0 or step == total_iters) and evaluated_at != step
+            if evaluate:
+                t_eval = clock()
                 losses = estimate_loss(model, corpus, cfg.batch_size, cfg.eval_iters, cfg.seed + 1, device)
                 evaluated_at = step
                 log(eval_line(step, losses))
                 run.log_metrics(step=step, train_loss=losses["train"], val_loss=losses["val"],
-                                time=round(elapsed + time.perf_counter() - t_start, 3))
+                                time=round(clock(), 3))
                 if losses["val"] < best_val:
                     best_val = losses["val"]
                     save("best", losses)
                 save("last", losses)
-            if step >= cfg.max_iters:
+                planner.timed_eval(clock() - t_eval)
+            if step < total_iters and planner.update(step, clock(), evaluate):
+                total_iters = planner.total
+                lr_at = schedule(total_iters)
+                bar.total = total_iters
+                bar.refresh()
+                run.log(f"time budget {cfg.time_budget:g} s: {total_iters} steps planned at step {step}",
+                        echo=not announced and not quiet)
+                announced = True
+            if step >= total_iters:
                 break
             if flag.requested:
                 interrupted = True
@@ -366,8 +439,8 @@ def train(cfg: GPTTrainConfig, quiet: bool = False) -> dict:
                 run.log_metrics(step=step, loss=loss_value, lr=lr)
                 bar.set_postfix(loss=f"{loss_value:.4f}")
     bar.close()
-    total = elapsed + time.perf_counter() - t_start
-    write_outputs(run, cfg, model, corpus, total, quiet)
+    write_outputs(run, cfg, model, corpus, clock(), quiet)
+    total = clock()
     return {"run_dir": run.path, "final_train_loss": losses["train"] if losses else None,
             "final_val_loss": losses["val"] if losses else None, "best_val_loss": best_val, "step": step,
             "time_s": total, "model": model, "vocab": corpus.vocab, "interrupted": interrupted}
@@ -398,7 +471,24 @@ def write_outputs(run: RunDir, cfg: GPTTrainConfig, model: GPT, corpus: Corpus, 
 
 
 # --- the command ------------------------------------------------------------------------------
-_FLAG_TYPES = {"int": int, "int | None": int, "float": float, "bool": bool, "str": str, "str | None": str}
+_FLAG_TYPES = {"int": int, "int | None": int, "float": float, "float | None": float, "bool": bool, "str": str,
+               "str | None": str}
+
+
+HELP = {
+    "n_layer": "Transformer blocks", "n_head": "attention heads", "n_embd": "width of the residual stream",
+    "block_size": "context length in characters", "dropout": "dropout probability", "bias": "biases in linear "
+    "layers and layer norms", "tie_weights": "output projection = token embedding", "text": "a UTF-8 text file "
+    "(default: Tiny Shakespeare from the data directory)", "data_dir": "data directory (default: $CUSTOMNN_DATA, "
+    "else ~/.cache/customnn)", "batch_size": "sequences per step", "max_iters": "training steps (with a time "
+    "budget: the most it may plan)", "lr": "peak learning rate", "min_lr": "final learning rate of the cosine",
+    "warmup_iters": "linear warmup steps", "lr_decay_iters": "length of the cosine decay (default: the steps)",
+    "beta1": "AdamW beta1", "beta2": "AdamW beta2", "weight_decay": "AdamW weight decay on matrices",
+    "grad_clip": "clip the global gradient norm (0: off)", "eval_interval": "evaluate and save every N steps",
+    "eval_iters": "batches per split per evaluation", "log_interval": "training-loss rows every N steps",
+    "time_budget": "seconds for the whole run, evaluation included; the steps are planned to fit (0: off)",
+    "seed": "random seed", "device": "auto, cpu or cuda", "out": "folder for run folders",
+}
 
 
 def add_arguments(p) -> None:
@@ -413,14 +503,16 @@ def add_arguments(p) -> None:
         default = PRESETS["default"].get(f.name, f.default)
         if kind is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                           help=f"(default preset: {default})")
+                           help=f"{HELP[f.name]} (default preset: {default})")
         else:
             p.add_argument(flag, type=kind, default=None, metavar=kind.__name__.upper(),
-                           help=f"(default preset: {default})")
+                           help=f"{HELP[f.name]} (default preset: {default})")
 
 
 def run(args) -> int:
     overrides = {f.name: getattr(args, f.name) for f in FIELDS if getattr(args, f.name, None) is not None}
+    if overrides.get("time_budget") == 0:  # --time-budget 0: no budget, max_iters steps
+        overrides["time_budget"] = None
     if args.resume is not None:
         run_dir = RunDir.open(args.resume)
         saved = run_dir.read_config()
