@@ -35,7 +35,9 @@ class _LayerNorm(torch.autograd.Function):
         # faster on CPU than torch.var_mean's one-pass Welford.
         mean = x2.mean(1, keepdim=True)  # (N, 1)
         xhat = x2 - mean  # (N, C), centred now, normalised in place below
-        var = torch.mul(xhat, xhat).mean(1, keepdim=True)  # (N, 1) biased variance
+        # The biased variance is ||x - mean||^2 / C: the row norm is one reduction kernel, with
+        # no (N, C) tensor of squares to allocate and then average.
+        var = torch.linalg.vector_norm(xhat, dim=1, keepdim=True).square_().div_(C)  # (N, 1)
         rstd = var.add_(eps).rsqrt_()  # (N, 1)
         xhat.mul_(rstd)
         if weight is None:
