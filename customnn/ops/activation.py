@@ -52,8 +52,8 @@ class _GeluErf(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x):
-        y = torch.mul(x, _INV_SQRT2).erf_()  # erf(x / sqrt2), then 0.5 * x * (1 + erf) in place
-        y.add_(1.0).mul_(x).mul_(0.5)
+        y = torch.mul(x, _INV_SQRT2).erf_()  # erf(x / sqrt2), then 0.5 * (x + x * erf) in place:
+        torch.addcmul(x, x, y, out=y).mul_(0.5)  # addcmul writes over its own input y, elementwise
         # x and the output y are kept. erf is the expensive part, so backward does not
         # recompute it: it reads Phi(x) back as y / x (exact to rounding; only subnormal x
         # within a few ulps of 0 lose digits). y costs no extra memory (the next layer keeps it
@@ -64,8 +64,11 @@ class _GeluErf(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         x, y = ctx.saved_tensors
-        # One new tensor, updated in place (each big allocation costs as much as the math):
-        dx = torch.mul(x, x).mul_(-0.5 * _LOG2E).add_(_LOG2_INV_SQRT_2PI).exp2_()  # phi(x)
+        # One new tensor, updated in place (each big allocation costs as much as the math).
+        # phi(x) = 2^(b - x^2 log2(e) / 2): the exponent is one addcmul (b + x * x * value),
+        # with b as a 0-d tensor since addcmul's first argument must be a tensor.
+        b = torch.full((), _LOG2_INV_SQRT_2PI, dtype=x.dtype, device=x.device)
+        dx = torch.addcmul(b, x, x, value=-0.5 * _LOG2E).exp2_()  # phi(x)
         dx.mul_(x).addcdiv_(y, x)  # x * phi(x) + Phi(x), with Phi(x) read back as y / x
         dx.nan_to_num_(nan=0.5)  # at x == 0, y / x is 0/0: there Phi + x * phi = 0.5
         return dx.mul_(dout)
