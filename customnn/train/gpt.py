@@ -44,9 +44,9 @@ from customnn.data.text import Corpus, Vocab, get_batch, load_corpus
 from customnn.errors import UserError
 from customnn.models.gpt import GPT, GPTConfig
 from customnn.optim import AdamW, clip_grad_norm_, cosine_lr, grads_are_finite, set_lr
-from customnn.train.run import (RunDir, load_checkpoint, plot_curves, progress_bar, resolve_checkpoint,
-                                resolve_device, rng_state, save_checkpoint, seed_all, set_rng_state,
-                                InterruptFlag)
+from customnn.train.run import (InterruptFlag, RunDir, atomic_write_text, load_checkpoint, plot_curves,
+                                progress_bar, resolve_checkpoint, resolve_device, rng_state, save_checkpoint,
+                                seed_all, set_rng_state)
 
 
 @dataclass
@@ -173,6 +173,8 @@ def model_from_checkpoint(ckpt, path, device="cpu") -> tuple[GPT, Vocab]:
         raise UserError(f"{path} holds a {meta.get('model')!r} model, not a GPT")
     try:
         config = GPTConfig(**meta["config"])
+        if not isinstance(meta.get("vocab"), str):
+            raise ValueError("no vocabulary")
         vocab = Vocab(meta["vocab"])
         if len(vocab) != config.vocab_size:
             raise ValueError(f"{len(vocab)} vocabulary characters for vocab_size {config.vocab_size}")
@@ -223,10 +225,11 @@ def evaluate_checkpoint(args, path, ckpt) -> int:
     text = args.text if args.text is not None else tc.get("text")
     data_dir = args.data_dir if args.data_dir is not None else tc.get("data_dir")
     corpus = load_corpus(text, data_dir, model.config.block_size, vocab=vocab)
-    batch_size = args.batch_size or tc.get("batch_size", 12)
-    eval_iters = args.eval_iters or tc.get("eval_iters", 20)
-    if batch_size < 1 or eval_iters < 1:
-        raise UserError("--batch-size and --eval-iters must be >= 1")
+    batch_size = args.batch_size if args.batch_size is not None else tc.get("batch_size", 12)
+    eval_iters = args.eval_iters if args.eval_iters is not None else tc.get("eval_iters", 20)
+    for flag, value in (("--batch-size", batch_size), ("--eval-iters", eval_iters)):
+        if value < 1:
+            raise UserError(f"{flag} must be >= 1, got {value}")
     losses = estimate_loss(model, corpus, batch_size, eval_iters, tc.get("seed", 1337) + 1, device)
     print(eval_line(int(ckpt.meta.get("step", 0)), losses))
     return 0
@@ -439,7 +442,7 @@ def train(cfg: GPTTrainConfig, quiet: bool = False) -> dict:
                 run.log_metrics(step=step, loss=loss_value, lr=lr)
                 bar.set_postfix(loss=f"{loss_value:.4f}")
     bar.close()
-    write_outputs(run, cfg, model, corpus, clock(), quiet)
+    write_outputs(run, cfg, model, corpus, clock(), sample=not interrupted)
     total = clock()
     return {"run_dir": run.path, "final_train_loss": losses["train"] if losses else None,
             "final_val_loss": losses["val"] if losses else None, "best_val_loss": best_val, "step": step,
@@ -447,8 +450,8 @@ def train(cfg: GPTTrainConfig, quiet: bool = False) -> dict:
 
 
 def write_outputs(run: RunDir, cfg: GPTTrainConfig, model: GPT, corpus: Corpus, total_s: float,
-                  quiet: bool) -> None:
-    """loss.png and report.md from metrics.jsonl, with a generated sample."""
+                  sample: bool = True) -> None:
+    """loss.png and report.md from metrics.jsonl, with a generated sample (none after Ctrl-C: stop fast)."""
     rows = run.read_metrics()
     train_rows = [r for r in rows if "loss" in r]
     evals = [r for r in rows if "val_loss" in r]
@@ -457,17 +460,23 @@ def write_outputs(run: RunDir, cfg: GPTTrainConfig, model: GPT, corpus: Corpus, 
         "train (eval)": ([r["step"] for r in evals], [r["train_loss"] for r in evals]),
         "val (eval)": ([r["step"] for r in evals], [r["val_loss"] for r in evals]),
     }, xlabel="step", title=f"GPT on {corpus.path.name} ({cfg.preset})")
-    sample = sample_text(model, corpus.vocab, "\n", 300, seed=cfg.seed)
+    last = evals[-1]["step"] if evals else 0
     lines = [f"# GPT run `{run.path.name}`", "",
              f"Preset `{cfg.preset}`: {cfg.n_layer} layers, {cfg.n_head} heads, width {cfg.n_embd}, "
              f"context {cfg.block_size}, {model.num_parameters():,} parameters; batch {cfg.batch_size}, "
              f"lr {cfg.lr:g} -> {cfg.min_lr:g}, text `{corpus.path}`.", "",
-             f"Training time {total_s:.1f} s (evaluation included).", "",
+             f"Training time {total_s:.1f} s (evaluation included)"
+             + (f", time budget {cfg.time_budget:g} s." if cfg.time_budget else "."), "",
              "| step | train loss | val loss | time (s) |", "| ---: | ---: | ---: | ---: |"]
     lines += [f"| {r['step']} | {r['train_loss']:.4f} | {r['val_loss']:.4f} | {r.get('time', 0):.1f} |" for r in evals]
-    lines += ["", "![loss](loss.png)", "", "A sample (temperature 0.8, from a newline):", "", "```",
-              sample.strip("\n"), "```", ""]
-    run.path.joinpath("report.md").write_text("\n".join(lines))
+    lines += ["", "![loss](loss.png)", ""]
+    if sample:
+        text = sample_text(model, corpus.vocab, "\n", 300, seed=cfg.seed)
+        lines += [f"A sample of the model at step {last} (temperature 0.8, from a newline):", "", "```",
+                  text.strip("\n"), "```", ""]
+    else:
+        lines += [f"Stopped early; continue with `customnn train gpt --resume {run.path}`.", ""]
+    atomic_write_text(run.path / "report.md", "\n".join(lines))
 
 
 # --- the command ------------------------------------------------------------------------------
