@@ -87,3 +87,18 @@ def test_gelu_rejects_unknown_approximation():
 def test_rejects_integer_input(fn):
     with pytest.raises(ValueError, match="floating-point"):
         fn(torch.arange(5))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gelu_half_precision_close_to_float32(dtype):
+    # phi's exponent uses a 0-d constant of x's dtype; half inputs must work and stay close.
+    x = torch.randn(4, 33, dtype=torch.float32)
+    xh = x.to(dtype).requires_grad_()
+    y = ops.gelu(xh)
+    y.backward(torch.ones_like(y))
+    xf = xh.detach().float().requires_grad_()
+    yf = F.gelu(xf)
+    yf.backward(torch.ones_like(yf))
+    assert y.dtype == dtype and xh.grad.dtype == dtype
+    torch.testing.assert_close(y.float(), yf, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(xh.grad.float(), xf.grad, rtol=2e-2, atol=2e-2)

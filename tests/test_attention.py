@@ -160,3 +160,18 @@ def test_value_error_for_integer_inputs():
     q = torch.ones(1, 1, 2, 2, dtype=torch.long)
     with pytest.raises(ValueError, match="floating-point"):
         ops.attention(q, q, q)
+
+
+def test_gradcheck_with_dropout_not_causal_and_longer_keys():
+    # The backward's softmax row sums are dout . y, which holds with dropout on the weights
+    # and for any mask: checked here without the causal mask, with S != T.
+    torch.manual_seed(0)
+    q = torch.randn(1, 2, 3, 4, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(1, 2, 5, 4, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(1, 2, 5, 4, dtype=torch.float64, requires_grad=True)
+
+    def fn(q, k, v):  # same seed on every call, so the mask is fixed
+        g = torch.Generator().manual_seed(11)
+        return ops.attention(q, k, v, causal=False, dropout_p=0.3, generator=g)
+
+    assert torch.autograd.gradcheck(fn, (q, k, v))

@@ -131,3 +131,23 @@ def test_cross_entropy_errors():
         ops.cross_entropy(logits, torch.tensor([0, 1, 2, 0]), label_smoothing=1.5)
     # ignore_index itself is not out of range
     assert torch.isfinite(ops.cross_entropy(logits, torch.tensor([0, -100, 2, 0])))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_cross_entropy_backward_twice_gives_the_same_gradient(reduction, smoothing):
+    # The forward keeps probs - q for the backward; a second backward (retain_graph) must find
+    # it unchanged, and an exp-path-sized input (more than a few thousand values) goes the exp2 way.
+    for n, c in ((6, 5), (80, 65)):
+        logits = torch.randn(n, c, dtype=torch.float64, requires_grad=True)
+        target = torch.randint(0, c, (n,))
+        target[0] = -100
+        loss = ops.cross_entropy(logits, target, reduction=reduction, label_smoothing=smoothing)
+        dout = torch.rand_like(loss)
+        (g1,) = torch.autograd.grad(loss, logits, dout, retain_graph=True)
+        (g2,) = torch.autograd.grad(loss, logits, dout)
+        assert torch.equal(g1, g2)
+        ref = F.cross_entropy(logits, target, reduction=reduction, label_smoothing=smoothing)
+        (gr,) = torch.autograd.grad(ref, logits, dout)
+        torch.testing.assert_close(g1, gr, rtol=0, atol=1e-12)
+        assert torch.all(g1[0] == 0)  # the ignored row gets no gradient
