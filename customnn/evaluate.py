@@ -35,6 +35,6 @@ def run(args) -> int:
     path = resolve_checkpoint(args.run, prefer=args.checkpoint)
     ckpt = load_checkpoint(path)
     kind = ckpt.meta.get("model")
-    if kind not in MODEL_MODULES:
+    if not isinstance(kind, str) or kind not in MODEL_MODULES:
         raise UserError(f"{path}: unknown model kind {kind!r} in the checkpoint")
     return importlib.import_module(MODEL_MODULES[kind]).evaluate_checkpoint(args, path, ckpt)

@@ -12,6 +12,9 @@ these known files:
 - missing and no mirror reachable: a one-line ``UserError`` naming the file, the folder
   searched and how to supply it.
 
+``CUSTOMNN_OFFLINE=1`` turns downloads off: a missing file is that same error at once,
+without touching the network (for machines without internet, and for tests).
+
     from customnn.data.cache import ensure_file
     path = ensure_file("mnist/train-images-idx3-ubyte.gz", data_dir=None)
 """
@@ -30,6 +33,7 @@ from customnn.errors import UserError
 from customnn.train.run import atomic_write_bytes
 
 ENV_VAR = "CUSTOMNN_DATA"
+OFFLINE_VAR = "CUSTOMNN_OFFLINE"  # set (to anything but "" or "0"): never download
 DEFAULT_DIR = Path("~/.cache/customnn")
 DOWNLOAD_TIMEOUT_S = 30  # per mirror; a blocked network fails fast rather than hanging
 
@@ -135,9 +139,15 @@ def _fetch(url: str) -> bytes:
         return response.read()
 
 
+def offline() -> bool:
+    """True when ``$CUSTOMNN_OFFLINE`` turns downloads off."""
+    return os.environ.get(OFFLINE_VAR, "") not in ("", "0")
+
+
 def _download(relpath: str, known: KnownFile, path: Path, root: Path, source: str) -> None:
-    failures = []
-    for url in known.urls:
+    failures = [f"downloads are off: ${OFFLINE_VAR} is set"] if offline() else []
+    urls = () if failures else known.urls
+    for url in urls:
         try:
             data = _fetch(url)
         except Exception as e:  # URLError, timeouts, HTTP errors, refused connections

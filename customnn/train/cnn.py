@@ -7,8 +7,8 @@ a ``Test set`` line after each epoch. Around it:
 - reproducible: the data order, the random shifts and the dropout masks each come from
   their own seeded generator, and every random state is saved in the checkpoint;
 - a run folder (``customnn.train.run.RunDir``): config.json, metrics.jsonl, train.log,
-  last.safetensors (every epoch, and on Ctrl-C), best.safetensors (best test accuracy),
-  loss.png and report.md;
+  last.safetensors (every epoch, every ``--save-interval`` seconds mid-epoch if asked, and
+  on Ctrl-C), best.safetensors (best test accuracy), loss.png and report.md;
 - ``--resume RUN`` continues from last.safetensors exactly where it stopped, mid-epoch
   included (model, optimizer, schedule step, RNG states, data order and position, metrics);
 - Ctrl-C (or SIGTERM) finishes the step, saves, prints how to resume and exits with 130;
@@ -53,6 +53,9 @@ OPTIMIZERS = ("adamw", "sgd")
 # --lr 1e6, and the loss then sits at 1e6..1e20). Healthy runs never come near it.
 EXPLODED_LOSS = 1e3
 SCHEDULES = ("constant", "cosine")
+# The widest --width: far above any useful MNIST net (24 reaches 99.5%), and a bound on what a
+# checkpoint's configuration may make ``customnn eval``/``predict`` allocate.
+MAX_WIDTH = 256
 
 # What ``None`` in the config means, per architecture; each value is explained in CNNTrainConfig.
 ARCH_DEFAULTS = {
@@ -84,6 +87,7 @@ class CNNTrainConfig:
     eval_batch_size: int = 1000  # the PyTorch example's test batch size: evaluation needs no gradients
     log_interval: int = 10  # batches between Train Epoch lines, as the PyTorch example
     max_steps: int | None = None  # stop (resumably, with a checkpoint) after this many optimizer steps in all
+    save_interval: float | None = None  # also save last.safetensors every this many seconds mid-epoch (None: per epoch)
     seed: int = 1  # the PyTorch example's seed
     device: str = "auto"  # CUDA when there is a GPU
     data_dir: str | None = None  # None: $CUSTOMNN_DATA, else ~/.cache/customnn
@@ -115,6 +119,8 @@ class CNNTrainConfig:
         for name in ("epochs", "batch_size", "width", "train_samples", "test_samples", "eval_batch_size",
                      "log_interval", "max_steps"):
             positive(name, getattr(self, name))
+        if self.width > MAX_WIDTH:
+            raise UserError(f"--width must be <= {MAX_WIDTH}, got {self.width}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise UserError(f"--lr must be a positive number, got {self.lr}")
         if self.schedule not in SCHEDULES:
@@ -129,6 +135,8 @@ class CNNTrainConfig:
             raise UserError(f"--shift must be between 0 and 8 pixels, got {self.shift}")
         if self.warmup_steps < 0:
             raise UserError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
+        if self.save_interval is not None and not (math.isfinite(self.save_interval) and self.save_interval > 0):
+            raise UserError(f"--save-interval must be a number of seconds > 0, got {self.save_interval}")
         for name, n in (("train", self.train_samples), ("test", self.test_samples)):
             if n is not None and n > SIZES[name]:
                 raise UserError(f"--{name}-samples {n} is more than the {SIZES[name]} images of MNIST's {name} set")
@@ -243,21 +251,26 @@ def train(cfg: CNNTrainConfig, quiet: bool = False) -> dict:
                 f"{n_train} training images, device {device})", echo=not quiet)
     else:
         _restore_model(model, ckpt)
-        optimizer.load_state_dict(ckpt.state["optimizer"])
-        s = ckpt.state
-        step, epoch, batch, order = s["step"], s["epoch"], s["batch"], s["order"]
-        tests, epoch_times, best_acc = s["tests"], s["epoch_times"], s["best_accuracy"]
-        epoch_time_so_far = s["epoch_time_so_far"]
-        _restore_generators(run, s["rng"], gens, cfg.seed + 2 + step)
+        try:
+            optimizer.load_state_dict(ckpt.state["optimizer"])
+            s = ckpt.state
+            step, epoch, batch, order = s["step"], s["epoch"], s["batch"], s["order"]
+            tests, epoch_times, best_acc = s["tests"], s["epoch_times"], s["best_accuracy"]
+            epoch_time_so_far = s["epoch_time_so_far"]
+            _restore_generators(run, s["rng"], gens, cfg.seed + 2 + step)
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError, SyntaxError) as e:
+            raise UserError(f"cannot resume from {run.checkpoint('last')}: its training state is damaged "
+                            f"({type(e).__name__})") from None
         run.truncate_metrics(lambda row: row.get("step", 0) <= step)
         run.log(f"resumed {run.path} at epoch {epoch}, batch {batch}/{batches_per_epoch} (step {step})",
                 echo=not quiet)
 
-    def save(name: str) -> Path:
+    def save(name: str, epoch_time: float | None = None) -> Path:
+        """``epoch_time``: this epoch's training time so far, for a save in the middle of an epoch."""
         state = {"optimizer": optimizer.state_dict(), "rng": rng_state(gens), "step": step, "epoch": epoch,
                  "batch": batch, "order": order if order is not None else torch.zeros(0, dtype=torch.int64),
                  "tests": tests, "epoch_times": epoch_times, "best_accuracy": best_acc,
-                 "epoch_time_so_far": epoch_time_so_far}
+                 "epoch_time_so_far": epoch_time_so_far if epoch_time is None else epoch_time}
         meta = {"model": "cnn", "config": asdict(cfg), "step": step, "epoch": epoch, "batch": batch}
         path = run.checkpoint(name)
         save_checkpoint(path, model.state_dict(), meta, state)
@@ -271,6 +284,7 @@ def train(cfg: CNNTrainConfig, quiet: bool = False) -> dict:
             run.log(line, echo=not quiet)
 
     interrupted = False
+    last_save = time.perf_counter()  # for --save-interval
     model.train()
     with InterruptFlag() as flag:
         while epoch <= cfg.epochs and not interrupted:
@@ -305,6 +319,9 @@ def train(cfg: CNNTrainConfig, quiet: bool = False) -> dict:
                 if flag.requested or (cfg.max_steps is not None and step >= cfg.max_steps):
                     interrupted = True
                     break
+                if cfg.save_interval is not None and time.perf_counter() - last_save >= cfg.save_interval:
+                    save("last", epoch_time_so_far + time.perf_counter() - t0)  # mid-epoch, resumable
+                    last_save = time.perf_counter()
             bar.close()
             epoch_time_so_far += time.perf_counter() - t0
             if interrupted and batch < batches_per_epoch:
@@ -319,6 +336,7 @@ def train(cfg: CNNTrainConfig, quiet: bool = False) -> dict:
                 best_acc = result["accuracy"]
                 save("best")
             save("last")
+            last_save = time.perf_counter()
 
     finished = epoch > cfg.epochs  # a stop requested at the very last step still finished the run
     if not finished:
@@ -365,7 +383,8 @@ def _diverged(run: RunDir, cfg: CNNTrainConfig, step: int, epoch: int, batch: in
 
 def _open_resume(cfg: CNNTrainConfig):
     given = [f.name for f in fields(CNNTrainConfig)
-             if f.name not in ("resume", "device", "data_dir") and getattr(cfg, f.name) != f.default]
+             if f.name not in ("resume", "device", "data_dir", "save_interval")
+             and getattr(cfg, f.name) != f.default]
     if given:
         raise UserError("--resume continues a run with its own settings; drop "
                         + ", ".join("--" + name.replace("_", "-") for name in given))
@@ -379,11 +398,14 @@ def _open_resume(cfg: CNNTrainConfig):
     saved = ckpt.meta["config"]
     known = {f.name for f in fields(CNNTrainConfig)}
     resumed = CNNTrainConfig(**{k: v for k, v in saved.items() if k in known})
-    resumed.device, resumed.resume = cfg.device, cfg.resume
+    resumed.device, resumed.resume, resumed.save_interval = cfg.device, cfg.resume, cfg.save_interval
     if cfg.data_dir is not None:
         resumed.data_dir = cfg.data_dir
     resumed.max_steps = None  # a resumed run goes to the end
-    resumed.validate()
+    try:
+        resumed.validate()
+    except TypeError:  # a value of the wrong type in a forged or damaged checkpoint
+        raise UserError(f"{path}: checkpoint is damaged: its configuration is malformed") from None
     return run, ckpt, resumed
 
 
@@ -426,8 +448,13 @@ def load_model(path, ckpt, device) -> CustomCNN:
     cfg = ckpt.meta.get("config")
     if ckpt.meta.get("model") != "cnn" or not isinstance(cfg, dict) or cfg.get("arch") not in ARCHS:
         raise UserError(f"{path} is not a CNN checkpoint")
-    model = build_model({"arch": cfg["arch"], "seed": 0, "dropout": cfg.get("dropout", 0.0),
-                         "width": cfg.get("width", 24)})
+    width, dropout = cfg.get("width", 24), cfg.get("dropout", 0.0)
+    # Checked before the model is built: a forged width must not make it allocate gigabytes.
+    if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= MAX_WIDTH:
+        raise UserError(f"{path}: checkpoint is damaged: width {width!r} is not an integer in 1..{MAX_WIDTH}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise UserError(f"{path}: checkpoint is damaged: dropout {dropout!r} is not a number in [0, 1)")
+    model = build_model({"arch": cfg["arch"], "seed": 0, "dropout": dropout, "width": width})
     try:
         model.load_state_dict(ckpt.model_state)
     except ValueError as e:
@@ -468,6 +495,8 @@ def add_arguments(p) -> None:
     p.add_argument("--test-samples", type=int, default=None, help="use the first N test images (all 10000)")
     p.add_argument("--log-interval", type=int, default=d.log_interval, help="batches between log lines (10)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after N steps, resumably")
+    p.add_argument("--save-interval", type=float, default=None, metavar="SECONDS",
+                   help="also save last.safetensors every SECONDS mid-epoch (default: at the end of each epoch)")
     p.add_argument("--data-dir", default=None, help="data directory (default: $CUSTOMNN_DATA, else ~/.cache/customnn)")
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda (default: auto)")
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (1)")

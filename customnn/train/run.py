@@ -11,7 +11,8 @@ A run folder (``runs/<model>-<time>/``, DESIGN.md) holds::
 
 Every file is written to a temporary file in the same folder, flushed to disk and then
 renamed over the old one (``os.replace`` is atomic on POSIX), so a process killed at any
-moment leaves either the old file or the new one, never half of one.
+moment leaves either the old file or the new one, never half of one. The temporary files
+a killed process leaves behind (``.NAME.tmp-PID``) are removed when the run is resumed.
 
 Checkpoints are safetensors files (tensors only, never pickled) whose header metadata holds
 one JSON document: the model kind and configuration, the step, and the skeleton of any
@@ -68,6 +69,33 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files (``.NAME.tmp-PID``) of writers that are no longer running."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 # --- nested state <-> (tensors, JSON skeleton) ---------------------------------------------
@@ -162,7 +190,12 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise UserError(f"{path}: checkpoint format version {meta.get('version')} is not supported "
                         f"(this customnn reads version {FORMAT_VERSION})")
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    state = unflatten_state(meta.pop("state", None), tensors)
+    try:
+        state = unflatten_state(meta.pop("state", None), tensors)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    except (TypeError, ValueError, KeyError, RecursionError):  # a skeleton no save_checkpoint wrote
+        raise UserError(f"{path}: checkpoint is damaged: its training state is malformed") from None
     return Checkpoint(model_state, meta, state)
 
 
@@ -211,6 +244,7 @@ class RunDir:
             raise UserError(f"run folder not found: {run.path}")
         if not run.config_path.is_file():
             raise UserError(f"{run.path} is not a run folder (no config.json)")
+        remove_stale_temporaries(run.path)  # left by a killed process
         return run
 
     config_path = property(lambda self: self.path / "config.json")
