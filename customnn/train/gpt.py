@@ -260,41 +260,46 @@ class StepPlanner:
     The step time is measured from the 5th step of a session on (the first ones warm up
     caches and thread pools), without the time spent in evaluations. The plan is made once
     enough steps are timed (within the warmup, so that the cosine schedule, whose length is
-    the plan, has not started yet) and revised after every evaluation, as the machine's speed
-    may change. Without a budget the plan is ``max_iters``.
+    the plan, has not started yet) and revised every ``REVISE_S`` seconds from the speed of
+    the steps since the last plan, as the speed of a shared machine changes. Without a budget
+    the plan is ``max_iters``.
     """
 
     RESERVE_S = 5.0  # the plot, the report and its sample, the final save
+    REVISE_S = 15.0  # seconds between revisions of the plan
 
     def __init__(self, cfg: GPTTrainConfig, start_step: int, total_iters: int):
         self.cfg = cfg
         self.total = total_iters
         self.mark_step = start_step + 5  # timing starts here
         self.first_plan_step = self.mark_step + max(10, min(40, cfg.warmup_iters - self.mark_step - 1))
-        self.mark_time = None
+        self.mark_time = None  # the clock at mark_step: the speed is measured from (mark_step, mark_time)
         self.eval_time = 0.0  # seconds spent in evaluations since the mark
         self.last_eval_s = 0.0
-        self.planned = False
+        self.planned_at = None  # the clock at the last plan
 
     def timed_eval(self, seconds: float) -> None:
         self.last_eval_s = seconds
         if self.mark_time is not None:
             self.eval_time += seconds
 
-    def update(self, step: int, used_s: float, after_eval: bool) -> bool:
-        """Revise the plan at this step; True when ``total`` changed."""
+    def update(self, step: int, used_s: float) -> bool:
+        """Make or revise the plan at this step if it is time to; True when ``total`` changed."""
         if self.cfg.time_budget is None:
             return False
         if step == self.mark_step:
             self.mark_time = used_s
-        if self.mark_time is None or not (step == self.first_plan_step or (after_eval and self.planned)):
+        due = (step == self.first_plan_step if self.planned_at is None
+               else used_s - self.planned_at >= self.REVISE_S)
+        if self.mark_time is None or not due:
             return False
         per_step = (used_s - self.mark_time - self.eval_time) / max(1, step - self.mark_step)
         left = self.cfg.time_budget - used_s - self.RESERVE_S - self.last_eval_s  # the final evaluation
         per_eval = self.last_eval_s / self.cfg.eval_interval  # evaluations spread over the steps
         steps = max(0, int(left / (per_step + per_eval)))
         total = max(step, min(self.cfg.max_iters, step + steps))
-        self.planned = True
+        self.planned_at = used_s
+        self.mark_step, self.mark_time, self.eval_time = step, used_s, 0.0  # the next speed: from here
         changed, self.total = total != self.total, total
         return changed
 
@@ -395,7 +400,7 @@ def train(cfg: GPTTrainConfig, quiet: bool = False) -> dict:
                     save("best", losses)
                 save("last", losses)
                 planner.timed_eval(clock() - t_eval)
-            if step < total_iters and planner.update(step, clock(), evaluate):
+            if step < total_iters and planner.update(step, clock()):
                 total_iters = planner.total
                 lr_at = schedule(total_iters)
                 bar.total = total_iters
