@@ -35,11 +35,15 @@ COMMANDS = [
 ]
 
 
+# Every character str.splitlines() breaks at, written as its escape (\n -> "\\n").
+_ESCAPE_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (``customnn train cnn: error: ...``), exit 2."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {message.translate(_ESCAPE_LINE_BREAKS)}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except UserError as e:
-        print(f"customnn: error: {e}", file=sys.stderr)
+        message = str(e).translate(_ESCAPE_LINE_BREAKS)  # one line, even with a file name holding a line break
+        print(f"customnn: error: {message}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("customnn: interrupted", file=sys.stderr)

@@ -484,6 +484,9 @@ def test_bad_arguments_of_every_command_are_one_line_errors(tmp_path, runs, caps
         (["eval", gpt, "--text", tmp_path / "latin1.txt"], "is not UTF-8 text"),
         (["eval", gpt, "--text", tmp_path / "empty.txt"], "is empty"),
         (["eval", "--checkpoint", "middle", cnn], "invalid choice: 'middle'"),
+        (["eval", tmp_path / "two\nlines\u2028and\rmore"],  # a message stays one line, whatever the file name
+         "not found: " + str(tmp_path / "two\\nlines\\u2028and\\rmore")),
+        (["train", "cnn", "--arch", "a\nb"], "invalid choice: 'a\\nb'"),
         # generate
         ([*gen, "--prompt", "naïve"], "character 'ï' (U+00EF) at position 2 is not in the model's vocabulary"),
         ([*gen, "--prompt", ""], "--prompt is empty"),
