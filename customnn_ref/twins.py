@@ -16,7 +16,8 @@ has our models' signature, ``forward(x, targets=None) -> (logits, loss)``.
     logits, loss = twin(idx, targets)
 
 Dropout draws its own masks here (``nn.Dropout``), so in training mode with dropout > 0 the
-twin costs the same as our model but does not give the same numbers.
+twin costs the same as our model but does not give the same numbers, unless it is handed the
+mask our model draws: ``TwinCNN.mask`` (tests/test_cnn_model.py does this).
 """
 
 from __future__ import annotations
@@ -43,7 +44,12 @@ class TwinConvStage(nn.Module):
 
 
 class TwinCNN(nn.Module):
-    """``CustomCNN`` (``arch`` "seed" or "default") from torch.nn layers."""
+    """``CustomCNN`` (``arch`` "seed" or "default") from torch.nn layers.
+
+    ``mask``: None (``nn.Dropout`` draws its own), or a ``(N, 36w)`` multiplier of zeros and
+    ``1 / (1 - p)`` that training-mode dropout uses instead, such as the one our model is about
+    to draw, so that both sides drop the same units.
+    """
 
     def __init__(self, arch: str = "seed", dropout: float = 0.3, width: int = 32):
         super().__init__()
@@ -56,6 +62,7 @@ class TwinCNN(nn.Module):
             self.stages = nn.ModuleList([TwinConvStage(1, c1), TwinConvStage(c1, c2), TwinConvStage(c2, c3)])
             self.drop = nn.Dropout(dropout)
             self.fc = nn.Linear(c3 * 3 * 3, 10)
+        self.mask: torch.Tensor | None = None
 
     def forward(self, x, targets=None):
         if self.arch == "seed":
@@ -65,7 +72,9 @@ class TwinCNN(nn.Module):
         else:
             for stage in self.stages:
                 x = stage(x)
-            logits = self.fc(self.drop(x.flatten(1)))  # (N, 10)
+            x = x.flatten(1)  # (N, 36w)
+            x = x * self.mask if self.training and self.mask is not None else self.drop(x)
+            logits = self.fc(x)  # (N, 10)
         loss = None if targets is None else F.cross_entropy(logits, targets)
         return logits, loss
 

@@ -9,77 +9,11 @@ import math
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from customnn import init, ops
 from customnn.models.cnn import CustomCNN
-
-
-class TwinCNN(nn.Module):
-    """The same networks from torch.nn layers. Dropout uses a mask handed in by the test
-    (the one our model draws), so both sides drop the same units."""
-
-    def __init__(self, arch: str, dropout: float = 0.3, width: int = 24):
-        super().__init__()
-        self.arch = arch
-        if arch == "seed":
-            self.conv1, self.conv2, self.fc = nn.Conv2d(1, 6, 5), nn.Conv2d(6, 12, 5), nn.Linear(192, 10)
-        else:
-            w = width
-            self.convs = nn.ModuleList([nn.Conv2d(1, w, 3, padding=1), nn.Conv2d(w, 2 * w, 3, padding=1),
-                                        nn.Conv2d(2 * w, 4 * w, 3, padding=1)])
-            self.bns = nn.ModuleList([nn.BatchNorm2d(c) for c in (w, 2 * w, 4 * w)])
-            self.fc = nn.Linear(36 * w, 10)
-            self.p = dropout
-        self.mask = None
-
-    def forward(self, x):
-        if self.arch == "seed":
-            x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-            x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-            return self.fc(x.flatten(1))
-        for conv, bn in zip(self.convs, self.bns):
-            x = F.max_pool2d(F.relu(bn(conv(x))), 2)
-        x = x.flatten(1)
-        if self.training and self.p > 0:
-            x = x * self.mask
-        return self.fc(x)
-
-
-def copy_into_twin(model: CustomCNN, twin: TwinCNN) -> None:
-    with torch.no_grad():
-        if model.arch == "seed":
-            pairs = [(twin.conv1, model.conv1), (twin.conv2, model.conv2)]
-        else:
-            pairs = [(c, s.conv) for c, s in zip(twin.convs, model.stages)]
-            for bn, s in zip(twin.bns, model.stages):
-                bn.weight.copy_(s.bn.weight)
-                bn.bias.copy_(s.bn.bias)
-                bn.running_mean.copy_(s.bn.running_mean)
-                bn.running_var.copy_(s.bn.running_var)
-        for theirs, ours in pairs:
-            theirs.weight.copy_(ours.weight)
-            theirs.bias.copy_(ours.bias)
-        twin.fc.weight.copy_(model.fc.weight.T)  # our linear weight is (in, out)
-        twin.fc.bias.copy_(model.fc.bias)
-
-
-def twin_grads(model: CustomCNN, twin: TwinCNN) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    """(name, our gradient, the twin's gradient in our layout) for every parameter."""
-    if model.arch == "seed":
-        mods = {"conv1": twin.conv1, "conv2": twin.conv2}
-    else:
-        mods = {f"stages.{i}.conv": c for i, c in enumerate(twin.convs)}
-        mods.update({f"stages.{i}.bn": b for i, b in enumerate(twin.bns)})
-    out = []
-    for name, p in model.named_parameters():
-        prefix, attr = name.rsplit(".", 1)
-        if prefix == "fc":
-            g = twin.fc.weight.grad.T if attr == "weight" else twin.fc.bias.grad
-        else:
-            g = getattr(mods[prefix], attr).grad
-        out.append((name, p.grad, g))
-    return out
+from customnn_ref.twins import cnn_twin
+from helpers import assert_same_gradients
 
 
 def dropout_mask(model: CustomCNN, shape) -> torch.Tensor:
@@ -94,47 +28,43 @@ def test_model_matches_torch_twin(arch, training):
     torch.manual_seed(0)
     model = CustomCNN(arch, seed=3)
     model.generator = torch.Generator().manual_seed(7)
-    twin = TwinCNN(arch)
     if arch == "default" and not training:  # give eval mode non-trivial running statistics
         for s in model.stages:
             s.bn.running_mean.uniform_(-0.5, 0.5)
             s.bn.running_var.uniform_(0.5, 2.0)
-    copy_into_twin(model, twin)
     model.train(training)
-    twin.train(training)
+    twin = cnn_twin(model)  # our weights, running statistics and mode
+    assert twin.training == training
     x = torch.randn(16, 1, 28, 28)
     y = torch.randint(0, 10, (16,))
     if arch == "default":
         twin.mask = dropout_mask(model, (16, 36 * 24))
 
     logits, loss = model(x, y)
-    ref_logits = twin(x)
-    ref_loss = F.cross_entropy(ref_logits, y)
+    ref_logits, ref_loss = twin(x, y)
     torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(loss, ref_loss, atol=1e-6, rtol=1e-6)
 
     loss.backward()
     ref_loss.backward()
-    for name, ours, theirs in twin_grads(model, twin):
-        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+    assert_same_gradients(model, twin, {"fc.weight"}, atol=1e-5, rtol=1e-4)
     if arch == "default":  # batch norm's running statistics moved the same way (train) or not at all (eval)
-        for s, bn in zip(model.stages, twin.bns):
-            torch.testing.assert_close(s.bn.running_mean, bn.running_mean, atol=1e-6, rtol=1e-5)
-            torch.testing.assert_close(s.bn.running_var, bn.running_var, atol=1e-6, rtol=1e-5)
+        for s, ts in zip(model.stages, twin.stages):
+            torch.testing.assert_close(s.bn.running_mean, ts.bn.running_mean, atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(s.bn.running_var, ts.bn.running_var, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("arch", ["seed", "default"])
 def test_training_steps_match_the_twin(arch):
     """Five SGD steps (written out, same on both sides): the parameters stay together."""
     model = CustomCNN(arch, seed=5, dropout=0.0)
-    twin = TwinCNN(arch, dropout=0.0)
-    copy_into_twin(model, twin)
+    twin = cnn_twin(model)
     lr = 0.05
     for step in range(5):
         x = torch.randn(8, 1, 28, 28)
         y = torch.randint(0, 10, (8,))
         _, loss = model(x, y)
-        ref = F.cross_entropy(twin(x), y)
+        _, ref = twin(x, y)
         torch.testing.assert_close(loss, ref, atol=1e-5, rtol=1e-5)
         loss.backward()
         ref.backward()
@@ -145,8 +75,7 @@ def test_training_steps_match_the_twin(arch):
             for p in twin.parameters():
                 p -= lr * p.grad
                 p.grad = None
-    check = TwinCNN(arch, dropout=0.0)
-    copy_into_twin(model, check)
+    check = cnn_twin(model)  # our parameters after the steps, in the twin's layout
     for (name, a), b in zip(check.named_parameters(), twin.parameters()):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=lambda m: f"{name}: {m}")
 

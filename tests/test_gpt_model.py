@@ -7,101 +7,16 @@ import math
 
 import pytest
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 from customnn.models.gpt import GPT, GPTConfig
-
-
-# --- the twin: nanoGPT's model.py, written with torch.nn -----------------------------------
-class TwinAttention(nn.Module):
-    def __init__(self, cfg: GPTConfig):
-        super().__init__()
-        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.n_head = cfg.n_head
-
-    def forward(self, x):
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
-
-
-class TwinBlock(nn.Module):
-    def __init__(self, cfg: GPTConfig):
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-        self.attn = TwinAttention(cfg)
-        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
-        self.mlp_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x))))
-
-
-class Twin(nn.Module):
-    def __init__(self, cfg: GPTConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
-        self.h = nn.ModuleList(TwinBlock(cfg) for _ in range(cfg.n_layer))
-        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        if cfg.tie_weights:
-            self.lm_head.weight = self.wte.weight
-
-    def forward(self, idx, targets=None):
-        pos = torch.arange(idx.shape[1])
-        x = self.wte(idx) + self.wpe(pos)
-        for block in self.h:
-            x = block(x)
-        logits = self.lm_head(self.ln_f(x))
-        loss = None if targets is None else F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
-        return logits, loss
-
-
-def twin_names(cfg: GPTConfig) -> dict[str, tuple[str, bool]]:
-    """our parameter name -> (twin parameter name, transposed?)"""
-    names = {"wte": ("wte.weight", False), "wpe": ("wpe.weight", False)}
-    for i in range(cfg.n_layer):
-        ours, theirs = f"blocks.{i}.", f"h.{i}."
-        pairs = [("ln_1", "ln_1"), ("ln_2", "ln_2"), ("attn.c_attn", "attn.c_attn"),
-                 ("attn.c_proj", "attn.c_proj"), ("mlp.c_fc", "c_fc"), ("mlp.c_proj", "mlp_proj")]
-        for a, b in pairs:
-            linear = not a.startswith("ln")
-            names[f"{ours}{a}.weight"] = (f"{theirs}{b}.weight", linear)
-            if cfg.bias:
-                names[f"{ours}{a}.bias"] = (f"{theirs}{b}.bias", False)
-    names["ln_f.weight"] = ("ln_f.weight", False)
-    if cfg.bias:
-        names["ln_f.bias"] = ("ln_f.bias", False)
-    if not cfg.tie_weights:
-        names["lm_head"] = ("lm_head.weight", True)
-    return names
-
-
-def make_twin(model: GPT) -> Twin:
-    cfg = model.config
-    twin = Twin(cfg).to(model.wte.dtype)
-    theirs = dict(twin.named_parameters())
-    ours = dict(model.named_parameters())
-    names = twin_names(cfg)
-    assert set(names) == set(ours)
-    with torch.no_grad():
-        for name, (tname, transposed) in names.items():
-            theirs[tname].copy_(ours[name].T if transposed else ours[name])
-    return twin
+from customnn_ref.twins import gpt_twin
+from helpers import assert_same_gradients, gpt_linear_weights
 
 
 def compare(cfg: GPTConfig, dtype, rtol, atol, B=3, T=None):
     torch.manual_seed(0)
     model = GPT(cfg, seed=7).to(dtype=dtype)
-    twin = make_twin(model)
+    twin = gpt_twin(model)  # nanoGPT's model.py from torch.nn, our weights copied in
     T = T or cfg.block_size
     idx = torch.randint(cfg.vocab_size, (B, T))
     targets = torch.randint(cfg.vocab_size, (B, T))
@@ -111,12 +26,7 @@ def compare(cfg: GPTConfig, dtype, rtol, atol, B=3, T=None):
     torch.testing.assert_close(loss, tloss, rtol=rtol, atol=atol)
     loss.backward()
     tloss.backward()
-    theirs = dict(twin.named_parameters())
-    for name, p in model.named_parameters():
-        tname, transposed = twin_names(cfg)[name]
-        tgrad = theirs[tname].grad
-        torch.testing.assert_close(p.grad, tgrad.T if transposed else tgrad, rtol=rtol, atol=atol,
-                                   msg=lambda m, name=name: f"gradient of {name}: {m}")
+    assert_same_gradients(model, twin, gpt_linear_weights(model), rtol=rtol, atol=atol)
 
 
 SMALL = dict(vocab_size=11, block_size=16, n_layer=2, n_head=2, n_embd=16)
