@@ -1,4 +1,4 @@
-"""Shared test setup: the data directory, and the oracle helper every layer test uses."""
+"""Shared test setup: the data directory, a fixed seed, and one thread for the tests that ask."""
 
 from __future__ import annotations
 
@@ -27,3 +27,13 @@ def data_dir() -> Path:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def one_thread():
+    """One thread for the test: its models are tiny, so one thread is as fast, and much faster
+    on a busy shared machine. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -1,5 +1,5 @@
 """Helpers shared by several test files: comparing a model's gradients with its torch.nn twin's,
-and running ``python -m customnn`` in a subprocess.
+running ``python -m customnn`` in a subprocess (and pressing Ctrl-C in it), reading run folders.
 
 Test files import them as ``from helpers import ...`` (pytest puts tests/ on the path, as for
 ``oracle``).
@@ -7,6 +7,12 @@ Test files import them as ``from helpers import ...`` (pytest puts tests/ on the
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import torch
@@ -33,3 +39,49 @@ def gpt_linear_weights(model) -> set[str]:
     ``lm_head``): the ones stored transposed in its twin."""
     names = {n for n, _ in model.named_parameters() if n.endswith(".weight") and "ln" not in n}
     return names | {"lm_head"}
+
+
+# --- the command line in a subprocess -------------------------------------------------------
+def customnn_env() -> dict[str, str]:
+    """The environment for ``python -m customnn``: one thread (the test models are tiny, and on a
+    busy shared machine more threads only fight for cores), and this checkout on the path."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+def run_customnn(*args, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``python -m customnn ARGS`` from the repository root; stdout and stderr captured as text."""
+    return subprocess.run([sys.executable, "-m", "customnn", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO, env=customnn_env())
+
+
+def interrupt_once_training(args, folder: Path, metrics_glob: str, rows: int, wait_s: float):
+    """Start ``python -m customnn ARGS``; once a ``metrics.jsonl`` matching ``folder / metrics_glob``
+    has ``rows`` lines, press Ctrl-C (SIGINT) and wait (60 s at most) for the process to end.
+
+    Returns ``(metrics.jsonl, exit code, stdout, stderr)``; the path is None, and the process
+    killed, when no such file had ``rows`` lines after ``wait_s`` seconds.
+    """
+    proc = subprocess.Popen([sys.executable, "-m", "customnn", *map(str, args)], cwd=REPO, env=customnn_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + wait_s
+    while time.time() < deadline:  # wait until training is under way
+        found = list(folder.glob(metrics_glob))
+        if found and len(found[0].read_text().splitlines()) >= rows:
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=60)
+            return found[0], proc.returncode, out, err
+        time.sleep(0.05)
+    proc.kill()
+    out, err = proc.communicate()
+    return None, proc.returncode, out, err
+
+
+# --- run folders ------------------------------------------------------------------------------
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The rows of a run's ``metrics.jsonl``."""
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_losses(run_dir: Path) -> list[tuple[int, float]]:
+    """``(step, loss)`` of every training row of a CNN run's ``metrics.jsonl``."""
+    return [(r["step"], r["loss"]) for r in read_metrics(run_dir) if r["kind"] == "train"]

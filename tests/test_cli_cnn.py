@@ -3,12 +3,7 @@ resume, Ctrl-C (SIGINT) mid-run, and bad arguments (one-line errors, exit 2, no 
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +13,9 @@ from PIL import Image
 
 from customnn.data.mnist import load_mnist_uint8
 from customnn.predict import to_mnist
+from helpers import interrupt_once_training, run_customnn, train_losses
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = ["--arch", "seed", "--train-samples", "256", "--test-samples", "200", "--epochs", "1", "--quiet"]
-
-
-def customnn(*args, cwd=None, timeout=120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "customnn", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def one_line_error(p: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -41,7 +30,7 @@ def one_line_error(p: subprocess.CompletedProcess, *fragments: str) -> None:
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs")
-    p = customnn("train", "cnn", *TINY, "--out", out)
+    p = run_customnn("train", "cnn", *TINY, "--out", out)
     assert p.returncode == 0, p.stderr
     (run,) = out.iterdir()
     return run
@@ -66,14 +55,14 @@ def test_train_eval_predict(trained_run, tmp_path):
     assert {"config.json", "metrics.jsonl", "train.log", "last.safetensors", "loss.png", "report.md"} <= set(names)
     test_line = [line for line in (trained_run / "train.log").read_text().splitlines() if line.startswith("Test set")][-1]
 
-    p = customnn("eval", trained_run, "--test-samples", "200", "--quiet")
+    p = run_customnn("eval", trained_run, "--test-samples", "200", "--quiet")
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == test_line  # the same model on the same images: the same line
 
     a, b = tmp_path / "seven.png", tmp_path / "two.jpg"
     digit_png(a, 0, invert=True, scale=3)
     digit_png(b, 1, invert=False, scale=2, mode="RGB")
-    p = customnn("predict", trained_run, a, b)
+    p = run_customnn("predict", trained_run, a, b)
     assert p.returncode == 0, p.stderr
     lines = p.stdout.strip().splitlines()
     assert len(lines) == 2
@@ -86,65 +75,51 @@ def test_train_eval_predict(trained_run, tmp_path):
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path, trained_run):
-    one_line_error(customnn("train", "cnn", "--epochs", "0", "--out", tmp_path), "--epochs must be >= 1")
-    one_line_error(customnn("train", "cnn", "--epochs", "-2", "--out", tmp_path), "--epochs")
-    one_line_error(customnn("train", "cnn", "--train-samples", "100", "--batch-size", "500", "--out", tmp_path),
+    one_line_error(run_customnn("train", "cnn", "--epochs", "0", "--out", tmp_path), "--epochs must be >= 1")
+    one_line_error(run_customnn("train", "cnn", "--epochs", "-2", "--out", tmp_path), "--epochs")
+    one_line_error(run_customnn("train", "cnn", "--train-samples", "100", "--batch-size", "500", "--out", tmp_path),
                    "larger than the 100 training images")
-    one_line_error(customnn("train", "cnn", "--arch", "resnet"), "--arch", "resnet")
-    one_line_error(customnn("train", "cnn", "--optimizer", "lbfgs"), "--optimizer")
-    one_line_error(customnn("train", "cnn", "--epochs", "two"), "--epochs")
-    one_line_error(customnn("train", "cnn", "--resume", tmp_path / "missing"), "run folder not found")
-    one_line_error(customnn("eval", tmp_path / "missing"), "not found")
-    one_line_error(customnn("predict", trained_run, tmp_path / "missing.png"), "image not found")
+    one_line_error(run_customnn("train", "cnn", "--arch", "resnet"), "--arch", "resnet")
+    one_line_error(run_customnn("train", "cnn", "--optimizer", "lbfgs"), "--optimizer")
+    one_line_error(run_customnn("train", "cnn", "--epochs", "two"), "--epochs")
+    one_line_error(run_customnn("train", "cnn", "--resume", tmp_path / "missing"), "run folder not found")
+    one_line_error(run_customnn("eval", tmp_path / "missing"), "not found")
+    one_line_error(run_customnn("predict", trained_run, tmp_path / "missing.png"), "image not found")
     (tmp_path / "notes.png").write_text("this is not a picture")
-    one_line_error(customnn("predict", trained_run, tmp_path / "notes.png"), "is not an image")
+    one_line_error(run_customnn("predict", trained_run, tmp_path / "notes.png"), "is not an image")
     Image.new("L", (40, 40), 255).save(tmp_path / "blank.png")
-    one_line_error(customnn("predict", trained_run, tmp_path / "blank.png"), "no digit found")
+    one_line_error(run_customnn("predict", trained_run, tmp_path / "blank.png"), "no digit found")
     if not torch.cuda.is_available():
-        one_line_error(customnn("train", "cnn", *TINY, "--device", "cuda", "--out", tmp_path), "--device cuda", "no CUDA")
+        one_line_error(run_customnn("train", "cnn", *TINY, "--device", "cuda", "--out", tmp_path),
+                       "--device cuda", "no CUDA")
     assert not list(tmp_path.glob("cnn-*"))  # no error left a run folder behind
 
 
 def test_diverging_run_exits_with_advice(tmp_path):
-    p = customnn("train", "cnn", *TINY, "--lr", "1e6", "--out", tmp_path)
+    p = run_customnn("train", "cnn", *TINY, "--lr", "1e6", "--out", tmp_path)
     one_line_error(p, "diverged at step", "lower --lr")
 
 
 def test_sigint_saves_and_resume_matches_an_uninterrupted_run(tmp_path):
     args = ["train", "cnn", "--arch", "seed", "--train-samples", "2000", "--test-samples", "100", "--epochs", "2",
             "--batch-size", "16", "--log-interval", "1", "--quiet"]
-    full = customnn(*args, "--out", tmp_path / "full")
+    full = run_customnn(*args, "--out", tmp_path / "full")
     assert full.returncode == 0, full.stderr
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "customnn", *args, "--out", str(tmp_path / "cut")], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    metrics = None
-    while time.time() < deadline:  # wait until training is under way, then press Ctrl-C
-        found = list((tmp_path / "cut").glob("cnn-*/metrics.jsonl"))
-        if found and len(found[0].read_text().splitlines()) >= 20:
-            metrics = found[0]
-            break
-        time.sleep(0.05)
+    metrics, code, out, err = interrupt_once_training(  # Ctrl-C once training is under way
+        [*args, "--out", tmp_path / "cut"], tmp_path / "cut", "cnn-*/metrics.jsonl", rows=20, wait_s=60)
     assert metrics is not None, "training did not start"
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, (out, err)
+    assert code == 130, (out, err)
     run = metrics.parent
     assert f"customnn train cnn --resume {run}" in out + err
     assert (run / "last.safetensors").is_file()
 
-    p = customnn("train", "cnn", "--resume", run, "--quiet")
+    p = run_customnn("train", "cnn", "--resume", run, "--quiet")
     assert p.returncode == 0, p.stderr
 
-    def losses(r):
-        return [(m["step"], m["loss"]) for m in map(json.loads, (r / "metrics.jsonl").read_text().splitlines())
-                if m["kind"] == "train"]
-
     (full_run,) = (tmp_path / "full").iterdir()
-    assert len(losses(full_run)) == 250
-    assert losses(run) == losses(full_run)
+    assert len(train_losses(full_run)) == 250
+    assert train_losses(run) == train_losses(full_run)
 
 
 def test_everyday_pictures_become_mnist_digits(tmp_path):

@@ -15,23 +15,13 @@ from customnn.models.cnn import CustomCNN
 from customnn.train import cnn
 from customnn.train.cnn import CNNTrainConfig, random_shift, train
 from customnn.train.run import load_checkpoint
+from helpers import train_losses
 
 TRAIN_LINE = re.compile(r"^Train Epoch: \d+ \[\d+/\d+ \(\d+%\)\]\tLoss: \d+\.\d{6}$")
 TEST_LINE = re.compile(r"^Test set: Average loss: \d+\.\d{4}, Accuracy: \d+/\d+ \(\d+\.\d{2}%\)$")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: the steps are small, and on a shared machine two threads fight for cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def train_losses(run_dir) -> list[tuple[int, float]]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [(r["step"], r["loss"]) for r in rows if r["kind"] == "train"]
+pytestmark = pytest.mark.usefixtures("one_thread")  # small steps: one thread
 
 
 def test_real_short_training_learns_and_writes_the_run_folder(tmp_path, capsys):

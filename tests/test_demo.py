@@ -3,18 +3,11 @@ both run folders, and a report with the figures, both loss plots, the digit grid
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import run_customnn
 
 
 def test_demo_tiny_runs_both_models_and_writes_the_report(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "customnn", "demo", "--tiny", "--out", str(tmp_path),
-                        "--sample-tokens", "50"], capture_output=True, text=True, timeout=180, cwd=REPO, env=env)
+    r = run_customnn("demo", "--tiny", "--out", tmp_path, "--sample-tokens", "50", timeout=180)
     assert r.returncode == 0, r.stderr
     out = r.stdout
     cnn_at = out.index("========== Running Custom CNN Training ==========")
@@ -41,7 +34,6 @@ def test_demo_tiny_runs_both_models_and_writes_the_report(tmp_path):
 
 
 def test_demo_rejects_conflicting_settings(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "customnn", "demo", "--tiny", "--seed-setting", "--out", str(tmp_path)],
-                       capture_output=True, text=True, timeout=60, cwd=REPO)
+    r = run_customnn("demo", "--tiny", "--seed-setting", "--out", tmp_path, timeout=60)
     assert r.returncode == 2 and "choose one of --tiny and --seed-setting" in r.stderr
     assert list(tmp_path.iterdir()) == []

@@ -3,34 +3,16 @@ per token, sampling options behave, and ``customnn generate`` prints only the te
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from customnn.generate import generate, sample_next
 from customnn.models.gpt import GPT, GPTConfig
 from customnn.train.gpt import make_config, train
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: one thread is as fast, and much faster on a busy shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from helpers import run_customnn
 
 
-def cli(*args, timeout=120):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "customnn", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO, env=env)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread
 
 
 def small_model(block_size=16, dtype=torch.float64):
@@ -105,13 +87,13 @@ def run_dir(tmp_path_factory):
 
 
 def test_cli_generate_prints_the_prompt_and_continuation_only(run_dir):
-    r = cli("generate", run_dir, "--prompt", "ROMEO:", "--max-new-tokens", 80, "--seed", 3, "--top-k", 20)
+    r = run_customnn("generate", run_dir, "--prompt", "ROMEO:", "--max-new-tokens", 80, "--seed", 3, "--top-k", 20)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("ROMEO:") and len(r.stdout) == len("ROMEO:") + 80 + 1
-    again = cli("generate", run_dir, "--prompt", "ROMEO:", "--max-new-tokens", 80, "--seed", 3, "--top-k", 20,
-                "--no-cache")
+    again = run_customnn("generate", run_dir, "--prompt", "ROMEO:", "--max-new-tokens", 80, "--seed", 3, "--top-k", 20,
+                         "--no-cache")
     assert again.stdout == r.stdout  # same seed, same text, with or without the cache
-    other = cli("generate", run_dir, "--prompt", "ROMEO:", "--max-new-tokens", 80, "--seed", 4, "--top-k", 20)
+    other = run_customnn("generate", run_dir, "--prompt", "ROMEO:", "--max-new-tokens", 80, "--seed", 4, "--top-k", 20)
     assert other.stdout != r.stdout
     assert "generating" in r.stderr  # messages go to stderr
 
@@ -124,17 +106,17 @@ def test_cli_generate_prints_the_prompt_and_continuation_only(run_dir):
     (("--device", "cuda:7" if not torch.cuda.is_available() else "tpu"), "--device"),
 ])
 def test_cli_generate_errors_are_one_line(run_dir, args, message):
-    r = cli("generate", run_dir, *args)
+    r = run_customnn("generate", run_dir, *args)
     assert r.returncode == 2
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert r.stdout == ""
 
 
 def test_cli_generate_refuses_a_missing_run_and_a_non_gpt_checkpoint(tmp_path, run_dir):
-    r = cli("generate", tmp_path / "nope", "--prompt", "a")
+    r = run_customnn("generate", tmp_path / "nope", "--prompt", "a")
     assert r.returncode == 2 and "not found" in r.stderr
     from customnn.train.run import save_checkpoint
 
     save_checkpoint(tmp_path / "cnn.safetensors", {"w": torch.zeros(2)}, {"model": "cnn", "config": {}})
-    r = cli("generate", tmp_path / "cnn.safetensors", "--prompt", "a")
+    r = run_customnn("generate", tmp_path / "cnn.safetensors", "--prompt", "a")
     assert r.returncode == 2 and "not a GPT" in r.stderr and "Traceback" not in r.stderr

@@ -3,12 +3,6 @@ the command line (through a subprocess) and its errors."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,28 +11,14 @@ import torch
 from customnn.errors import UserError
 from customnn.train.gpt import PRESETS, GPTTrainConfig, make_config, param_groups, train
 from customnn.train.run import load_checkpoint
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: one thread is as fast, and much faster on a busy shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from helpers import interrupt_once_training, read_metrics, run_customnn
 
 
-def cli(*args, timeout=120, **kw):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models: one thread avoids contention on a busy machine
-    return subprocess.run([sys.executable, "-m", "customnn", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO, env=env, **kw)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread
 
 
 def losses_of(run_dir: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k != "time"} for r in rows]
+    return [{k: v for k, v in r.items() if k != "time"} for r in read_metrics(run_dir)]
 
 
 def test_presets_nanogpt_cpu_is_nanogpts_documented_run():
@@ -119,13 +99,13 @@ def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_p
 
 
 def test_cli_train_eval_and_errors(tmp_path, capsys):
-    r = cli("train", "gpt", "--preset", "tiny", "--max-iters", "20", "--eval-interval", "10", "--out", tmp_path,
-            "--device", "cpu")
+    r = run_customnn("train", "gpt", "--preset", "tiny", "--max-iters", "20", "--eval-interval", "10",
+                     "--out", tmp_path, "--device", "cpu")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert [line.split(":")[0] for line in lines if line.startswith("step ")] == ["step 0", "step 10", "step 20"]
     run = next(tmp_path.iterdir())
-    r2 = cli("eval", run, "--checkpoint", "last")
+    r2 = run_customnn("eval", run, "--checkpoint", "last")
     assert r2.returncode == 0, r2.stderr
     assert r2.stdout.strip() == lines[-1]  # the same batches: the same figures as at the end of training
 
@@ -144,7 +124,7 @@ def test_cli_train_eval_and_errors(tmp_path, capsys):
         code, err = main_in_process(capsys, "train", "gpt", *args, "--out", tmp_path)
         assert code == 2, (args, err)
         assert message in err and len(err.strip().splitlines()) == 1, (args, err)
-    r = cli("train", "gpt", "--preset", "tiny", "--max-iters", "-5")  # the same through a real process
+    r = run_customnn("train", "gpt", "--preset", "tiny", "--max-iters", "-5")  # the same through a real process
     assert r.returncode == 2 and r.stderr.strip() == "customnn: error: --max-iters must be >= 1, got -5"
 
 
@@ -163,30 +143,19 @@ def main_in_process(capsys, *args) -> tuple[int, str]:
 def test_ctrl_c_saves_and_resume_continues_exactly(tmp_path):
     common = ["--preset", "tiny", "--lr-decay-iters", "1000", "--eval-interval", "1000", "--log-interval", "1",
               "--device", "cpu", "--quiet"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "customnn", "train", "gpt", *common, "--max-iters", "1000",
-                             "--out", str(tmp_path / "a")], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 90
-    metrics = None
-    while time.time() < deadline:  # wait until it is training (a few steps logged)
-        found = list((tmp_path / "a").glob("*/metrics.jsonl"))
-        if found and len(found[0].read_text().splitlines()) >= 4:
-            metrics = found[0]
-            break
-        time.sleep(0.1)
+    metrics, code, out, err = interrupt_once_training(  # Ctrl-C once a few steps are logged
+        ["train", "gpt", *common, "--max-iters", "1000", "--out", tmp_path / "a"],
+        tmp_path / "a", "*/metrics.jsonl", rows=4, wait_s=90)
     assert metrics is not None, "training did not start"
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    assert code == 130, err
     run = metrics.parent
     assert f"customnn train gpt --resume {run}" in err
     step = load_checkpoint(run / "last.safetensors").state["iteration"]
     assert 4 <= step < 1000
     end = step + 6
-    r = cli("train", "gpt", "--resume", run, "--max-iters", end, "--quiet")
+    r = run_customnn("train", "gpt", "--resume", run, "--max-iters", end, "--quiet")
     assert r.returncode == 0, r.stderr
-    r = cli("train", "gpt", *common, "--max-iters", end, "--out", tmp_path / "b")
+    r = run_customnn("train", "gpt", *common, "--max-iters", end, "--out", tmp_path / "b")
     assert r.returncode == 0, r.stderr
     other = next((tmp_path / "b").iterdir())
     assert losses_of(run) == losses_of(other)
