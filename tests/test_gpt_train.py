@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from customnn.errors import UserError
+from customnn.train.budget import StepPlanner
 from customnn.train.gpt import PRESETS, GPTTrainConfig, make_config, param_groups, train
 from customnn.train.run import load_checkpoint
 from helpers import interrupt_once_training, read_metrics, run_customnn
@@ -172,3 +173,24 @@ def test_time_budget_plans_the_steps_to_fit(tmp_path, capsys):
     assert out.splitlines()[-1].startswith(f"step {result['step']}: train loss")  # the closing evaluation
     ckpt = load_checkpoint(Path(result["run_dir"]) / "last.safetensors")
     assert ckpt.state["total_iters"] == result["step"]
+
+
+def test_step_planner_fits_the_budget_and_follows_the_speed():
+    """100 s at 0.1 s a step: planned at step 45 (5 warm-up steps, 40 timed, before the warmup of
+    100 ends) to stop at 45 + (100 - 4.5 - 5 reserved) / 0.1. Revised every 15 s: unchanged at the
+    same speed, shorter once the steps take 0.2 s. Without a budget the plan stays max_iters."""
+    planner = StepPlanner(100.0, 10_000, warmup_iters=100, eval_interval=1000, start_step=0, total_iters=10_000)
+
+    def clock(step):  # 0.1 s a step, 0.2 s from step 300 on
+        return 0.1 * step if step <= 300 else 30 + 0.2 * (step - 300)
+
+    plans = [(step, planner.total) for step in range(700)
+             if step < planner.total and planner.update(step, clock(step))]
+    assert plans[0] == (45, 950)
+    # revised at the first step 15 s after the last plan: 19.5 s (same speed, same plan), 34.6 s, 49.6 s
+    assert [round(clock(step), 1) for step, _ in plans] == [4.5, 34.6, 49.6]
+    step, total = plans[-1]
+    assert step > 300 and abs(total - (step + (100 - clock(step) - 5) / 0.2)) <= 1  # fits at the new speed
+    assert all(later < earlier for (_, earlier), (_, later) in zip(plans, plans[1:]))
+    unbudgeted = StepPlanner(None, 10_000, warmup_iters=100, eval_interval=1000, start_step=0, total_iters=123)
+    assert not any(unbudgeted.update(s, clock(s)) for s in range(700)) and unbudgeted.total == 123

@@ -17,6 +17,10 @@ continues with exactly the losses an uninterrupted run would have had. Evaluatio
 batches from a generator seeded afresh each time, so every evaluation of a run sees the
 same batches and uses none of the training randomness.
 
+``--time-budget SECONDS`` trains for as many steps as fit in that time, evaluations included;
+the plan (the length of the cosine schedule) is made during the warmup and revised every 15 s
+(``customnn/train/budget.py``).
+
 Ctrl-C (or SIGTERM) finishes the current step, saves ``last.safetensors`` and prints how to
 resume. A loss or gradient that is not finite stops the run at once with the step number;
 the last checkpoint (from the last evaluation) is left untouched.
@@ -44,6 +48,7 @@ from customnn.data.text import Corpus, Vocab, get_batch, load_corpus
 from customnn.errors import UserError
 from customnn.models.gpt import GPT, GPTConfig
 from customnn.optim import AdamW, clip_grad_norm_, cosine_lr, grads_are_finite, set_lr
+from customnn.train.budget import StepPlanner
 from customnn.train.run import (InterruptFlag, RunDir, atomic_write_text, load_checkpoint, plot_curves,
                                 progress_bar, resolve_checkpoint, resolve_device, rng_state, save_checkpoint,
                                 seed_all, set_rng_state)
@@ -254,56 +259,6 @@ def sample_text(model: GPT, vocab: Vocab, prompt: str = "\n", n: int = 300, seed
     return prompt + vocab.decode(ids)
 
 
-class StepPlanner:
-    """How many steps fit in ``--time-budget`` seconds, evaluations and the closing outputs included.
-
-    The step time is measured from the 5th step of a session on (the first ones warm up
-    caches and thread pools), without the time spent in evaluations. The plan is made once
-    enough steps are timed (within the warmup, so that the cosine schedule, whose length is
-    the plan, has not started yet) and revised every ``REVISE_S`` seconds from the speed of
-    the steps since the last plan, as the speed of a shared machine changes. Without a budget
-    the plan is ``max_iters``.
-    """
-
-    RESERVE_S = 5.0  # the plot, the report and its sample, the final save
-    REVISE_S = 15.0  # seconds between revisions of the plan
-
-    def __init__(self, cfg: GPTTrainConfig, start_step: int, total_iters: int):
-        self.cfg = cfg
-        self.total = total_iters
-        self.mark_step = start_step + 5  # timing starts here
-        self.first_plan_step = self.mark_step + max(10, min(40, cfg.warmup_iters - self.mark_step - 1))
-        self.mark_time = None  # the clock at mark_step: the speed is measured from (mark_step, mark_time)
-        self.eval_time = 0.0  # seconds spent in evaluations since the mark
-        self.last_eval_s = 0.0
-        self.planned_at = None  # the clock at the last plan
-
-    def timed_eval(self, seconds: float) -> None:
-        self.last_eval_s = seconds
-        if self.mark_time is not None:
-            self.eval_time += seconds
-
-    def update(self, step: int, used_s: float) -> bool:
-        """Make or revise the plan at this step if it is time to; True when ``total`` changed."""
-        if self.cfg.time_budget is None:
-            return False
-        if step == self.mark_step:
-            self.mark_time = used_s
-        due = (step == self.first_plan_step if self.planned_at is None
-               else used_s - self.planned_at >= self.REVISE_S)
-        if self.mark_time is None or not due:
-            return False
-        per_step = (used_s - self.mark_time - self.eval_time) / max(1, step - self.mark_step)
-        left = self.cfg.time_budget - used_s - self.RESERVE_S - self.last_eval_s  # the final evaluation
-        per_eval = self.last_eval_s / self.cfg.eval_interval  # evaluations spread over the steps
-        steps = max(0, int(left / (per_step + per_eval)))
-        total = max(step, min(self.cfg.max_iters, step + steps))
-        self.planned_at = used_s
-        self.mark_step, self.mark_time, self.eval_time = step, used_s, 0.0  # the next speed: from here
-        changed, self.total = total != self.total, total
-        return changed
-
-
 def train(cfg: GPTTrainConfig, quiet: bool = False) -> dict:
     """Train (or, with ``cfg.resume``, continue) a GPT run; returns its figures and the model.
 
@@ -353,7 +308,7 @@ def train(cfg: GPTTrainConfig, quiet: bool = False) -> dict:
                 f"{len(corpus.vocab)}) on {device}; run folder {run.path}", echo=not quiet)
     if step > cfg.max_iters:
         raise UserError(f"the run is already at step {step}, past --max-iters {cfg.max_iters}")
-    planner = StepPlanner(cfg, step, total_iters)
+    planner = StepPlanner(cfg.time_budget, cfg.max_iters, cfg.warmup_iters, cfg.eval_interval, step, total_iters)
 
     def schedule(total: int):
         decay = cfg.lr_decay_iters if cfg.lr_decay_iters is not None else max(total, cfg.warmup_iters + 1)
