@@ -130,10 +130,18 @@ class Optimizer:
             return value.to(device=param.device, dtype=param.dtype, copy=True)
         return value
 
-    def _with_grads(self, group: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """The group's parameters that have a gradient this step, and those gradients."""
-        params = [p for p in group["params"] if p.grad is not None]
-        return params, [p.grad for p in params]
+    @torch.no_grad()
+    def step(self) -> None:
+        """One update of every parameter that has a gradient, group by group; parameters whose
+        gradient is ``None`` are skipped and their state left as it is, as in torch."""
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                self._step_group(group, params, [p.grad for p in params])
+
+    def _step_group(self, group: dict, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        """The optimizer's update of ``params`` (with their ``grads``) under ``group``'s hyperparameters."""
+        raise NotImplementedError
 
 
 # --- SGD ---------------------------------------------------------------------------------
@@ -162,30 +170,25 @@ class SGD(Optimizer):
             raise ValueError(f"nesterov=True needs momentum > 0 and dampening == 0, "
                              f"got momentum={group['momentum']}, dampening={group['dampening']}")
 
-    @torch.no_grad()
-    def step(self) -> None:
-        for group in self.param_groups:
-            params, grads = self._with_grads(group)
-            if not params:
-                continue
-            lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
-            d = torch._foreach_add(grads, params, alpha=wd) if wd != 0 else grads  # new tensors: grads untouched
-            if momentum != 0:
-                bufs = []
-                old_bufs, old_d = [], []
-                for p, dp in zip(params, d):
-                    s = self.state.setdefault(p, {})
-                    if "momentum_buffer" not in s:  # first step: the buffer is the gradient itself
-                        s["momentum_buffer"] = dp.clone().detach()
-                    else:
-                        old_bufs.append(s["momentum_buffer"])
-                        old_d.append(dp)
-                    bufs.append(s["momentum_buffer"])
-                if old_bufs:  # b = momentum * b + (1 - dampening) * g
-                    torch._foreach_mul_(old_bufs, momentum)
-                    torch._foreach_add_(old_bufs, old_d, alpha=1 - group["dampening"])
-                d = torch._foreach_add(d, bufs, alpha=momentum) if group["nesterov"] else bufs
-            torch._foreach_add_(params, d, alpha=-lr)  # p = p - lr * d
+    def _step_group(self, group: dict, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
+        d = torch._foreach_add(grads, params, alpha=wd) if wd != 0 else grads  # new tensors: grads untouched
+        if momentum != 0:
+            bufs = []
+            old_bufs, old_d = [], []
+            for p, dp in zip(params, d):
+                s = self.state.setdefault(p, {})
+                if "momentum_buffer" not in s:  # first step: the buffer is the gradient itself
+                    s["momentum_buffer"] = dp.clone().detach()
+                else:
+                    old_bufs.append(s["momentum_buffer"])
+                    old_d.append(dp)
+                bufs.append(s["momentum_buffer"])
+            if old_bufs:  # b = momentum * b + (1 - dampening) * g
+                torch._foreach_mul_(old_bufs, momentum)
+                torch._foreach_add_(old_bufs, old_d, alpha=1 - group["dampening"])
+            d = torch._foreach_add(d, bufs, alpha=momentum) if group["nesterov"] else bufs
+        torch._foreach_add_(params, d, alpha=-lr)  # p = p - lr * d
 
 
 # --- AdamW -------------------------------------------------------------------------------
@@ -215,38 +218,33 @@ class AdamW(Optimizer):
         if group["eps"] < 0.0:
             raise ValueError(f"eps must be >= 0, got {group['eps']}")
 
-    @torch.no_grad()
-    def step(self) -> None:
-        for group in self.param_groups:
-            params, grads = self._with_grads(group)
-            if not params:
-                continue
-            lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-            states = []
-            for p in params:
-                s = self.state.setdefault(p, {})
-                if not s:
-                    s["step"] = 0
-                    s["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    s["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                s["step"] += 1
-                states.append(s)
-            exp_avgs = [s["exp_avg"] for s in states]
-            exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+    def _step_group(self, group: dict, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        states = []
+        for p in params:
+            s = self.state.setdefault(p, {})
+            if not s:
+                s["step"] = 0
+                s["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                s["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            s["step"] += 1
+            states.append(s)
+        exp_avgs = [s["exp_avg"] for s in states]
+        exp_avg_sqs = [s["exp_avg_sq"] for s in states]
 
-            if wd != 0:
-                torch._foreach_mul_(params, 1 - lr * wd)  # decoupled decay
-            torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)  # m = beta1 m + (1 - beta1) g
-            torch._foreach_mul_(exp_avg_sqs, beta2)  # v = beta2 v + (1 - beta2) g^2
-            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+        if wd != 0:
+            torch._foreach_mul_(params, 1 - lr * wd)  # decoupled decay
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)  # m = beta1 m + (1 - beta1) g
+        torch._foreach_mul_(exp_avg_sqs, beta2)  # v = beta2 v + (1 - beta2) g^2
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
 
-            bias_correction1 = [1 - beta1 ** s["step"] for s in states]
-            bias_correction2_sqrt = [(1 - beta2 ** s["step"]) ** 0.5 for s in states]
-            step_size = [-lr / bc for bc in bias_correction1]
-            denom = torch._foreach_sqrt(exp_avg_sqs)  # sqrt(v) / sqrt(1 - beta2^t) + eps
-            torch._foreach_div_(denom, bias_correction2_sqrt)
-            torch._foreach_add_(denom, eps)
-            torch._foreach_addcdiv_(params, exp_avgs, denom, step_size)  # p -= lr / bc1 * m / denom
+        bias_correction1 = [1 - beta1 ** s["step"] for s in states]
+        bias_correction2_sqrt = [(1 - beta2 ** s["step"]) ** 0.5 for s in states]
+        step_size = [-lr / bc for bc in bias_correction1]
+        denom = torch._foreach_sqrt(exp_avg_sqs)  # sqrt(v) / sqrt(1 - beta2^t) + eps
+        torch._foreach_div_(denom, bias_correction2_sqrt)
+        torch._foreach_add_(denom, eps)
+        torch._foreach_addcdiv_(params, exp_avgs, denom, step_size)  # p -= lr / bc1 * m / denom
 
 
 def decay_groups(named_params: Iterable[tuple[str, torch.Tensor]], weight_decay: float) -> list[dict]:
