@@ -125,6 +125,18 @@ def digits_grid(model, data_dir, device, n: int = 16, path: Path | None = None) 
     return buf.getvalue(), int((preds == labels).sum())
 
 
+def train_timed(title: str, what: str, train, cfg, quiet: bool) -> tuple[dict, float]:
+    """The seed's banner, then ``train(cfg)``: its result and wall time in seconds. After Ctrl-C
+    it says where the interrupted run is (the caller then stops the demo)."""
+    banner(title)
+    t0 = time.perf_counter()
+    result = train(cfg, quiet=quiet)
+    seconds = time.perf_counter() - t0
+    if result["interrupted"]:
+        print(f"demo interrupted; the {what} run is in {result['run_dir']}")
+    return result, seconds
+
+
 def run(args) -> int:
     from customnn.train import cnn as cnn_train
     from customnn.train import gpt as gpt_train
@@ -140,22 +152,14 @@ def run(args) -> int:
     cnn_cfg.out = str(demo.path)
     gpt_cfg.out = str(demo.path)
 
-    banner("Running Custom CNN Training")
-    t0 = time.perf_counter()
-    cnn = cnn_train.train(cnn_cfg, quiet=args.quiet)
-    cnn_time = time.perf_counter() - t0
+    cnn, cnn_time = train_timed("Running Custom CNN Training", "CNN", cnn_train.train, cnn_cfg, args.quiet)
     if cnn["interrupted"]:
-        print(f"demo interrupted; the CNN run is in {cnn['run_dir']}")
         return 130
     grid_png, grid_right = digits_grid(cnn["model"], args.data_dir, device)
     atomic_write_bytes(demo.path / "digits.png", grid_png)
 
-    banner("Running Custom Transformer Training")
-    t0 = time.perf_counter()
-    gpt = gpt_train.train(gpt_cfg, quiet=args.quiet)
-    gpt_time = time.perf_counter() - t0
+    gpt, gpt_time = train_timed("Running Custom Transformer Training", "GPT", gpt_train.train, gpt_cfg, args.quiet)
     if gpt["interrupted"]:
-        print(f"demo interrupted; the GPT run is in {gpt['run_dir']}")
         return 130
     vocab = gpt["vocab"]
     prompt = "ROMEO:" if all(c in vocab.stoi for c in "ROMEO:") else vocab.chars[0]
