@@ -10,7 +10,7 @@ import torch
 
 from customnn.errors import UserError
 from customnn.train.budget import StepPlanner
-from customnn.train.gpt import PRESETS, GPTTrainConfig, make_config, param_groups, train
+from customnn.train.gpt import PRESETS, make_config, param_groups, train
 from customnn.train.run import load_checkpoint
 from helpers import interrupt_once_training, read_metrics, run_customnn
 
