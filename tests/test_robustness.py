@@ -26,7 +26,6 @@ import json
 import os
 import pickle
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -47,29 +46,16 @@ from customnn.train.cnn import train as train_cnn
 from customnn.train.gpt import make_config
 from customnn.train.gpt import train as train_gpt
 from customnn.train.run import RunDir, load_checkpoint
+from helpers import REPO, customnn_env, run_customnn
 
-REPO = Path(__file__).resolve().parents[1]
 CNN_TINY = dict(arch="seed", train_samples=256, test_samples=100, batch_size=64, device="cpu")
 
 
 @pytest.fixture(autouse=True)
-def one_thread_offline(monkeypatch):
-    """Tiny models: one thread is fastest on a busy machine. No test here may reach the network."""
+def offline(monkeypatch, one_thread):
+    """No test here may reach the network (the processes started by run_customnn inherit this);
+    one thread (conftest): the models are tiny."""
     monkeypatch.setenv("CUSTOMNN_OFFLINE", "1")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "CUSTOMNN_OFFLINE": "1"}
-
-
-def customnn(*args, timeout=120) -> subprocess.CompletedProcess:
-    """``python -m customnn ARGS`` in a real process."""
-    return subprocess.run([sys.executable, "-m", "customnn", *map(str, args)], cwd=REPO, env=env(),
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def main(capsys, *args) -> tuple[int, str, str]:
@@ -174,7 +160,7 @@ def test_sigkill_during_training_leaves_a_loadable_checkpoint_and_resume_is_exac
     cmd = [*args, "--out", tmp_path / "killed"]
     run, last_step, kills_mid_run, kills_mid_save = None, -1, 0, 0
     for session in range(4):
-        proc = subprocess.Popen([sys.executable, "-m", "customnn", *map(str, cmd)], cwd=REPO, env=env(),
+        proc = subprocess.Popen([sys.executable, "-m", "customnn", *map(str, cmd)], cwd=REPO, env=customnn_env(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if run is None:
             run = wait_for(lambda: next((tmp_path / "killed").glob("gpt-*"), None), 60, "the run folder")
@@ -197,12 +183,12 @@ def test_sigkill_during_training_leaves_a_loadable_checkpoint_and_resume_is_exac
     assert kills_mid_run >= 3, "the kills came after training ended; the test proves little"
     assert kills_mid_save >= 1, "no kill landed in the middle of a save; the test proves little"
 
-    p = customnn("eval", run, "--checkpoint", "last", "--eval-iters", 1)  # what is left is usable
+    p = run_customnn("eval", run, "--checkpoint", "last", "--eval-iters", 1)  # what is left is usable
     assert p.returncode == 0 and p.stdout.startswith(f"step {last_step}: train loss"), p.stderr
-    p = customnn(*cmd)
+    p = run_customnn(*cmd)
     assert p.returncode == 0, p.stderr
     assert not list(run.glob(".*.tmp-*"))  # a killed writer's temporary files are gone
-    p = customnn(*args, "--out", tmp_path / "whole")
+    p = run_customnn(*args, "--out", tmp_path / "whole")
     assert p.returncode == 0, p.stderr
     whole = next((tmp_path / "whole").iterdir())
     assert losses_of(run) == losses_of(whole)
@@ -289,7 +275,7 @@ def test_gpt_divergence_stops_with_the_step_and_keeps_the_checkpoints_saved_befo
 
 
 def test_divergence_through_a_real_process(tmp_path):
-    p = customnn("train", "gpt", "--preset", "tiny", "--lr", "1e6", "--device", "cpu", "--quiet", "--out", tmp_path)
+    p = run_customnn("train", "gpt", "--preset", "tiny", "--lr", "1e6", "--device", "cpu", "--quiet", "--out", tmp_path)
     assert_one_line_error(p.returncode, p.stderr, "training diverged at step", "Try a lower --lr")
 
 
@@ -414,10 +400,10 @@ def test_untrusted_files_through_real_processes(tmp_path, runs):
     for command, case, extra in (("predict", "pickle", [runs["image"]]), ("eval", "reshaped", []),
                                  ("generate", "random", ["--prompt", "A"])):
         path, message = cases[case]
-        p = customnn(command, path, *extra)
+        p = run_customnn(command, path, *extra)
         assert_one_line_error(p.returncode, p.stderr, message)
     assert not (tmp_path / "PWNED").exists()
-    p = customnn("generate", runs["cnn"], "--prompt", "A")  # the other model's checkpoint
+    p = run_customnn("generate", runs["cnn"], "--prompt", "A")  # the other model's checkpoint
     assert_one_line_error(p.returncode, p.stderr, "not a GPT")
 
 
@@ -533,12 +519,12 @@ def test_bad_arguments_of_every_command_are_one_line_errors(tmp_path, runs, caps
 def test_bad_arguments_through_real_processes(tmp_path, runs):
     empty = tmp_path / "data"
     empty.mkdir()
-    p = customnn("train", "cnn", "--epochs", 0)
+    p = run_customnn("train", "cnn", "--epochs", 0)
     assert_one_line_error(p.returncode, p.stderr, "--epochs must be >= 1")
-    p = customnn("eval", runs["cnn"], "--data-dir", empty)  # offline and no data: the message says how to fix it
+    p = run_customnn("eval", runs["cnn"], "--data-dir", empty)  # offline and no data: the message says how to fix it
     assert_one_line_error(p.returncode, p.stderr, "data file mnist/t10k-images-idx3-ubyte.gz not found in "
                           f"{empty} (--data-dir)", "put the file at", "$CUSTOMNN_DATA")
-    p = customnn("generate", runs["gpt"], "--top-k", 0)
+    p = run_customnn("generate", runs["gpt"], "--top-k", 0)
     assert_one_line_error(p.returncode, p.stderr, "--top-k must be >= 1")
     assert p.stdout == ""
 
