@@ -560,3 +560,81 @@ def test_forged_cnn_metadata_gives_a_clear_error_or_a_working_command(runs, caps
     if code == 2:
         assert_one_line_error(code, err)
         assert out == ""
+
+
+GPT_META_PLACES = [("config", k) for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout",
+                                           "bias", "tie_weights")] + [
+    ("vocab",), ("config",), ("train_config",), ("train_config", "text"), ("train_config", "data_dir"),
+    ("train_config", "batch_size"), ("train_config", "eval_iters"), ("train_config", "seed"), ("step",)]
+SMALL = st.none() | st.booleans() | st.integers(-3, 80) | st.floats(allow_nan=True) | st.text(max_size=4) | \
+    st.lists(st.integers(0, 3), max_size=2)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(place=st.sampled_from(GPT_META_PLACES), value=SMALL | JSON_VALUES,
+       command=st.sampled_from(["generate", "eval"]))
+def test_forged_gpt_metadata_gives_a_clear_error_or_a_working_command(runs, capsys, place, value, command):
+    def change(header):
+        target = header
+        for key in place[:-1]:
+            target = target[key]
+        target[place[-1]] = value
+
+    path = forge(runs["gpt"] / "last.safetensors", runs["image"].parent / "forged-gpt.safetensors", meta=change)
+    extra = ["--prompt", "A", "--max-new-tokens", 3] if command == "generate" else ["--eval-iters", 1]
+    code, out, err = main(capsys, command, path, *extra, "--device", "cpu")  # any other exception fails here
+    assert code in (0, 2), (code, err)
+    if code == 2:
+        assert_one_line_error(code, err)
+        assert out == ""
+
+
+def test_forged_gpt_training_values_read_by_eval_are_refused(runs, capsys):
+    """The values ``customnn eval`` takes from the checkpoint's train_config when no flag gives them."""
+    cases = [("train_config", None, "train_config is NoneType, not a mapping"),
+             ("text", 3, "train_config.text 3 is not a path"),
+             ("batch_size", 2**40, "train_config.batch_size 1099511627776 is not an integer in 1..4096"),
+             ("batch_size", True, "train_config.batch_size True is not an integer"),
+             ("eval_iters", 0, "train_config.eval_iters 0 is not an integer >= 1"),
+             ("seed", 2**70, "train_config.seed"), ("seed", 1.5, "train_config.seed 1.5")]
+    for key, value, message in cases:
+        def change(header):
+            if key == "train_config":
+                header[key] = value
+            else:
+                header["train_config"][key] = value
+
+        path = forge(runs["gpt"] / "last.safetensors", runs["image"].parent / "forged-tc.safetensors", meta=change)
+        code, out, err = main(capsys, "eval", path, "--device", "cpu")
+        assert_one_line_error(code, err, str(path), "checkpoint is damaged", message)
+
+
+def test_a_forged_gpt_size_is_refused_before_anything_is_allocated(runs, capsys, monkeypatch):
+    import customnn.train.gpt as gpt_train
+
+    def huge(header):  # 2**20 x 2**20 position table: 4 TB
+        header["config"]["n_embd"] = header["config"]["block_size"] = 2**20
+
+    def deep(header):  # a million blocks of the stored width: state_shapes() alone would take minutes
+        header["config"]["n_layer"] = 10**6
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a GPT was built from a forged configuration")
+
+    monkeypatch.setattr(gpt_train, "GPT", no_model)
+    folder = runs["image"].parent
+    for name, forgery, message in (("huge", huge, "wte: shape (65, 32) in the checkpoint, (65, 1048576) from the configuration (and "),
+                                   ("deep", deep, "n_layer 1000000, but tensors of 2 blocks")):
+        path = forge(runs["gpt"] / "last.safetensors", folder / f"{name}-gpt.safetensors", meta=forgery)
+        for command in (["generate", path, "--prompt", "A"], ["eval", path, "--eval-iters", 1]):
+            code, out, err = main(capsys, *command, "--device", "cpu")
+            assert_one_line_error(code, err, str(path), "do not match its configuration", message)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("tie", [True, False])
+def test_the_shapes_a_checkpoint_is_checked_against_are_the_models(bias, tie):
+    from customnn.models.gpt import GPT, GPTConfig
+
+    config = GPTConfig(vocab_size=7, block_size=6, n_layer=3, n_head=2, n_embd=8, bias=bias, tie_weights=tie)
+    assert config.state_shapes() == {k: tuple(v.shape) for k, v in GPT(config).state_dict().items()}

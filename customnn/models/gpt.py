@@ -57,11 +57,43 @@ class GPTConfig:
                 raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
+                or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout must be a number in [0, 1), got {self.dropout!r}")
+        for name in ("bias", "tie_weights"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"GPTConfig.{name} must be True or False, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def state_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The name and shape of every tensor in ``GPT(self).state_dict()``, without building it:
+        what a checkpoint is checked against before a model of its configuration is allocated."""
+        V, C, T = self.vocab_size, self.n_embd, self.block_size
+        shapes = {"wte": (V, C), "wpe": (T, C)}
+        if not self.tie_weights:
+            shapes["lm_head"] = (C, V)
+
+        def linear(name, n_in, n_out):
+            shapes[f"{name}.weight"] = (n_in, n_out)
+            if self.bias:
+                shapes[f"{name}.bias"] = (n_out,)
+
+        def layer_norm(name):
+            shapes[f"{name}.weight"] = (C,)
+            if self.bias:
+                shapes[f"{name}.bias"] = (C,)
+
+        for i in range(self.n_layer):  # in Block's order: ln_1, attn, ln_2, mlp
+            layer_norm(f"blocks.{i}.ln_1")
+            linear(f"blocks.{i}.attn.c_attn", C, 3 * C)
+            linear(f"blocks.{i}.attn.c_proj", C, C)
+            layer_norm(f"blocks.{i}.ln_2")
+            linear(f"blocks.{i}.mlp.c_fc", C, 4 * C)
+            linear(f"blocks.{i}.mlp.c_proj", 4 * C, C)
+        layer_norm("ln_f")
+        return shapes
 
 
 def _normal(shape, std: float, g: torch.Generator) -> torch.Tensor:

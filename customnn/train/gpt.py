@@ -119,6 +119,10 @@ PRESETS: dict[str, dict] = {
                  min_lr=3e-4, warmup_iters=5, eval_interval=50, eval_iters=4, log_interval=5, time_budget=None),
 }
 
+# The largest --batch-size: far above what a character-level model needs, and a bound on what a
+# checkpoint's training configuration may make ``customnn eval`` allocate.
+MAX_BATCH_SIZE = 4096
+
 FIELDS = [f for f in fields(GPTTrainConfig) if f.name not in ("preset", "resume")]
 # Flags that may change when a run is resumed; the rest would change what is being trained.
 RESUMABLE = {"max_iters", "time_budget", "lr_decay_iters", "eval_interval", "eval_iters", "log_interval", "device",
@@ -143,6 +147,8 @@ def check_config(cfg: GPTTrainConfig) -> None:
                  "eval_iters", "log_interval"):
         if getattr(cfg, name) < 1:
             raise UserError(f"{flag(name)} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.batch_size > MAX_BATCH_SIZE:
+        raise UserError(f"--batch-size must be <= {MAX_BATCH_SIZE}, got {cfg.batch_size}")
     if cfg.n_embd % cfg.n_head:
         raise UserError(f"--n-embd ({cfg.n_embd}) must be divisible by --n-head ({cfg.n_head})")
     for name in ("lr", "min_lr", "weight_decay", "grad_clip"):
@@ -172,22 +178,60 @@ def checkpoint_meta(cfg: GPTTrainConfig, model: GPT, vocab: Vocab, step: int, **
 
 
 def model_from_checkpoint(ckpt, path, device="cpu") -> tuple[GPT, Vocab]:
-    """The GPT and vocabulary stored in a loaded checkpoint; any mismatch is a ``UserError``."""
+    """The GPT and vocabulary stored in a loaded checkpoint; any mismatch is a ``UserError``.
+
+    The configuration is checked against the stored tensors' names and shapes before the
+    model is built: a forged size must not make it allocate gigabytes.
+    """
     meta = ckpt.meta
     if meta.get("model") != "gpt":
         raise UserError(f"{path} holds a {meta.get('model')!r} model, not a GPT")
     try:
+        if not isinstance(meta.get("config"), dict):
+            raise ValueError("no model configuration")
         config = GPTConfig(**meta["config"])
         if not isinstance(meta.get("vocab"), str):
             raise ValueError("no vocabulary")
         vocab = Vocab(meta["vocab"])
         if len(vocab) != config.vocab_size:
             raise ValueError(f"{len(vocab)} vocabulary characters for vocab_size {config.vocab_size}")
-        model = GPT(config)
-        model.load_state_dict(ckpt.model_state)
-    except (KeyError, TypeError, ValueError) as e:
+        if not is_int(meta.get("step"), 0):
+            raise ValueError(f"step {meta.get('step')!r} is not a step number")
+        problem = state_mismatch(config, ckpt.model_state)
+        if problem:
+            raise ValueError(f"its tensors do not match its configuration: {problem}")
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{path}: the checkpoint does not describe a valid GPT ({e})") from None
+    model = GPT(config)
+    try:
+        model.load_state_dict(ckpt.model_state)  # the dtypes are checked here
+    except ValueError as e:
         raise UserError(f"{path}: the checkpoint does not describe a valid GPT ({e})") from None
     return model.to(device=device), vocab
+
+
+def state_mismatch(config: GPTConfig, state: dict) -> str | None:
+    """What in ``state`` (name -> tensor) does not fit a GPT of ``config``, or None; no model is built."""
+    blocks = {k.split(".")[1] for k in state if k.startswith("blocks.")}
+    if len(blocks) != config.n_layer:  # first: n_layer bounds the work of state_shapes()
+        return f"n_layer {config.n_layer}, but tensors of {len(blocks)} blocks"
+    want = config.state_shapes()
+
+    def names(keys: list[str]) -> str:  # a forged size can make every tensor wrong: name the first few
+        return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+    missing = [k for k in want if k not in state]
+    unexpected = [k for k in state if k not in want]
+    reshaped = [k for k, shape in want.items() if k in state and tuple(state[k].shape) != shape]
+    problems = [f"missing: {names(missing)}"] if missing else []
+    if unexpected:
+        problems.append(f"unexpected: {names(unexpected)}")
+    if reshaped:
+        k = reshaped[0]
+        more = f" (and {len(reshaped) - 1} more tensors of the wrong shape)" if len(reshaped) > 1 else ""
+        problems.append(f"{k}: shape {tuple(state[k].shape)} in the checkpoint, {want[k]} from the "
+                        f"configuration{more}")
+    return "; ".join(problems) or None
 
 
 def load_model(run_or_path, prefer: str = "best", device="cpu") -> tuple[GPT, Vocab, Path, dict]:
@@ -226,18 +270,44 @@ def evaluate_checkpoint(args, path, ckpt) -> int:
     """``customnn eval RUN`` for a GPT: nanoGPT's loss line for the checkpoint."""
     device = resolve_device(args.device)
     model, vocab = model_from_checkpoint(ckpt, path, device)
-    tc = ckpt.meta.get("train_config", {})
+    tc = stored_train_config(ckpt.meta, path)
     text = args.text if args.text is not None else tc.get("text")
     data_dir = args.data_dir if args.data_dir is not None else tc.get("data_dir")
-    corpus = load_corpus(text, data_dir, model.config.block_size, vocab=vocab)
     batch_size = args.batch_size if args.batch_size is not None else tc.get("batch_size", 12)
     eval_iters = args.eval_iters if args.eval_iters is not None else tc.get("eval_iters", 20)
-    for flag, value in (("--batch-size", batch_size), ("--eval-iters", eval_iters)):
-        if value < 1:
-            raise UserError(f"{flag} must be >= 1, got {value}")
+    if not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise UserError(f"--batch-size must be between 1 and {MAX_BATCH_SIZE}, got {batch_size}")
+    if eval_iters < 1:
+        raise UserError(f"--eval-iters must be >= 1, got {eval_iters}")
+    corpus = load_corpus(text, data_dir, model.config.block_size, vocab=vocab)
     losses = estimate_loss(model, corpus, batch_size, eval_iters, tc.get("seed", 1337) + 1, device)
-    print(eval_line(int(ckpt.meta.get("step", 0)), losses))
+    print(eval_line(ckpt.meta["step"], losses))
     return 0
+
+
+def stored_train_config(meta: dict, path) -> dict:
+    """The training configuration a GPT checkpoint records (``{}`` if none), with the values
+    ``customnn eval`` reads checked: a forged or damaged one is a one-line ``UserError``."""
+    tc = meta.get("train_config", {})
+    if not isinstance(tc, dict):
+        raise UserError(f"{path}: checkpoint is damaged: its train_config is {type(tc).__name__}, not a mapping")
+    for name in ("text", "data_dir"):
+        if not isinstance(tc.get(name), (str, type(None))):
+            raise UserError(f"{path}: checkpoint is damaged: train_config.{name} {tc[name]!r} is not a path")
+    # seed + 2 must still seed a torch.Generator (whose seeds are 64-bit)
+    for name, low, high in (("batch_size", 1, MAX_BATCH_SIZE), ("eval_iters", 1, None),
+                            ("seed", -2**63, 2**64 - 3)):
+        if name in tc and not is_int(tc[name], low, high):
+            allowed = f">= {low}" if high is None else f"in {low}..{high}"
+            raise UserError(f"{path}: checkpoint is damaged: train_config.{name} {tc[name]!r} is not an integer "
+                            f"{allowed}")
+    return tc
+
+
+def is_int(value, low: int, high: int | None = None) -> bool:
+    """``value`` is an int (not a bool) in ``low..high``."""
+    return (isinstance(value, int) and not isinstance(value, bool) and value >= low
+            and (high is None or value <= high))
 
 
 # --- training --------------------------------------------------------------------------------------
