@@ -638,3 +638,82 @@ def test_the_shapes_a_checkpoint_is_checked_against_are_the_models(bias, tie):
 
     config = GPTConfig(vocab_size=7, block_size=6, n_layer=3, n_head=2, n_embd=8, bias=bias, tie_weights=tie)
     assert config.state_shapes() == {k: tuple(v.shape) for k, v in GPT(config).state_dict().items()}
+
+
+def _state_entry(header: dict, key: str) -> list:
+    """The ``[key, value]`` pair of the checkpoint's training-state skeleton (``flatten_state``)."""
+    return next(pair for pair in header["state"]["__dict__"] if pair[0] == key)
+
+
+def _set_state(key, value):
+    def change(header):
+        _state_entry(header, key)[1] = value
+    return change
+
+
+def _drop_state(key):
+    def change(header):
+        header["state"]["__dict__"].remove(_state_entry(header, key))
+    return change
+
+
+def _set_in_optimizer_group(key, value):
+    def change(header):
+        groups = next(v for k, v in _state_entry(header, "optimizer")[1]["__dict__"] if k == "param_groups")
+        next(pair for pair in groups[0]["__dict__"] if pair[0] == key)[1] = value
+    return change
+
+
+def _replace_state(value):
+    def change(header):
+        header["state"] = value
+    return change
+
+
+DAMAGED_STATES = {
+    "no-iteration": _drop_state("iteration"), "iteration-text": _set_state("iteration", "10"),
+    "negative-iteration": _set_state("iteration", -1), "iteration-float": _set_state("iteration", 2.5),
+    "best-val-text": _set_state("best_val_loss", "low"), "elapsed-null": _set_state("elapsed", None),
+    "elapsed-infinite": _set_state("elapsed", float("inf")), "total-iters-list": _set_state("total_iters", [1]),
+    "evaluated-after-step": _set_state("evaluated_at", 10**6), "optimizer-number": _set_state("optimizer", 3),
+    "optimizer-empty": _set_state("optimizer", {"__dict__": []}), "no-optimizer": _drop_state("optimizer"),
+    "eps-text": _set_in_optimizer_group("eps", "tiny"), "betas-changed": _set_in_optimizer_group("betas", [0.5, 0.5]),
+    "rng-empty": _set_state("rng", {"__dict__": []}), "rng-python-garbage": None,
+    "state-list": _replace_state([1, 2]), "state-text": _replace_state("state"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGED_STATES))
+def test_gpt_resume_from_a_damaged_training_state_is_a_one_line_error(tmp_path, runs, capsys, damage):
+    import shutil
+
+    run = shutil.copytree(runs["gpt"], tmp_path / "run")
+    last = run / "last.safetensors"
+    change = DAMAGED_STATES[damage]
+    if change is None:  # the Python RNG's state is a repr read back by ast.literal_eval
+        rng = _state_entry(json.loads(safe_open(str(last), "pt").metadata()["customnn"]), "rng")[1]
+        python = next(pair for pair in rng["__dict__"] if pair[0] == "python")
+
+        def change(header):
+            next(pair for pair in _state_entry(header, "rng")[1]["__dict__"] if pair[0] == "python")[1] = \
+                python[1][:-5] + "((("
+    forge(last, last, meta=change)
+    before = last.read_bytes()
+    code, out, err = main(capsys, "train", "gpt", "--resume", run, "--quiet")
+    if damage in ("state-list", "state-text"):  # load_checkpoint's own check of the skeleton, or this one
+        assert_one_line_error(code, err, str(last))
+    else:
+        assert_one_line_error(code, err, f"cannot resume from {last}: its training state is damaged")
+    assert last.read_bytes() == before  # nothing was saved over it
+
+
+def test_gpt_resume_with_a_damaged_config_json_is_a_one_line_error(tmp_path, runs, capsys):
+    import shutil
+
+    run = shutil.copytree(runs["gpt"], tmp_path / "run")
+    good = json.loads((run / "config.json").read_text())
+    for saved, message in (([], "it holds no settings"), ({**good, "n_layer": "2"}, "n_layer is '2'"),
+                           ({**good, "lr": None}, "lr is None"), ({**good, "bias": 0}, "bias is 0")):
+        (run / "config.json").write_text(json.dumps(saved))
+        code, out, err = main(capsys, "train", "gpt", "--resume", run, "--quiet")
+        assert_one_line_error(code, err, f"{run / 'config.json'} is damaged", message)

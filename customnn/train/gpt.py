@@ -344,12 +344,14 @@ def train(cfg: GPTTrainConfig, quiet: bool = False) -> dict:
         ckpt = load_checkpoint(ckpt_path)
         if ckpt.state is None:
             raise UserError(f"{ckpt_path} holds no training state to resume from")
+        _, stored_vocab = model_from_checkpoint(ckpt, ckpt_path)  # the stored model is checked before any use
     else:
-        ckpt = None
-    corpus = load_corpus(cfg.text, cfg.data_dir, cfg.block_size,
-                         vocab=Vocab(ckpt.meta["vocab"]) if ckpt else None)
+        ckpt, stored_vocab = None, None
+    corpus = load_corpus(cfg.text, cfg.data_dir, cfg.block_size, vocab=stored_vocab)
     if ckpt is None:  # the folder is made only once the data are known to be good
         run = RunDir.create("gpt", cfg.out)
+    if ckpt is not None and ckpt.meta["config"] != cfg.model_config(len(corpus.vocab)).to_dict():
+        raise UserError(f"{ckpt_path} was trained with a different model configuration")
     seed_all(cfg.seed)
     model = GPT(cfg.model_config(len(corpus.vocab)), seed=cfg.seed).to(device=device)
     opt = AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
@@ -357,17 +359,15 @@ def train(cfg: GPTTrainConfig, quiet: bool = False) -> dict:
     step, best_val, evaluated_at, elapsed = 0, float("inf"), -1, 0.0
     total_iters = cfg.max_iters  # the plan: max_iters, or what fits in the time budget
     if ckpt is not None:
-        model_from_checkpoint(ckpt, ckpt_path)  # checks the stored model before anything is copied
-        if ckpt.meta["config"] != model.config.to_dict():
-            raise UserError(f"{ckpt_path} was trained with a different model configuration")
         model.load_state_dict({k: v.to(device) for k, v in ckpt.model_state.items()})
-        st = ckpt.state
-        opt.load_state_dict(st["optimizer"])
-        set_rng_state(st["rng"], {"train": batch_gen})
-        step, best_val = int(st["iteration"]), float(st["best_val_loss"])
-        evaluated_at, elapsed = int(st["evaluated_at"]), float(st["elapsed"])
+        try:
+            step, best_val, evaluated_at, saved_total, elapsed = restore_training_state(ckpt.state, opt, batch_gen)
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError, SyntaxError, OverflowError,
+                RecursionError, AttributeError) as e:
+            raise UserError(f"cannot resume from {ckpt_path}: its training state is damaged "
+                            f"({type(e).__name__})") from None
         if cfg.time_budget is not None:
-            total_iters = min(int(st["total_iters"]), cfg.max_iters)
+            total_iters = min(saved_total, cfg.max_iters)
         run.truncate_metrics(lambda r: r.get("step", 0) <= step)
         run.log(f"resuming {run.path} at step {step}", echo=not quiet)
     else:
@@ -479,6 +479,38 @@ def train(cfg: GPTTrainConfig, quiet: bool = False) -> dict:
             "time_s": total, "model": model, "vocab": corpus.vocab, "interrupted": interrupted}
 
 
+def restore_training_state(st: dict, opt: AdamW, batch_gen: torch.Generator) -> tuple[int, float, int, int, float]:
+    """Load a checkpoint's training state into ``opt`` and ``batch_gen``; returns the step, the best
+    val loss, the step of the last evaluation, the planned steps and the seconds so far.
+
+    Everything is checked, so that a damaged or forged state fails here (``KeyError``,
+    ``TypeError``, ``ValueError``, ...), not with a traceback in the middle of training.
+    """
+    step, evaluated_at, total = st["iteration"], st["evaluated_at"], st["total_iters"]
+    best_val, elapsed = st["best_val_loss"], st["elapsed"]
+    if not (is_int(step, 0) and is_int(evaluated_at, -1, step) and is_int(total, 0)):
+        raise ValueError("step counters")
+    for value in (best_val, elapsed):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            raise ValueError("best val loss or elapsed time")
+    if not (math.isfinite(elapsed) and elapsed >= 0):
+        raise ValueError("elapsed time")
+    # The hyperparameters are the run's (its flags cannot change on resume) except the lr, which
+    # is set before every step; each parameter's state is AdamW's: a step count and two moments.
+    fixed = [{k: v for k, v in g.items() if k not in ("params", "lr")} for g in opt.param_groups]
+    opt.load_state_dict(st["optimizer"])
+    loaded = [{k: (tuple(v) if isinstance(v, list) else v) for k, v in g.items() if k not in ("params", "lr")}
+              for g in opt.param_groups]
+    if loaded != fixed:
+        raise ValueError("optimizer hyperparameters")
+    for s in opt.state.values():
+        if set(s) != {"step", "exp_avg", "exp_avg_sq"} or not is_int(s["step"], 0) \
+                or not all(isinstance(s[k], torch.Tensor) for k in ("exp_avg", "exp_avg_sq")):
+            raise ValueError("optimizer state")
+    set_rng_state(st["rng"], {"train": batch_gen})
+    return step, float(best_val), evaluated_at, total, float(elapsed)
+
+
 def write_outputs(run: RunDir, cfg: GPTTrainConfig, model: GPT, corpus: Corpus, total_s: float,
                   sample: bool = True) -> None:
     """loss.png and report.md from metrics.jsonl, with a generated sample (none after Ctrl-C: stop fast)."""
@@ -548,6 +580,22 @@ def add_arguments(p) -> None:
                            help=f"{HELP[f.name]} (default preset: {default})")
 
 
+def check_saved_config(saved, path) -> None:
+    """A run's config.json holds a mapping whose settings have their fields' types, or it is damaged."""
+    def fits(value, kind: str) -> bool:
+        if value is None:
+            return kind.endswith("| None")
+        if isinstance(value, bool) or kind == "bool":
+            return isinstance(value, bool) and kind == "bool"
+        return isinstance(value, {"int": int, "float": (int, float), "str": str}[kind.split(" ")[0]])
+
+    if not isinstance(saved, dict):
+        raise UserError(f"{path} is damaged: it holds no settings")
+    for f in FIELDS:
+        if f.name in saved and not fits(saved[f.name], str(f.type)):
+            raise UserError(f"{path} is damaged: {f.name} is {saved[f.name]!r}")
+
+
 def run(args) -> int:
     overrides = {f.name: getattr(args, f.name) for f in FIELDS if getattr(args, f.name, None) is not None}
     if overrides.get("time_budget") == 0:  # --time-budget 0: no budget, max_iters steps
@@ -555,6 +603,7 @@ def run(args) -> int:
     if args.resume is not None:
         run_dir = RunDir.open(args.resume)
         saved = run_dir.read_config()
+        check_saved_config(saved, run_dir.config_path)
         fixed = [k for k in overrides if k not in RESUMABLE and overrides[k] != saved.get(k)]
         if fixed:
             raise UserError(f"--{fixed[0].replace('_', '-')} cannot change when resuming (it changes what is "
