@@ -83,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         message = str(e).translate(_ESCAPE_LINE_BREAKS)  # one line, even with a file name holding a line break
         print(f"customnn: error: {message}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # a file-system error no command anticipated: still one line, not a traceback
+        where = f"{e.filename}: " if e.filename else ""
+        message = f"{where}{e.strerror or e}".translate(_ESCAPE_LINE_BREAKS)
+        print(f"customnn: error: {message}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("customnn: interrupted", file=sys.stderr)
         return 130

@@ -91,3 +91,20 @@ def test_vocab_names_an_unknown_character():
     assert vocab.decode([2, 0, 1]) == "cab"
     with pytest.raises(UserError, match=r"character 'z' \(U\+007A\) at position 2 is not in the model's vocabulary"):
         vocab.encode("abz")
+
+
+def test_a_name_too_long_for_the_file_system_is_a_clear_error(tmp_path):
+    with pytest.raises(UserError, match="cannot read text file .*File name too long"):
+        read_text(tmp_path / ("a" * 300))
+
+
+def test_an_unexpected_os_error_in_a_command_is_one_line(capsys, monkeypatch):
+    from customnn import cli
+
+    def broken(args):
+        raise OSError(28, "No space left on device", "/tmp/somewhere")
+
+    monkeypatch.setattr("customnn.evaluate.run", broken)
+    assert cli.main(["eval", "whatever"]) == 2
+    err = capsys.readouterr().err
+    assert err == "customnn: error: /tmp/somewhere: No space left on device\n"

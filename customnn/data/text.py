@@ -74,11 +74,11 @@ class Corpus:
 def read_text(path: str | Path) -> str:
     """The whole file as text; a missing, unreadable, non-UTF-8 or empty file is a ``UserError``."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"text file not found: {path}")
     try:
+        if not path.is_file():
+            raise UserError(f"text file not found: {path}")
         data = path.read_bytes()
-    except OSError as e:
+    except OSError as e:  # unreadable, or a name too long for the file system
         raise UserError(f"cannot read text file {path}: {e.strerror}") from None
     try:
         text = data.decode("utf-8")
