@@ -161,3 +161,12 @@ def test_sigkill_during_saves_always_leaves_a_loadable_checkpoint(tmp_path):
         assert torch.equal(ck.model_state["w"], torch.full((1024, 1024), float(step)))
         last_step = max(last_step, step)
     assert last_step > 0, "the saver never completed a save; the test proves nothing"
+
+
+def test_allocator_tuning_is_accepted_by_glibc():
+    import platform
+
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert runmod.tune_allocator() is True
+    else:
+        assert runmod.tune_allocator() in (True, False)

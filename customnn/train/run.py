@@ -371,6 +371,32 @@ def resolve_device(name: str) -> torch.device:
     raise UserError(f"--device must be auto, cpu or cuda, got {name!r}")
 
 
+def tune_allocator() -> bool:
+    """Ask glibc's malloc to keep freed memory for reuse instead of returning it at once.
+
+    A training step allocates and frees the same few-MB tensors every step. By default glibc
+    serves large blocks (above an adaptive threshold starting at 128 KiB) straight from the kernel with mmap and
+    gives them back on free, so every step pays fresh page faults for them. Raising the mmap
+    and trim thresholds (the same as ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``
+    and ``MALLOC_TOP_PAD_`` in the environment) keeps those pages in the heap: measured on the
+    GPT ``default`` step, 1 thread, 139.9 -> 132.4 ms for ours and 125.6 -> 124.1 ms for the
+    torch.nn twin. It changes no result. Returns False where there is no glibc (macOS, musl).
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+    ok = mallopt(M_MMAP_THRESHOLD, 32 * 2**20) == 1
+    ok &= mallopt(M_TRIM_THRESHOLD, 128 * 2**20) == 1
+    ok &= mallopt(M_TOP_PAD, 64 * 2**20) == 1
+    return bool(ok)
+
+
 def seed_all(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
