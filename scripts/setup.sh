@@ -9,11 +9,7 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 log=.venv/setup.log
-install() {
-    if ! .venv/bin/python -m pip install "$@" >>"$log" 2>&1; then
-        return 1
-    fi
-}
+install() { .venv/bin/python -m pip install "$@" >>"$log" 2>&1; }
 : >"$log"
 if ! install -q "torch==2.13.0"; then
     install -q torch || { cat "$log" >&2; echo "setup failed: could not install torch (log above)" >&2; exit 1; }
