@@ -189,3 +189,20 @@ def test_pad2d_errors():
     bad(r"padding must be an int or \(left, right, top, bottom\)", ops.pad2d, x, (1, 2))
     bad(r"crops the height", ops.pad2d, x, (0, 0, -3, -2))
     bad(r"x must be .*-D", ops.pad2d, torch.randn(4), 1)
+
+
+@pytest.mark.parametrize("cap_images", [1, 2, 3])
+def test_conv2d_in_batch_chunks_equals_torch(monkeypatch, cap_images):
+    """Columns formed a chunk of the batch at a time (forced small here) give the same
+    output and gradients, and the chunks really are several."""
+    from customnn.ops import conv as conv_mod
+
+    x = torch.randn(7, 3, 9, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 3, 3, 2, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    Ho, Wo = (9 + 2 - 3) // 2 + 1, (8 + 2 - 2) // 2 + 1
+    per_image = 3 * 3 * 2 * Ho * Wo * 8  # K * L * element size
+    monkeypatch.setattr(conv_mod, "MAX_COLUMN_BYTES", cap_images * per_image)
+    assert len(conv_mod._batch_chunks(7, per_image)) == -(-7 // cap_images)
+    check_layer(lambda x, w, b: ops.conv2d(x, w, b, stride=2, padding=1),
+                lambda x, w, b: F.conv2d(x, w, b, stride=2, padding=1), [x, w, b])
