@@ -11,18 +11,9 @@ from __future__ import annotations
 
 import torch
 
-TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
-
-
-def max_rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    """Largest absolute difference, relative to the largest magnitude of the reference."""
-    if ours.shape != ref.shape:
-        raise AssertionError(f"shape {tuple(ours.shape)} != reference {tuple(ref.shape)}")
-    if ref.numel() == 0:
-        return 0.0
-    scale = ref.detach().abs().max().item()
-    diff = (ours.detach().double() - ref.detach().double()).abs().max().item()
-    return diff / max(scale, 1.0)
+# The error measure and tolerances are the ones `customnn check` prints, so a test and the
+# check table agree on what "equal" means.
+from customnn_ref.check import TOL, max_rel_err  # noqa: F401 (tests import both from here)
 
 
 def run_both(ours, ref, inputs, kwargs=None, ref_kwargs=None, grad_out_seed=1234):
