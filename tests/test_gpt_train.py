@@ -28,6 +28,7 @@ def test_presets_nanogpt_cpu_is_nanogpts_documented_run():
     assert (cfg.max_iters, cfg.lr, cfg.min_lr, cfg.lr_decay_iters, cfg.warmup_iters) == (2000, 1e-3, 1e-4, 2000, 100)
     assert (cfg.beta1, cfg.beta2, cfg.weight_decay, cfg.grad_clip, cfg.dropout, cfg.eval_iters) == (
         0.9, 0.99, 0.1, 1.0, 0.0, 20)
+    assert cfg.decay_embeddings and not make_config("default").decay_embeddings  # nanoGPT decays every matrix
     assert set(PRESETS) == {"nanogpt-cpu", "default", "tiny"}
     with pytest.raises(UserError, match="unknown preset 'huge'"):
         make_config("huge")
@@ -48,6 +49,18 @@ def test_no_weight_decay_on_biases_norms_and_embeddings():
         "blocks.0.mlp.c_proj.weight"]
     assert {"wte", "wpe", "ln_f.weight", "blocks.0.ln_1.bias"} <= {names[id(p)] for p in no_decay["params"]}
     assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.1, 0.0)
+
+
+def test_decay_embeddings_decays_every_matrix_as_nanogpt():
+    from customnn.models.gpt import GPT, GPTConfig
+
+    model = GPT(GPTConfig(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=8, bias=True))
+    decay, no_decay = param_groups(model, 0.1, decay_embeddings=True)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {"wte", "wpe"} <= {names[id(p)] for p in decay["params"]}  # wte is also the tied output projection
+    assert sorted(names[id(p)] for p in decay["params"]) == sorted(n for n, p in model.named_parameters()
+                                                                   if p.dim() >= 2)
+    assert all(p.dim() == 1 for p in no_decay["params"])
 
 
 def test_short_training_on_tiny_shakespeare_learns(tmp_path, capsys):

@@ -44,8 +44,8 @@ from customnn.errors import UserError
 from customnn.models.cnn import ARCHS, CustomCNN
 from customnn.optim import SGD, AdamW, constant_lr, cosine_lr, decay_groups, grads_are_finite, set_lr
 from customnn.train.run import (InterruptFlag, RunDir, load_checkpoint, plot_curves, progress_bar,
-                                resolve_checkpoint, resolve_device, rng_state, save_checkpoint, seed_all,
-                                set_rng_state)
+                                release_free_memory, resolve_checkpoint, resolve_device, rng_state,
+                                save_checkpoint, seed_all, set_rng_state)
 
 OPTIMIZERS = ("adamw", "sgd")
 # Cross-entropy over 10 classes starts at ln 10 = 2.3; a batch loss above this means the run has
@@ -321,6 +321,7 @@ def train(cfg: CNNTrainConfig, quiet: bool = False) -> dict:
                     break
                 if cfg.save_interval is not None and time.perf_counter() - last_save >= cfg.save_interval:
                     save("last", epoch_time_so_far + time.perf_counter() - t0)  # mid-epoch, resumable
+                    release_free_memory()  # the save's buffers; see its docstring
                     last_save = time.perf_counter()
             bar.close()
             epoch_time_so_far += time.perf_counter() - t0
@@ -336,6 +337,7 @@ def train(cfg: CNNTrainConfig, quiet: bool = False) -> dict:
                 best_acc = result["accuracy"]
                 save("best")
             save("last")
+            release_free_memory()  # the evaluation's and the saves' buffers: the heap would keep growing
             last_save = time.perf_counter()
 
     finished = epoch > cfg.epochs  # a stop requested at the very last step still finished the run

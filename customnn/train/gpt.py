@@ -50,8 +50,8 @@ from customnn.models.gpt import GPT, GPTConfig
 from customnn.optim import AdamW, clip_grad_norm_, cosine_lr, grads_are_finite, set_lr
 from customnn.train.budget import StepPlanner
 from customnn.train.run import (InterruptFlag, RunDir, atomic_write_text, load_checkpoint, plot_curves,
-                                progress_bar, resolve_checkpoint, resolve_device, rng_state, save_checkpoint,
-                                seed_all, set_rng_state)
+                                progress_bar, release_free_memory, resolve_checkpoint, resolve_device, rng_state,
+                                save_checkpoint, seed_all, set_rng_state)
 
 
 @dataclass
@@ -80,6 +80,7 @@ class GPTTrainConfig:
     beta1: float = 0.9  # AdamW's first moment, the usual value
     beta2: float = 0.99  # nanoGPT's for small batches (its default 0.95 is for large ones)
     weight_decay: float = 0.1  # on matrices only
+    decay_embeddings: bool = False  # decay the embeddings too (nanoGPT decays every matrix, tied head included)
     grad_clip: float = 1.0  # global gradient norm; 0 turns clipping off
     # evaluation and logging
     eval_interval: int = 1000  # evaluate (and save last.safetensors) every this many steps
@@ -109,7 +110,8 @@ PRESETS: dict[str, dict] = {
     # lr 1e-3 -> 1e-4, warmup 100, weight decay 0.1, clip 1.0, eval_interval 250).
     "nanogpt-cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False,
                         batch_size=12, max_iters=2000, lr=1e-3, min_lr=1e-4, warmup_iters=100,
-                        lr_decay_iters=2000, beta1=0.9, beta2=0.99, weight_decay=0.1, grad_clip=1.0,
+                        lr_decay_iters=2000, beta1=0.9, beta2=0.99, weight_decay=0.1, decay_embeddings=True,
+                        grad_clip=1.0,
                         eval_interval=250, eval_iters=20, time_budget=None),
     # Ten minutes on a 2-core CPU, evaluation included: nanoGPT's CPU model at context 128, lr 3e-3,
     # batch 12, as many steps as fit in 580 s (chosen by val loss at equal compute; see the README).
@@ -311,12 +313,16 @@ def is_int(value, low: int, high: int | None = None) -> bool:
 
 
 # --- training --------------------------------------------------------------------------------------
-def param_groups(model: GPT, weight_decay: float) -> list[dict]:
-    """Decay the matrices of linear layers; not biases, layer-norm gains or the embeddings."""
+def param_groups(model: GPT, weight_decay: float, decay_embeddings: bool = False) -> list[dict]:
+    """Decay the matrices of linear layers; not biases, layer-norm gains or (unless asked) the embeddings.
+
+    ``decay_embeddings=True`` is nanoGPT's ``configure_optimizers``: every tensor of two or more
+    dimensions decays, the token embedding (which is also the tied output projection) included.
+    """
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         is_embedding = name in ("wte", "wpe")
-        (decay if p.dim() >= 2 and not is_embedding else no_decay).append(p)
+        (decay if p.dim() >= 2 and (decay_embeddings or not is_embedding) else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -354,7 +360,7 @@ def train(cfg: GPTTrainConfig, quiet: bool = False) -> dict:
         raise UserError(f"{ckpt_path} was trained with a different model configuration")
     seed_all(cfg.seed)
     model = GPT(cfg.model_config(len(corpus.vocab)), seed=cfg.seed).to(device=device)
-    opt = AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    opt = AdamW(param_groups(model, cfg.weight_decay, cfg.decay_embeddings), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     batch_gen = torch.Generator().manual_seed(cfg.seed)
     step, best_val, evaluated_at, elapsed = 0, float("inf"), -1, 0.0
     total_iters = cfg.max_iters  # the plan: max_iters, or what fits in the time budget
@@ -424,6 +430,7 @@ def train(cfg: GPTTrainConfig, quiet: bool = False) -> dict:
                     best_val = losses["val"]
                     save("best", losses)
                 save("last", losses)
+                release_free_memory()  # the evaluation's and the saves' buffers (see its docstring)
                 planner.timed_eval(clock() - t_eval)
             if step < total_iters and planner.update(step, clock()):
                 total_iters = planner.total
@@ -555,6 +562,7 @@ HELP = {
     "budget: the most it may plan)", "lr": "peak learning rate", "min_lr": "final learning rate of the cosine",
     "warmup_iters": "linear warmup steps", "lr_decay_iters": "length of the cosine decay (default: the steps)",
     "beta1": "AdamW beta1", "beta2": "AdamW beta2", "weight_decay": "AdamW weight decay on matrices",
+    "decay_embeddings": "weight decay on the embedding tables too, as nanoGPT",
     "grad_clip": "clip the global gradient norm (0: off)", "eval_interval": "evaluate and save every N steps",
     "eval_iters": "batches per split per evaluation", "log_interval": "training-loss rows every N steps",
     "time_budget": "seconds for the whole run, evaluation included; the steps are planned to fit (0: off)",
