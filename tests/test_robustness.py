@@ -442,6 +442,7 @@ def test_bad_arguments_of_every_command_are_one_line_errors(tmp_path, runs, caps
         ([*tiny_cnn, "--save-interval", 0], "--save-interval must be a number of seconds > 0"),
         (["train", "cnn", "--arch", "resnet"], "invalid choice: 'resnet'"),
         ([*tiny_cnn, "--data-dir", empty], "mnist/train-images-idx3-ubyte.gz"),
+        ([*tiny_cnn, "--seed", 2**64], "--seed must be an integer between -9223372036854775808 and "),
         (["train", "cnn", "--resume", tmp_path / "missing"], "run folder not found"),
         (["train", "cnn", "--resume", no_ckpt], "nothing to resume"),
         (["train", "cnn", "--resume", gpt], "not a CNN training checkpoint"),
@@ -457,6 +458,8 @@ def test_bad_arguments_of_every_command_are_one_line_errors(tmp_path, runs, caps
         ([*tiny_gpt, "--text", tmp_path / "nothing.txt"], "text file not found"),
         ([*tiny_gpt, "--data-dir", empty], "tinyshakespeare/input.txt"),
         ([*tiny_gpt, "--lr", "inf"], "--lr must be a finite number"),
+        ([*tiny_gpt, "--seed", -2**63 - 1], "--seed must be an integer between"),
+        ([*tiny_gpt, "--eval-iters", 10**6], "--eval-iters must be <= 10000, got 1000000"),
         (["train", "gpt", "--resume", tmp_path / "missing"], "run folder not found"),
         (["train", "gpt", "--resume", gpt, "--n-embd", 64], "--n-embd cannot change when resuming"),
         # eval
@@ -466,7 +469,7 @@ def test_bad_arguments_of_every_command_are_one_line_errors(tmp_path, runs, caps
         (["eval", cnn, "--batch-size", 0], "--batch-size must be >= 1"),
         (["eval", cnn, "--data-dir", empty], "mnist/t10k-images-idx3-ubyte.gz"),
         (["eval", gpt, "--data-dir", empty], "tinyshakespeare/input.txt"),
-        (["eval", gpt, "--eval-iters", 0], "--eval-iters must be >= 1"),
+        (["eval", gpt, "--eval-iters", 0], "--eval-iters must be between 1 and 10000, got 0"),
         (["eval", gpt, "--text", tmp_path / "latin1.txt"], "is not UTF-8 text"),
         (["eval", gpt, "--text", tmp_path / "empty.txt"], "is empty"),
         (["eval", "--checkpoint", "middle", cnn], "invalid choice: 'middle'"),
@@ -476,6 +479,7 @@ def test_bad_arguments_of_every_command_are_one_line_errors(tmp_path, runs, caps
         # generate
         ([*gen, "--prompt", "naïve"], "character 'ï' (U+00EF) at position 2 is not in the model's vocabulary"),
         ([*gen, "--prompt", ""], "--prompt is empty"),
+        ([*gen, "--seed", 2**64], "--seed must be an integer between"),
         ([*gen, "--max-new-tokens", -1], "--max-new-tokens must be >= 0, got -1"),
         ([*gen, "--temperature", -0.5], "--temperature must be a finite number >= 0"),
         ([*gen, "--temperature", "nan"], "--temperature must be a finite number >= 0"),
@@ -595,7 +599,8 @@ def test_forged_gpt_training_values_read_by_eval_are_refused(runs, capsys):
              ("text", 3, "train_config.text 3 is not a path"),
              ("batch_size", 2**40, "train_config.batch_size 1099511627776 is not an integer in 1..4096"),
              ("batch_size", True, "train_config.batch_size True is not an integer"),
-             ("eval_iters", 0, "train_config.eval_iters 0 is not an integer >= 1"),
+             ("eval_iters", 0, "train_config.eval_iters 0 is not an integer in 1..10000"),
+             ("eval_iters", 10**9, "train_config.eval_iters 1000000000 is not an integer in 1..10000"),
              ("seed", 2**70, "train_config.seed"), ("seed", 1.5, "train_config.seed 1.5")]
     for key, value, message in cases:
         def change(header):

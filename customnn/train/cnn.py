@@ -44,7 +44,7 @@ from customnn.errors import UserError
 from customnn.models.cnn import ARCHS, CustomCNN
 from customnn.optim import SGD, AdamW, constant_lr, cosine_lr, decay_groups, grads_are_finite, set_lr
 from customnn.train.run import (InterruptFlag, RunDir, load_checkpoint, plot_curves, progress_bar,
-                                release_free_memory, resolve_checkpoint, resolve_device, rng_state,
+                                check_seed, release_free_memory, resolve_checkpoint, resolve_device, rng_state,
                                 save_checkpoint, seed_all, set_rng_state)
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -133,6 +133,7 @@ class CNNTrainConfig:
             raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
         if not 0 <= self.shift <= 8:
             raise UserError(f"--shift must be between 0 and 8 pixels, got {self.shift}")
+        check_seed(self.seed)
         if self.warmup_steps < 0:
             raise UserError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
         if self.save_interval is not None and not (math.isfinite(self.save_interval) and self.save_interval > 0):

@@ -49,9 +49,9 @@ from customnn.errors import UserError
 from customnn.models.gpt import GPT, GPTConfig
 from customnn.optim import AdamW, clip_grad_norm_, cosine_lr, grads_are_finite, set_lr
 from customnn.train.budget import StepPlanner
-from customnn.train.run import (InterruptFlag, RunDir, atomic_write_text, load_checkpoint, plot_curves,
-                                progress_bar, release_free_memory, resolve_checkpoint, resolve_device, rng_state,
-                                save_checkpoint, seed_all, set_rng_state)
+from customnn.train.run import (SEED_MAX, SEED_MIN, InterruptFlag, RunDir, atomic_write_text, check_seed,
+                                load_checkpoint, plot_curves, progress_bar, release_free_memory, resolve_checkpoint,
+                                resolve_device, rng_state, save_checkpoint, seed_all, set_rng_state)
 
 
 @dataclass
@@ -124,6 +124,9 @@ PRESETS: dict[str, dict] = {
 # The largest --batch-size: far above what a character-level model needs, and a bound on what a
 # checkpoint's training configuration may make ``customnn eval`` allocate.
 MAX_BATCH_SIZE = 4096
+# The most batches per split in one evaluation (nanoGPT uses 200): a bound on what a forged
+# checkpoint can make ``customnn eval`` do.
+MAX_EVAL_ITERS = 10_000
 
 FIELDS = [f for f in fields(GPTTrainConfig) if f.name not in ("preset", "resume")]
 # Flags that may change when a run is resumed; the rest would change what is being trained.
@@ -151,6 +154,9 @@ def check_config(cfg: GPTTrainConfig) -> None:
             raise UserError(f"{flag(name)} must be >= 1, got {getattr(cfg, name)}")
     if cfg.batch_size > MAX_BATCH_SIZE:
         raise UserError(f"--batch-size must be <= {MAX_BATCH_SIZE}, got {cfg.batch_size}")
+    if cfg.eval_iters > MAX_EVAL_ITERS:
+        raise UserError(f"--eval-iters must be <= {MAX_EVAL_ITERS}, got {cfg.eval_iters}")
+    check_seed(cfg.seed)
     if cfg.n_embd % cfg.n_head:
         raise UserError(f"--n-embd ({cfg.n_embd}) must be divisible by --n-head ({cfg.n_head})")
     for name in ("lr", "min_lr", "weight_decay", "grad_clip"):
@@ -279,8 +285,8 @@ def evaluate_checkpoint(args, path, ckpt) -> int:
     eval_iters = args.eval_iters if args.eval_iters is not None else tc.get("eval_iters", 20)
     if not 1 <= batch_size <= MAX_BATCH_SIZE:
         raise UserError(f"--batch-size must be between 1 and {MAX_BATCH_SIZE}, got {batch_size}")
-    if eval_iters < 1:
-        raise UserError(f"--eval-iters must be >= 1, got {eval_iters}")
+    if not 1 <= eval_iters <= MAX_EVAL_ITERS:
+        raise UserError(f"--eval-iters must be between 1 and {MAX_EVAL_ITERS}, got {eval_iters}")
     corpus = load_corpus(text, data_dir, model.config.block_size, vocab=vocab)
     losses = estimate_loss(model, corpus, batch_size, eval_iters, tc.get("seed", 1337) + 1, device)
     print(eval_line(ckpt.meta["step"], losses))
@@ -296,9 +302,8 @@ def stored_train_config(meta: dict, path) -> dict:
     for name in ("text", "data_dir"):
         if not isinstance(tc.get(name), (str, type(None))):
             raise UserError(f"{path}: checkpoint is damaged: train_config.{name} {tc[name]!r} is not a path")
-    # seed + 2 must still seed a torch.Generator (whose seeds are 64-bit)
-    for name, low, high in (("batch_size", 1, MAX_BATCH_SIZE), ("eval_iters", 1, None),
-                            ("seed", -2**63, 2**64 - 3)):
+    for name, low, high in (("batch_size", 1, MAX_BATCH_SIZE), ("eval_iters", 1, MAX_EVAL_ITERS),
+                            ("seed", SEED_MIN, SEED_MAX)):
         if name in tc and not is_int(tc[name], low, high):
             allowed = f">= {low}" if high is None else f"in {low}..{high}"
             raise UserError(f"{path}: checkpoint is damaged: train_config.{name} {tc[name]!r} is not an integer "

@@ -421,6 +421,17 @@ def release_free_memory() -> bool:
     return True
 
 
+# Seeds a torch.Generator takes (64-bit), with room for the +1 and +2 that the GPT's
+# evaluation batches use.
+SEED_MIN, SEED_MAX = -2**63, 2**64 - 3
+
+
+def check_seed(seed: int, flag: str = "--seed") -> None:
+    """A seed torch can take, or a one-line ``UserError`` naming the flag."""
+    if not SEED_MIN <= seed <= SEED_MAX:
+        raise UserError(f"{flag} must be an integer between {SEED_MIN} and {SEED_MAX}, got {seed}")
+
+
 def seed_all(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
