@@ -92,6 +92,25 @@ def test_max_pool_with_infinities_and_stride_default():
         torch.testing.assert_close(ours, ref, rtol=0, atol=0)  # all -inf windows: grad to the first
 
 
+def test_max_pool_with_nans_matches_torch_forward_and_backward():
+    """A window holding a NaN outputs NaN and, as PyTorch, sends its gradient to the window's
+    last NaN; windows without one are unchanged."""
+    g = torch.Generator().manual_seed(0)
+    for k, s, p in [(2, 2, 0), (3, 2, 1), (3, 1, 1), (2, 1, 0)]:
+        x = torch.randn(2, 3, 7, 8, dtype=torch.float64, generator=g)
+        x[torch.rand(x.shape, generator=g) < 0.15] = float("nan")
+        ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+        y, ty = ops.max_pool2d(ours, k, s, p), F.max_pool2d(theirs, k, s, p)
+        torch.testing.assert_close(y, ty, equal_nan=True, rtol=0, atol=0)
+        dout = torch.randn(y.shape, dtype=torch.float64, generator=g)
+        y.backward(dout)
+        ty.backward(dout)
+        torch.testing.assert_close(ours.grad, theirs.grad, rtol=0, atol=0)
+    x = torch.tensor([[[[float("nan"), 5.0], [float("nan"), 1.0]]]], requires_grad=True)
+    ops.max_pool2d(x, 2).sum().backward()
+    assert x.grad.tolist() == [[[[0.0, 0.0], [1.0, 0.0]]]]  # the last NaN in row-major order
+
+
 # ----------------------------------------------------------------------------- bad arguments
 
 @pytest.mark.parametrize("pool", [ops.max_pool2d, ops.avg_pool2d], ids=["max", "avg"])

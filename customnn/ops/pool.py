@@ -8,7 +8,7 @@ Both loop over the kh*kw positions inside a window (never over pixels): position
 every window at once is a strided view of the (padded) input, and the windows are combined
 elementwise, a running sum or a running maximum. Max pooling keeps, for each output, which
 position of its window held the maximum: the *first* one in row-major order when several
-are equal, as PyTorch breaks ties. Its backward sends each output gradient to that one input
+are equal, as PyTorch breaks ties (and, as PyTorch, the last NaN when the window holds any). Its backward sends each output gradient to that one input
 pixel, adding (windows may overlap, so one pixel can be the maximum of several windows).
 Average pooling's backward spreads each output gradient evenly over its window, again
 adding; when the windows tile the input exactly (stride equal to the kernel, no padding)
@@ -87,15 +87,21 @@ class MaxPool2d(torch.autograd.Function):
         # as a flat offset into the padded input (i * Wp + j for window pixel (i, j)). Only a
         # strictly larger value moves it, so ties keep the first maximum (PyTorch's rule); as
         # offsets only grow along the walk, "the last offset that moved it" is a running max
-        # of offset * moved, much cheaper than masked_fill. torch.maximum propagates NaN.
+        # of offset * moved, much cheaper than masked_fill. torch.maximum propagates NaN, and
+        # as in PyTorch every NaN moves the argmax too (so it points at the window's last NaN);
+        # that costs two more ops per offset, so only inputs holding a NaN pay for it.
         out = _offset_view(xp, 0, 0, stride, out_size).clone()  # (N, C, Ho, Wo)
         arg = torch.zeros(out.shape, dtype=torch.int32, device=x.device)  # (N, C, Ho, Wo)
+        has_nan = bool(torch.isnan(x).any())
         for i in range(kh):
             for j in range(kw):
                 if i == j == 0:
                     continue
                 value = _offset_view(xp, i, j, stride, out_size)  # (N, C, Ho, Wo)
-                moved = torch.gt(value, out).to(torch.int32).mul_(i * Wp + j)
+                moved = torch.gt(value, out)
+                if has_nan:
+                    moved |= torch.isnan(value)
+                moved = moved.to(torch.int32).mul_(i * Wp + j)
                 torch.maximum(arg, moved, out=arg)
                 torch.maximum(out, value, out=out)
         # Only the argmax (int32, an offset from its window's corner) is kept for backward.
