@@ -102,3 +102,15 @@ def test_gelu_half_precision_close_to_float32(dtype):
     assert y.dtype == dtype and xh.grad.dtype == dtype
     torch.testing.assert_close(y.float(), yf, rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(xh.grad.float(), xf.grad, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_gelu_gradient_at_zero_and_non_finite_inputs_matches_torch(approximate, dtype):
+    """At 0 the exact backward's y / x is 0/0 (the gradient is 0.5); a NaN or infinite input
+    gives a NaN gradient, as PyTorch's (not a patched 0.5)."""
+    x = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), 1e-30, 40.0, -40.0, 3.0], dtype=dtype)
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ops.gelu(ours, approximate=approximate).sum().backward()
+    F.gelu(theirs, approximate=approximate).sum().backward()
+    torch.testing.assert_close(ours.grad, theirs.grad, equal_nan=True, rtol=1e-6, atol=1e-12)
