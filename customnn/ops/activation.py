@@ -69,11 +69,12 @@ class _GeluErf(torch.autograd.Function):
         # with b as a 0-d tensor since addcmul's first argument must be a tensor.
         b = torch.full((), _LOG2_INV_SQRT_2PI, dtype=x.dtype, device=x.device)
         dx = torch.addcmul(b, x, x, value=-0.5 * _LOG2E).exp2_()  # phi(x)
-        # Phi(x) read back as y / x; at x == 0 that is 0/0, where Phi(0) = 0.5. Only the
-        # quotient is patched, so a NaN or infinite x still gives NaN through x * phi(x), as
-        # in PyTorch (patching the sum saved an allocation but turned those into 0.5).
-        phi_cdf = torch.div(y, x).nan_to_num_(nan=0.5)
-        return dx.mul_(x).add_(phi_cdf).mul_(dout)  # (x * phi(x) + Phi(x)) * dout
+        dx.mul_(x).addcdiv_(y, x)  # x * phi(x) + Phi(x), with Phi(x) read back as y / x
+        dx.nan_to_num_(nan=0.5)  # at x == 0, y / x is 0/0: there Phi + x * phi = 0.5
+        # That also turned the NaN of a NaN or infinite x into 0.5; adding x * 0 (0 for a
+        # finite x, NaN otherwise) gives it back, as PyTorch's gradient, without a new tensor.
+        dx.addcmul_(x, b.new_zeros(()))
+        return dx.mul_(dout)
 
 
 class _GeluTanh(torch.autograd.Function):
