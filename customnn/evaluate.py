@@ -15,7 +15,7 @@ import importlib
 from customnn.errors import UserError
 from customnn.train.run import load_checkpoint, resolve_checkpoint
 
-MODEL_MODULES = {"cnn": "customnn.train.cnn", "gpt": "customnn.train.gpt"}
+MODEL_MODULES = {"cnn": "customnn.train.cnn", "gpt": "customnn.train.gpt_eval"}
 
 
 def add_arguments(p) -> None:

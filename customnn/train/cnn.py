@@ -44,7 +44,7 @@ from customnn.errors import UserError
 from customnn.models.cnn import ARCHS, CustomCNN
 from customnn.optim import SGD, AdamW, constant_lr, cosine_lr, decay_groups, grads_are_finite, set_lr
 from customnn.train.run import (InterruptFlag, RunDir, load_checkpoint, plot_curves, progress_bar,
-                                check_seed, release_free_memory, resolve_checkpoint, resolve_device, rng_state,
+                                check_seed, release_free_memory, resolve_device, rng_state,
                                 save_checkpoint, seed_all, set_rng_state)
 
 OPTIMIZERS = ("adamw", "sgd")
