@@ -75,35 +75,43 @@ def _window_base(Ho, Wo, Wp, stride, device) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- max pooling
 
+def _max_and_argmax(xp, kernel, stride, out_size, nan_moves: bool):
+    """Maximum of every window of the padded input xp, and where it is: (N, C, Ho, Wo) each.
+
+    Walk the window in row-major order keeping the running maximum and where it was, as a
+    flat offset into the padded input (i * Wp + j for window pixel (i, j)). Only a strictly
+    larger value moves it, so ties keep the first maximum (PyTorch's rule); as offsets only
+    grow along the walk, "the last offset that moved it" is a running max of offset * moved,
+    much cheaper than masked_fill. With ``nan_moves`` a NaN moves it too, as in PyTorch.
+    """
+    (kh, kw), Wp = kernel, xp.shape[-1]
+    out = _offset_view(xp, 0, 0, stride, out_size).clone()  # (N, C, Ho, Wo)
+    arg = torch.zeros(out.shape, dtype=torch.int32, device=xp.device)  # (N, C, Ho, Wo)
+    for i in range(kh):
+        for j in range(kw):
+            if i == j == 0:
+                continue
+            value = _offset_view(xp, i, j, stride, out_size)  # (N, C, Ho, Wo)
+            moved = torch.gt(value, out)
+            if nan_moves:
+                moved |= torch.isnan(value)
+            moved = moved.to(torch.int32).mul_(i * Wp + j)
+            torch.maximum(arg, moved, out=arg)
+            torch.maximum(out, value, out=out)  # propagates NaN
+    return out, arg
+
+
 class MaxPool2d(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, kernel, stride, padding, out_size):
-        N, C, H, W = x.shape
-        (kh, kw), (Ho, Wo) = kernel, out_size
         xp = pad_constant(x, *padding, value=float("-inf"))  # (N, C, Hp, Wp)
-        Hp, Wp = xp.shape[-2:]
-        # Walk the window in row-major order keeping the running maximum and where it was,
-        # as a flat offset into the padded input (i * Wp + j for window pixel (i, j)). Only a
-        # strictly larger value moves it, so ties keep the first maximum (PyTorch's rule); as
-        # offsets only grow along the walk, "the last offset that moved it" is a running max
-        # of offset * moved, much cheaper than masked_fill. torch.maximum propagates NaN, and
-        # as in PyTorch every NaN moves the argmax too (so it points at the window's last NaN);
-        # that costs two more ops per offset, so only inputs holding a NaN pay for it.
-        out = _offset_view(xp, 0, 0, stride, out_size).clone()  # (N, C, Ho, Wo)
-        arg = torch.zeros(out.shape, dtype=torch.int32, device=x.device)  # (N, C, Ho, Wo)
-        has_nan = bool(torch.isnan(x).any())
-        for i in range(kh):
-            for j in range(kw):
-                if i == j == 0:
-                    continue
-                value = _offset_view(xp, i, j, stride, out_size)  # (N, C, Ho, Wo)
-                moved = torch.gt(value, out)
-                if has_nan:
-                    moved |= torch.isnan(value)
-                moved = moved.to(torch.int32).mul_(i * Wp + j)
-                torch.maximum(arg, moved, out=arg)
-                torch.maximum(out, value, out=out)
+        out, arg = _max_and_argmax(xp, kernel, stride, out_size, nan_moves=False)
+        # A window holding a NaN outputs NaN (torch.maximum propagates it), and PyTorch then
+        # points its gradient at the window's last NaN: walk again with that rule, only when
+        # the output holds a NaN (its sum is NaN; one cheap reduction, not a pass of isnan).
+        if torch.isnan(out.sum()):
+            out, arg = _max_and_argmax(xp, kernel, stride, out_size, nan_moves=True)
         # Only the argmax (int32, an offset from its window's corner) is kept for backward.
         ctx.save_for_backward(arg)
         ctx.geometry = (x.shape, xp.shape, stride, padding)
