@@ -30,7 +30,6 @@ import math
 import time
 
 import torch
-import torch.nn.functional as F
 
 from customnn.data.text import load_corpus
 from customnn.models.gpt import GPTConfig
@@ -155,7 +154,7 @@ def main() -> None:
     print(f"score on {args.score_batches} fixed val batches: nanoGPT loop, {args.model} model "
           f"{score(scored, val_data, args.score_batches):.4f}")
     if args.compare:
-        from customnn.train.gpt import load_model
+        from customnn.train.gpt_eval import load_model
 
         for run in args.compare:
             ours, vocab, path, _ = load_model(run, prefer="last")

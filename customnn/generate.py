@@ -138,7 +138,7 @@ def check_sampling_args(max_new_tokens: int, temperature: float, top_k, top_p) -
 
 
 def run(args) -> int:
-    from customnn.train.gpt import load_model
+    from customnn.train.gpt_eval import load_model
     from customnn.train.run import check_seed, resolve_device
 
     check_sampling_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p)

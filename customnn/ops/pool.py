@@ -8,8 +8,9 @@ Both loop over the kh*kw positions inside a window (never over pixels): position
 every window at once is a strided view of the (padded) input, and the windows are combined
 elementwise, a running sum or a running maximum. Max pooling keeps, for each output, which
 position of its window held the maximum: the *first* one in row-major order when several
-are equal, as PyTorch breaks ties (and, as PyTorch, the last NaN when the window holds any). Its backward sends each output gradient to that one input
-pixel, adding (windows may overlap, so one pixel can be the maximum of several windows).
+are equal, as PyTorch breaks ties (and, as PyTorch, the last NaN when the window holds any).
+Its backward sends each output gradient to that one input pixel, adding (windows may
+overlap, so one pixel can be the maximum of several windows).
 Average pooling's backward spreads each output gradient evenly over its window, again
 adding; when the windows tile the input exactly (stride equal to the kernel, no padding)
 that is just each gradient repeated kh x kw times.

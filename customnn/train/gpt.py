@@ -51,13 +51,10 @@ from customnn.models.gpt import GPT, GPTConfig
 from customnn.optim import AdamW, clip_grad_norm_, cosine_lr, grads_are_finite, set_lr
 from customnn.train.budget import StepPlanner
 from customnn.train.gpt_eval import (MAX_BATCH_SIZE, MAX_EVAL_ITERS, checkpoint_meta, estimate_loss, eval_line,
-                                     evaluate_checkpoint, is_int, load_model, model_from_checkpoint)
+                                     is_int, model_from_checkpoint)
 from customnn.train.run import (InterruptFlag, RunDir, atomic_write_text, check_seed, load_checkpoint, plot_curves,
                                 progress_bar, release_free_memory, resolve_device, rng_state, save_checkpoint,
                                 seed_all, set_rng_state)
-
-__all__ = ["GPTTrainConfig", "PRESETS", "make_config", "check_config", "param_groups", "train", "run",
-           "add_arguments", "load_model", "evaluate_checkpoint"]  # the last two live in gpt_eval
 
 
 @dataclass
@@ -117,8 +114,7 @@ PRESETS: dict[str, dict] = {
     "nanogpt-cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False,
                         batch_size=12, max_iters=2000, lr=1e-3, min_lr=1e-4, warmup_iters=100,
                         lr_decay_iters=2000, beta1=0.9, beta2=0.99, weight_decay=0.1, decay_embeddings=True,
-                        grad_clip=1.0,
-                        eval_interval=250, eval_iters=20, time_budget=None),
+                        grad_clip=1.0, eval_interval=250, eval_iters=20, time_budget=None),
     # Ten minutes on a 2-core CPU, evaluation included: nanoGPT's CPU model at context 128, lr 3e-3,
     # batch 12, as many steps as fit in 580 s (chosen by val loss at equal compute; see the README).
     "default": dict(),
@@ -126,7 +122,6 @@ PRESETS: dict[str, dict] = {
     "tiny": dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=8, max_iters=100, lr=3e-3,
                  min_lr=3e-4, warmup_iters=5, eval_interval=50, eval_iters=4, log_interval=5, time_budget=None),
 }
-
 
 FIELDS = [f for f in fields(GPTTrainConfig) if f.name not in ("preset", "resume")]
 # Flags that may change when a run is resumed; the rest would change what is being trained.
