@@ -87,10 +87,11 @@ class Attention(torch.autograd.Function):
             att_d = att
         y = torch.bmm(att_d, v3)  # (B*nh, T, hs)
         # Saved for backward: q, k, v in their (B*nh, ., hs) form, the output y (small, for the
-        # softmax backward's row sums), the attention weights att and the dropout multiplier. att is (B, nh, T, S): at our models' sizes (T <= 1024,
-        # e.g. 12 x 4 x 64 x 64 floats = 0.8 MB for the GPT) storing it is cheaper than
-        # recomputing q @ k^T and the softmax; a flash-attention style recompute would pay
-        # off only for much longer sequences.
+        # softmax backward's row sums), the attention weights att and the dropout multiplier.
+        # att is (B, nh, T, S): at our models' sizes (T <= 1024, e.g. 12 x 4 x 64 x 64
+        # floats = 0.8 MB for the GPT) storing it is cheaper than recomputing q @ k^T and the
+        # softmax; a flash-attention style recompute would pay off only for much longer
+        # sequences.
         ctx.save_for_backward(q3, k3, v3, y, att, drop_mult)
         ctx.scale = scale
         ctx.shapes = (q.shape, k.shape)

@@ -8,8 +8,9 @@ Convolution is done as im2col + one matrix product (the classic "unfold then GEM
 Chellapilla et al. 2006, "High Performance Convolutional Neural Networks for Document
 Processing"): the padded input is viewed, without copying, as every window it holds
 (``as_strided``), those windows are laid out as columns, and one matrix product with the
-weight gives every output pixel. The backward pass is the same matrices transposed, with the batch moved inside the
-columns so that each is ONE matrix product over every output pixel of every image:
+weight gives every output pixel. The backward pass is the same matrices transposed, with
+the batch moved inside the columns so that each is ONE matrix product over every output
+pixel of every image:
 
     cols (K, N*L) re-formed from x (not kept from the forward: it is kh*kw times x's size)
     dw   = dout @ cols^T                     (sum over batch and output pixels)
