@@ -29,6 +29,7 @@ def test_presets_nanogpt_cpu_is_nanogpts_documented_run():
     assert (cfg.beta1, cfg.beta2, cfg.weight_decay, cfg.grad_clip, cfg.dropout, cfg.eval_iters) == (
         0.9, 0.99, 0.1, 1.0, 0.0, 20)
     assert cfg.decay_embeddings and not make_config("default").decay_embeddings  # nanoGPT decays every matrix
+    assert cfg.nanogpt_rng and not make_config("default").nanogpt_rng  # nanoGPT's random stream
     assert set(PRESETS) == {"nanogpt-cpu", "default", "tiny"}
     with pytest.raises(UserError, match="unknown preset 'huge'"):
         make_config("huge")
@@ -82,9 +83,10 @@ def test_short_training_on_tiny_shakespeare_learns(tmp_path, capsys):
     assert "| 100 |" in (run / "report.md").read_text()
 
 
-def test_resume_gives_exactly_the_losses_of_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("nanogpt_rng", [False, True])
+def test_resume_gives_exactly_the_losses_of_an_uninterrupted_run(tmp_path, nanogpt_rng):
     common = dict(out=str(tmp_path), max_iters=40, lr_decay_iters=40, eval_interval=10, log_interval=1,
-                  dropout=0.1)  # dropout: the global RNG state must be restored too
+                  dropout=0.1, nanogpt_rng=nanogpt_rng)  # dropout: the global RNG state must be restored too
     full = train(make_config("tiny", **common), quiet=True)
     first = train(make_config("tiny", **{**common, "max_iters": 25}), quiet=True)  # stops between evaluations
     assert first["step"] == 25
@@ -97,6 +99,59 @@ def test_resume_gives_exactly_the_losses_of_an_uninterrupted_run(tmp_path):
     a = load_checkpoint(Path(full["run_dir"]) / "last.safetensors").model_state
     b = load_checkpoint(Path(resumed["run_dir"]) / "last.safetensors").model_state
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("bias, tie", [(False, True), (True, True), (False, False)])
+def test_nanogpt_rng_initialises_bit_for_bit_as_nanogpt(bias, tie):
+    """nanoGPT's ``torch.manual_seed(s); GPT(config)`` (torch.nn layers built, then
+    ``_init_weights``) and ours redrawn by ``init_like_nanogpt_`` from a generator seeded with s:
+    the same weights, and the generators left in the same state."""
+    from customnn.models.gpt import GPT, GPTConfig
+    from customnn.train.nanogpt_rng import init_like_nanogpt_
+    from customnn_ref.nanogpt import nanogpt_init
+    from customnn_ref.twins import TwinGPT, gpt_twin
+
+    cfg = GPTConfig(vocab_size=11, block_size=7, n_layer=3, n_head=3, n_embd=12, bias=bias, tie_weights=tie)
+    for seed in (1337, 5):
+        torch.manual_seed(seed)
+        theirs = nanogpt_init(TwinGPT(cfg)).state_dict()
+        g = torch.Generator().manual_seed(seed)
+        ours = GPT(cfg, seed=seed + 1)
+        init_like_nanogpt_(ours, g)
+        assert torch.equal(g.get_state(), torch.get_rng_state())
+        mine = gpt_twin(ours).state_dict()  # (building the twin draws from the global generator)
+        assert mine.keys() == theirs.keys()
+        assert all(torch.equal(mine[k], theirs[k]) for k in theirs), seed
+
+
+def test_nanogpt_rng_replays_nanogpts_training_loop(tmp_path, capsys):
+    """``customnn train gpt --nanogpt-rng`` prints the evaluations of nanoGPT's own loop (re-created
+    with torch.nn and torch.optim in customnn_ref.nanogpt) for the same seed and settings."""
+    from customnn.data.text import load_corpus
+    from customnn_ref.nanogpt import Settings, run
+
+    s = Settings(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=4, max_iters=60, lr=3e-3, min_lr=3e-4,
+                 warmup_iters=5, lr_decay_iters=60, eval_interval=20, eval_iters=3)
+    corpus = load_corpus(None, None, s.block_size)
+    _, theirs = run(corpus.train, corpus.val, len(corpus.vocab), s, seed=7)
+    settings = {k: getattr(s, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "max_iters",
+                                           "lr", "min_lr", "warmup_iters", "lr_decay_iters", "eval_interval",
+                                           "eval_iters", "weight_decay", "grad_clip")}
+    result = train(make_config("nanogpt-cpu", **settings, seed=7, out=str(tmp_path)), quiet=True)
+    ours = [(r["step"], r["train_loss"], r["val_loss"]) for r in read_metrics(result["run_dir"]) if "val_loss" in r]
+    assert [r[0] for r in ours] == [r[0] for r in theirs] == [0, 20, 40, 60]
+    flat = [value for row in ours for value in row[1:]]
+    assert flat == pytest.approx([value for row in theirs for value in row[1:]], abs=2e-5)  # float32 sums, other order
+    assert ours[-1][2] < ours[0][2] - 0.5  # and it learns: not the same numbers by standing still
+    # customnn eval draws the batches the run's last evaluation drew from the stream
+    from customnn.cli import main
+
+    capsys.readouterr()
+    assert main(["eval", str(result["run_dir"]), "--checkpoint", "last"]) == 0
+    assert capsys.readouterr().out.strip() == f"step 60: train loss {ours[-1][1]:.4f}, val loss {ours[-1][2]:.4f}"
+    # without the shared stream the same settings give other numbers
+    other = train(make_config("nanogpt-cpu", **settings, seed=7, nanogpt_rng=False, out=str(tmp_path)), quiet=True)
+    assert abs(other["final_val_loss"] - ours[-1][2]) > 1e-3
 
 
 def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -41,7 +41,7 @@ from safetensors.torch import save as st_save
 
 from customnn.errors import UserError
 from customnn.train import run as runmod
-from customnn.train.cnn import CNNTrainConfig, Diverged
+from customnn.train.cnn import CNNTrainConfig
 from customnn.train.cnn import train as train_cnn
 from customnn.train.gpt import make_config
 from customnn.train.gpt import train as train_gpt
@@ -685,6 +685,8 @@ DAMAGED_STATES = {
     "eps-text": _set_in_optimizer_group("eps", "tiny"), "betas-changed": _set_in_optimizer_group("betas", [0.5, 0.5]),
     "rng-empty": _set_state("rng", {"__dict__": []}), "rng-python-garbage": None,
     "state-list": _replace_state([1, 2]), "state-text": _replace_state("state"),
+    "next-batch-text": _set_state("next_batch", "abc"), "next-batch-list": _set_state("next_batch", [1, 2]),
+    "next-batch-bytes": _set_state("next_batch", {"__tensor__": "state.rng.torch"}),  # a uint8 tensor of the file
 }
 
 
@@ -710,6 +712,29 @@ def test_gpt_resume_from_a_damaged_training_state_is_a_one_line_error(tmp_path, 
     else:
         assert_one_line_error(code, err, f"cannot resume from {last}: its training state is damaged")
     assert last.read_bytes() == before  # nothing was saved over it
+
+
+@pytest.mark.parametrize("offsets", ["past-the-text", "negative", "wrong-count"])
+def test_gpt_resume_refuses_next_batch_offsets_outside_the_text(tmp_path, runs, capsys, offsets):
+    import shutil
+
+    run = shutil.copytree(runs["gpt"], tmp_path / "run")
+    last = run / "last.safetensors"
+
+    def change(tensors):
+        ix = tensors["state.next_batch"]
+        tensors["state.next_batch"] = {"past-the-text": ix + 10**9, "negative": ix - 10**9,
+                                       "wrong-count": ix[:-1]}[offsets]
+    forge(last, last, tensors=change)
+    code, out, err = main(capsys, "train", "gpt", "--resume", run, "--quiet")
+    assert_one_line_error(code, err, f"cannot resume from {last}: its training state is damaged")
+
+
+@pytest.mark.parametrize("value", ["abc", {"__tensor__": "state.next_batch"}])
+def test_gpt_eval_refuses_a_damaged_evaluation_generator_state(tmp_path, runs, capsys, value):
+    path = forge(runs["gpt"] / "last.safetensors", tmp_path / "forged.safetensors", meta=_set_state("eval_rng", value))
+    code, out, err = main(capsys, "eval", path)
+    assert_one_line_error(code, err, str(path), "checkpoint is damaged: its evaluation generator state is not one")
 
 
 def test_gpt_resume_with_a_damaged_config_json_is_a_one_line_error(tmp_path, runs, capsys):

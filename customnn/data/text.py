@@ -131,9 +131,19 @@ def get_batch(data: torch.Tensor, block_size: int, batch_size: int, generator: t
     Offsets are uniform over every start that leaves room for ``block_size + 1`` characters
     (nanoGPT's ``torch.randint(len(data) - block_size, ...)``), drawn from ``generator``.
     """
-    if len(data) < block_size + 1:
-        raise ValueError(f"data of length {len(data)} is shorter than one block of {block_size + 1}")
-    ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator)  # (B,)
+    return blocks_at(data, random_offsets(len(data), block_size, batch_size, generator), block_size, device)
+
+
+def random_offsets(n: int, block_size: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """(B,) starts of random blocks in a text of ``n`` characters, drawn as nanoGPT draws them."""
+    if n < block_size + 1:
+        raise ValueError(f"data of length {n} is shorter than one block of {block_size + 1}")
+    return torch.randint(n - block_size, (batch_size,), generator=generator)  # (B,)
+
+
+def blocks_at(data: torch.Tensor, ix: torch.Tensor, block_size: int,
+              device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """The blocks starting at offsets ``ix`` (B,): inputs ``x`` and targets ``y``, each (B, T)."""
     offsets = ix[:, None] + torch.arange(block_size + 1)  # (B, T+1)
     blocks = data[offsets]  # (B, T+1)
     x = blocks[:, :-1]  # (B, T)

@@ -14,10 +14,13 @@ train.log, ``best.safetensors`` (lowest val loss) and ``last.safetensors`` (save
 evaluation), loss.png and report.md. A checkpoint (read back and evaluated by
 ``customnn/train/gpt_eval.py``) holds the model, its configuration and vocabulary (all
 generation needs) and the whole training state: optimizer moments, the step,
-every RNG state (the batch generator included), the best val loss. So ``--resume RUN``
-continues with exactly the losses an uninterrupted run would have had. Evaluation draws its
-batches from a generator seeded afresh each time, so every evaluation of a run sees the
-same batches and uses none of the training randomness.
+every RNG state (the batch generator included), the next batch's offsets, the best val loss.
+So ``--resume RUN`` continues with exactly the losses an uninterrupted run would have had.
+Evaluation draws its batches from a generator seeded afresh each time, so every evaluation of
+a run sees the same batches and uses none of the training randomness; except with
+``--nanogpt-rng`` (on in the ``nanogpt-cpu`` preset), where, as in nanoGPT, one generator feeds
+the initialisation, the training batches and the evaluations, so that a seed replays nanoGPT's
+run line for line (``customnn/train/nanogpt_rng.py``).
 
 ``--time-budget SECONDS`` trains for as many steps as fit in that time, evaluations included;
 the plan (the length of the cosine schedule) is made during the warmup and revised every 15 s
@@ -45,13 +48,14 @@ from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 
-from customnn.data.text import Corpus, Vocab, get_batch, load_corpus
+from customnn.data.text import Corpus, Vocab, blocks_at, load_corpus, random_offsets
 from customnn.errors import UserError
 from customnn.models.gpt import GPT, GPTConfig
 from customnn.optim import AdamW, clip_grad_norm_, cosine_lr, grads_are_finite, set_lr
 from customnn.train.budget import StepPlanner
 from customnn.train.gpt_eval import (MAX_BATCH_SIZE, MAX_EVAL_ITERS, checkpoint_meta, estimate_loss, eval_line,
                                      is_int, model_from_checkpoint)
+from customnn.train.nanogpt_rng import init_like_nanogpt_
 from customnn.train.run import (InterruptFlag, RunDir, atomic_write_text, check_seed, load_checkpoint, plot_curves,
                                 progress_bar, release_free_memory, resolve_device, rng_state, save_checkpoint,
                                 seed_all, set_rng_state)
@@ -92,6 +96,7 @@ class GPTTrainConfig:
     # run
     time_budget: float | None = 580.0  # seconds for the whole run, evaluation included (None: max_iters steps)
     seed: int = 1337  # initialisation, batches and dropout; nanoGPT's seed
+    nanogpt_rng: bool = False  # one generator for init, batches and evaluation, in nanoGPT's order
     device: str = "auto"  # auto, cpu or cuda
     out: str = "runs"  # run folders are created under this folder
     resume: str | None = None  # a run folder to continue (from its last.safetensors) instead of a new run
@@ -114,7 +119,7 @@ PRESETS: dict[str, dict] = {
     "nanogpt-cpu": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False,
                         batch_size=12, max_iters=2000, lr=1e-3, min_lr=1e-4, warmup_iters=100,
                         lr_decay_iters=2000, beta1=0.9, beta2=0.99, weight_decay=0.1, decay_embeddings=True,
-                        grad_clip=1.0, eval_interval=250, eval_iters=20, time_budget=None),
+                        grad_clip=1.0, eval_interval=250, eval_iters=20, time_budget=None, nanogpt_rng=True),
     # Ten minutes on a 2-core CPU, evaluation included: nanoGPT's CPU model at context 128, lr 3e-3,
     # batch 12, as many steps as fit in 580 s (chosen by val loss at equal compute; see the README).
     "default": dict(),
@@ -221,15 +226,25 @@ def train(cfg: GPTTrainConfig, quiet: bool = False) -> dict:
     if ckpt is not None and ckpt.meta["config"] != cfg.model_config(len(corpus.vocab)).to_dict():
         raise UserError(f"{ckpt_path} was trained with a different model configuration")
     seed_all(cfg.seed)
-    model = GPT(cfg.model_config(len(corpus.vocab)), seed=cfg.seed).to(device=device)
-    opt = AdamW(param_groups(model, cfg.weight_decay, cfg.decay_embeddings), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    model = GPT(cfg.model_config(len(corpus.vocab)), seed=cfg.seed)
     batch_gen = torch.Generator().manual_seed(cfg.seed)
+    if cfg.nanogpt_rng:  # nanoGPT's one stream: its initialisation draws, then batches and evaluations
+        init_like_nanogpt_(model, batch_gen)
+    model.to(device=device)
+    opt = AdamW(param_groups(model, cfg.weight_decay, cfg.decay_embeddings), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     step, best_val, evaluated_at, elapsed = 0, float("inf"), -1, 0.0
+    # The offsets of the next training batch, drawn before that step's evaluation as nanoGPT
+    # draws them (it fetches the next batch while a step runs); kept in checkpoints.
+    next_ix: torch.Tensor | None = None
+    # The shared generator's state before the last evaluation that drew from it, saved with that
+    # evaluation's checkpoints so that ``customnn eval`` draws the very same batches.
+    eval_state: torch.Tensor | None = None
     total_iters = cfg.max_iters  # the plan: max_iters, or what fits in the time budget
     if ckpt is not None:
         model.load_state_dict({k: v.to(device) for k, v in ckpt.model_state.items()})
         try:
-            step, best_val, evaluated_at, saved_total, elapsed = restore_training_state(ckpt.state, opt, batch_gen)
+            step, best_val, evaluated_at, saved_total, elapsed, next_ix = restore_training_state(
+                ckpt.state, opt, batch_gen, len(corpus.train), cfg.block_size, cfg.batch_size)
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError, SyntaxError, OverflowError,
                 RecursionError, AttributeError) as e:
             raise UserError(f"cannot resume from {ckpt_path}: its training state is damaged "
@@ -261,7 +276,7 @@ def train(cfg: GPTTrainConfig, quiet: bool = False) -> dict:
     def save(name: str, losses: dict | None) -> None:
         state = {"optimizer": opt.state_dict(), "rng": rng_state({"train": batch_gen}), "iteration": step,
                  "best_val_loss": best_val, "evaluated_at": evaluated_at, "total_iters": total_iters,
-                 "elapsed": clock()}
+                 "elapsed": clock(), "next_batch": next_ix, "eval_rng": None if losses is None else eval_state}
         extra = {} if losses is None else {"train_loss": losses["train"], "val_loss": losses["val"]}
         save_checkpoint(run.checkpoint(name), model.state_dict(), checkpoint_meta(cfg, model, corpus.vocab, step,
                                                                                   **extra), state)
@@ -280,10 +295,19 @@ def train(cfg: GPTTrainConfig, quiet: bool = False) -> dict:
     model.train()
     with InterruptFlag() as flag:
         while True:
+            if next_ix is None:
+                next_ix = random_offsets(len(corpus.train), cfg.block_size, cfg.batch_size, batch_gen)  # (B,)
             evaluate = (step % cfg.eval_interval == 0 or step == total_iters) and evaluated_at != step
             if evaluate:
                 t_eval = clock()
-                losses = estimate_loss(model, corpus, cfg.batch_size, cfg.eval_iters, cfg.seed + 1, device)
+                # With nanogpt_rng, nanoGPT's evaluations (every eval_interval steps) draw from its one
+                # stream. A closing evaluation off that grid, which nanoGPT does not make, draws from
+                # generators seeded afresh (as every evaluation otherwise), so that it leaves the
+                # stream, and so a resumed run, as they would have been without it.
+                shared = cfg.nanogpt_rng and step % cfg.eval_interval == 0
+                eval_state = batch_gen.get_state() if shared else None
+                losses = estimate_loss(model, corpus, cfg.batch_size, cfg.eval_iters, cfg.seed + 1, device,
+                                       generator=batch_gen if shared else None)
                 evaluated_at = step
                 log(eval_line(step, losses))
                 run.log_metrics(step=step, train_loss=losses["train"], val_loss=losses["val"],
@@ -314,7 +338,8 @@ def train(cfg: GPTTrainConfig, quiet: bool = False) -> dict:
                 break
             lr = lr_at(step)
             set_lr(opt, lr)
-            x, y = get_batch(corpus.train, cfg.block_size, cfg.batch_size, batch_gen, device)
+            x, y = blocks_at(corpus.train, next_ix, cfg.block_size, device)
+            next_ix = None
             _, loss = model(x, y)
             loss.backward()
             if cfg.grad_clip > 0:
@@ -348,9 +373,12 @@ def train(cfg: GPTTrainConfig, quiet: bool = False) -> dict:
             "time_s": total, "model": model, "vocab": corpus.vocab, "interrupted": interrupted}
 
 
-def restore_training_state(st: dict, opt: AdamW, batch_gen: torch.Generator) -> tuple[int, float, int, int, float]:
+def restore_training_state(st: dict, opt: AdamW, batch_gen: torch.Generator, n_train: int, block_size: int,
+                           batch_size: int) -> tuple[int, float, int, int, float, torch.Tensor | None]:
     """Load a checkpoint's training state into ``opt`` and ``batch_gen``; returns the step, the best
-    val loss, the step of the last evaluation, the planned steps and the seconds so far.
+    val loss, the step of the last evaluation, the planned steps, the seconds so far and the
+    offsets of the next training batch (None when it was not drawn yet, or the checkpoint is
+    older than that field).
 
     Everything is checked, so that a damaged or forged state fails here (``KeyError``,
     ``TypeError``, ``ValueError``, ...), not with a traceback in the middle of training.
@@ -376,8 +404,13 @@ def restore_training_state(st: dict, opt: AdamW, batch_gen: torch.Generator) -> 
         if set(s) != {"step", "exp_avg", "exp_avg_sq"} or not is_int(s["step"], 0) \
                 or not all(isinstance(s[k], torch.Tensor) for k in ("exp_avg", "exp_avg_sq")):
             raise ValueError("optimizer state")
+    next_ix = st.get("next_batch")
+    if next_ix is not None:  # (B,) offsets into the training text, each leaving room for a block
+        if not (isinstance(next_ix, torch.Tensor) and next_ix.dtype == torch.int64 and next_ix.shape == (batch_size,)
+                and bool(((next_ix >= 0) & (next_ix < n_train - block_size)).all())):
+            raise ValueError("next batch")
     set_rng_state(st["rng"], {"train": batch_gen})
-    return step, float(best_val), evaluated_at, total, float(elapsed)
+    return step, float(best_val), evaluated_at, total, float(elapsed), next_ix
 
 
 def write_outputs(run: RunDir, cfg: GPTTrainConfig, model: GPT, corpus: Corpus, total_s: float,
@@ -429,6 +462,8 @@ HELP = {
     "eval_iters": "batches per split per evaluation", "log_interval": "training-loss rows every N steps",
     "time_budget": "seconds for the whole run, evaluation included; the steps are planned to fit (0: off)",
     "seed": "random seed", "device": "auto, cpu or cuda", "out": "folder for run folders",
+    "nanogpt_rng": "draw the initialisation, the batches and the evaluation batches from one generator in "
+    "nanoGPT's order: the same seed then replays nanoGPT's run (see customnn/train/nanogpt_rng.py)",
 }
 
 

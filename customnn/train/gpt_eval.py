@@ -112,14 +112,15 @@ def load_model(run_or_path, prefer: str = "best", device="cpu") -> tuple[GPT, Vo
 # --- evaluation ----------------------------------------------------------------------------------
 @torch.inference_mode()
 def estimate_loss(model: GPT, corpus: Corpus, batch_size: int, eval_iters: int, seed: int,
-                  device) -> dict[str, float]:
-    """Mean loss over ``eval_iters`` batches of each split, from generators seeded with ``seed``."""
+                  device, generator: torch.Generator | None = None) -> dict[str, float]:
+    """Mean loss over ``eval_iters`` batches of each split, from generators seeded with ``seed``
+    and ``seed + 1``, or, given ``generator``, drawn from it (train first, as nanoGPT)."""
     was_training = model.training
     model.eval()
     out = {}
     block = model.config.block_size
     for i, split in enumerate(("train", "val")):
-        g = torch.Generator().manual_seed(seed + i)
+        g = generator if generator is not None else torch.Generator().manual_seed(seed + i)
         data = corpus.train if split == "train" else corpus.val
         total = torch.zeros((), device=device)
         for _ in range(eval_iters):
@@ -148,7 +149,17 @@ def evaluate_checkpoint(args, path, ckpt) -> int:
     if not 1 <= eval_iters <= MAX_EVAL_ITERS:
         raise UserError(f"--eval-iters must be between 1 and {MAX_EVAL_ITERS}, got {eval_iters}")
     corpus = load_corpus(text, data_dir, model.config.block_size, vocab=vocab)
-    losses = estimate_loss(model, corpus, batch_size, eval_iters, tc.get("seed", 1337) + 1, device)
+    # A run with --nanogpt-rng drew its evaluation batches from its one generator: the state it
+    # had then is in the checkpoint, so the same batches are drawn again (None otherwise).
+    eval_rng = ckpt.state.get("eval_rng") if isinstance(ckpt.state, dict) else None
+    generator = None
+    if eval_rng is not None:
+        try:
+            generator = torch.Generator()
+            generator.set_state(eval_rng)
+        except (TypeError, RuntimeError):
+            raise UserError(f"{path}: checkpoint is damaged: its evaluation generator state is not one") from None
+    losses = estimate_loss(model, corpus, batch_size, eval_iters, tc.get("seed", 1337) + 1, device, generator)
     print(eval_line(ckpt.meta["step"], losses))
     return 0
 
