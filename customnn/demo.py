@@ -7,9 +7,9 @@ It prints what the seed printed, in the seed's order::
     ...
     Test set: Average loss: 0.0365, Accuracy: 9888/10000 (98.88%)
     ========== Running Custom Transformer Training ==========
-    step 0: train loss 4.1652, val loss 4.1619
+    step 0: train loss 4.1676, val loss 4.1649
     ...
-    step 2000: train loss 1.7983, val loss 1.9163
+    step 2000: train loss 1.7648, val loss 1.8857
     ========== Generated sample ==========
     ROMEO: ...
 
@@ -17,7 +17,7 @@ and leaves a demo folder (``runs/demo-<time>/``) holding both run folders and ``
 the figures, each model's ``loss.png``, a grid of test digits with the CNN's predictions
 (``digits.png``) and the generated text.
 
-(the figures of a run on 2026-11-27, 2 min 42 s on two CPU cores from a fresh clone, setup
+(the figures of a run on 2026-11-27, 3 min 3 s on two CPU cores from a fresh clone, setup
 included). Settings (all on the CPU, a few minutes on two cores by default):
 
 - default: the seed's CNN architecture on all 60,000 training images for 3 epochs, and the
