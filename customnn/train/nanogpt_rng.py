@@ -45,8 +45,7 @@ def init_like_nanogpt_(model: GPT, generator: torch.Generator) -> None:
     Biases and layer-norm parameters keep their zeros and ones (nanoGPT's too). The generator
     ends where nanoGPT's global generator is after building the model.
     """
-    cfg = model.config
-    C, V, L = cfg.n_embd, cfg.vocab_size, cfg.n_layer
+    C, V, T, L = model.config.n_embd, model.config.vocab_size, model.config.block_size, model.config.n_layer
 
     def normal(shape, std=1.0) -> torch.Tensor:
         return torch.empty(shape, dtype=torch.float32).normal_(0.0, std, generator=generator)
@@ -54,26 +53,25 @@ def init_like_nanogpt_(model: GPT, generator: torch.Generator) -> None:
     def uniform(shape) -> torch.Tensor:  # kaiming_uniform_ and the bias init are uniform_ draws
         return torch.empty(shape, dtype=torch.float32).uniform_(generator=generator)
 
-    # torch.nn's (out, in) shapes of a block's linear layers, in the order nanoGPT builds them:
-    # attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj
-    linears = [(3 * C, C), (C, C), (4 * C, C), (C, 4 * C)]
+    def linears(block):  # in the order nanoGPT builds them; torch.nn's weight is our weight.T, (out, in)
+        return block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj
 
     # 1) construction: wte, wpe, the blocks (layer norms draw nothing), lm_head (no bias)
     normal((V, C))
-    normal((cfg.block_size, C))
-    for _ in range(L):
-        for out_features, in_features in linears:
-            uniform((out_features, in_features))
-            if cfg.bias:
-                uniform((out_features,))
+    normal((T, C))
+    for block in model.blocks:
+        for layer in linears(block):
+            uniform(layer.weight.T.shape)
+            if layer.bias is not None:
+                uniform(layer.bias.shape)
     uniform((V, C))
 
     with torch.no_grad():
         # 2) _init_weights in module order
         model.wte.copy_(normal((V, C), 0.02))  # (V, C)
-        model.wpe.copy_(normal((cfg.block_size, C), 0.02))  # (block_size, C)
+        model.wpe.copy_(normal((T, C), 0.02))  # (block_size, C)
         for block in model.blocks:
-            for layer in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj):
+            for layer in linears(block):
                 layer.weight.copy_(normal(layer.weight.T.shape, 0.02).T)  # drawn (out, in), kept (in, out)
         head = normal((V, C), 0.02)  # lm_head: with tied weights this replaces wte's draw
         if model.lm_head is None:
