@@ -1,22 +1,27 @@
-"""``customnn check``: every layer against PyTorch's own, forward and every gradient, as a table.
+"""``customnn check``: every layer against PyTorch's own and against its readable reference,
+forward and every gradient, as a table.
 
     customnn check                      # float64 and float32, on the CPU (or CUDA if present)
     customnn check --dtype float64 --device cpu --seed 0
 
-For each layer in ``customnn.ops`` (and the three readable loop references) it builds random
-inputs in a few awkward configurations (odd sizes, batch 1, strides, padding, dilation,
-non-contiguous views), runs our layer and PyTorch's twin on fresh copies of the same inputs,
-pushes one random upstream gradient through both, and prints one row per layer and dtype:
-the largest forward error and the largest gradient error for each input, over all its
-configurations. An error is ``max |ours - torch| / max(max |torch|, 1)`` (as in
-``tests/oracle.py``); a row is OK when every error is at most 1e-10 (float64) or 1e-5
-(float32). The exit code is 0 when every row is OK, 1 otherwise.
+For each layer in ``customnn.ops`` it builds random inputs in a few awkward configurations
+(odd sizes, batch 1, strides, padding, dilation, non-contiguous views) and prints, per dtype:
 
-This module calls ``torch.nn.functional``: PyTorch's layers are the *reference* here,
-exactly as in the tests and benchmarks (DESIGN.md: "Tests and benchmarks use PyTorch's
-layers freely, as the reference"). That is why it lives in ``customnn_ref``, the package of
-PyTorch references beside the library, and not in ``customnn/``, which never touches
-``torch.nn`` (tests/test_purity.py checks every file there).
+- a "PyTorch" row: our fast layer against ``torch.nn.functional``'s (and the three loop
+  references, ``conv2d_reference``, ``max_pool2d_reference``, ``attention_reference``, against
+  PyTorch's as well);
+- a "reference" row: our fast layer against its readable reference in ``customnn.ops``
+  (``conv2d_reference``, ...), the plain-math definition differentiated by autograd.
+
+Each row holds the largest forward error and the largest gradient error for each input, over
+all its configurations, measured by ``customnn_ref/oracle.py`` (the harness the tests use too):
+``max |ours - ref| / max(max |ref|, 1)``; a row is OK when every error is at most 1e-10
+(float64) or 1e-5 (float32). The exit code is 0 when every row is OK, 1 otherwise.
+
+This module calls ``torch.nn.functional``: PyTorch's layers are the reference here, as in the
+tests and benchmarks. That is why it lives in ``customnn_ref``, the package of references
+beside the library, and not in ``customnn/``, which never touches ``torch.nn``
+(tests/test_purity.py checks every file there).
 
 Entry points: ``add_arguments(parser)`` and ``run(args)``, wired into ``customnn/cli.py``.
 """
@@ -30,27 +35,32 @@ from dataclasses import dataclass, field
 
 import torch
 
-TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+from customnn_ref.oracle import TOL, compare
+
 DTYPES = {"float64": [torch.float64], "float32": [torch.float32], "both": [torch.float64, torch.float32]}
+AGAINST = ("PyTorch", "reference")
 
 
 @dataclass
 class Trial:
-    """One configuration of a layer: both functions and their named inputs.
+    """One configuration of a layer: both functions, their named inputs and keyword arguments.
 
-    ``inputs`` are (name, tensor, wants_grad). ``ours`` and ``ref`` take the tensors in
-    order and return the output, or a tuple (output, extra, ...) whose extras (batch norm's
-    running statistics) are compared like the output but not differentiated.
+    ``inputs`` are (name, value, wants_grad); a value may be a tensor, None or a number.
+    ``ours`` and ``ref`` take the values in order and ``kwargs``, and return the output, or a
+    tuple (output, extra, ...) whose extras (batch norm's running statistics) are compared
+    like the output but not differentiated.
     """
 
     ours: Callable
     ref: Callable
-    inputs: list[tuple[str, torch.Tensor, bool]]
+    inputs: list[tuple[str, object, bool]]
+    kwargs: dict = field(default_factory=dict)
 
 
 @dataclass
 class Row:
     layer: str
+    against: str  # "PyTorch" or "reference"
     dtype: torch.dtype
     forward: float = 0.0
     grads: dict[str, float] = field(default_factory=dict)
@@ -63,234 +73,208 @@ class Row:
         return self.error is None and all(e <= tol for e in errs)  # NaN is not <= tol: FAIL
 
 
-def max_rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    """Largest absolute difference relative to the largest magnitude of the reference."""
-    if ours.shape != ref.shape:
-        raise ValueError(f"output shape {tuple(ours.shape)} != PyTorch's {tuple(ref.shape)}")
-    if ref.numel() == 0:
-        return 0.0
-    scale = ref.detach().abs().max().item()
-    diff = (ours.detach().double() - ref.detach().double()).abs().max().item()
-    return diff / max(scale, 1.0)
-
-
 def run_trial(trial: Trial, seed: int) -> tuple[float, dict[str, float]]:
-    """Forward and backward through both on fresh leaf copies; (forward error, grad errors)."""
-
-    def leaves():
-        return [t.detach().clone().requires_grad_(g) if g else t.clone() for _, t, g in trial.inputs]
-
-    a, b = leaves(), leaves()
-    out_a, out_b = trial.ours(*a), trial.ref(*b)
-    out_a = out_a if isinstance(out_a, tuple) else (out_a,)
-    out_b = out_b if isinstance(out_b, tuple) else (out_b,)
-    forward = max(max_rel_err(x, y) for x, y in zip(out_a, out_b))
-    ya, yb = out_a[0], out_b[0]
-    grads = {}
-    if yb.requires_grad:
-        g = torch.Generator().manual_seed(seed)
-        dout = torch.randn(yb.shape, generator=g, dtype=torch.float64).to(yb.dtype).to(yb.device)
-        if not ya.requires_grad:
-            raise ValueError("our output does not require grad")
-        ya.backward(dout)
-        yb.backward(dout)
-        for (name, _, wants), ta, tb in zip(trial.inputs, a, b):
-            if wants:
-                if ta.grad is None:
-                    raise ValueError(f"our layer gave no gradient for {name}")
-                grads["d" + name] = max_rel_err(ta.grad, tb.grad)
-    return forward, grads
+    """Forward and backward through both (oracle.compare); (forward error, gradient errors)."""
+    values = [t.detach().requires_grad_(wants) if isinstance(t, torch.Tensor) else t for _, t, wants in trial.inputs]
+    errors = compare(trial.ours, trial.ref, values, trial.kwargs, names=[n for n, _, _ in trial.inputs], seed=seed)
+    return errors.pop("forward"), errors
 
 
-# --- the layers and their configurations ---------------------------------------------------
-# Each entry: row name -> function(make) returning a list of Trials. ``make(*shape)`` draws
-# a random float64 tensor from the check's generator and casts it to the dtype and device.
+# --- PyTorch's layers, called with our layers' arguments -----------------------------------
+
+def _pytorch_layers(F) -> dict[str, Callable]:
+    """Each layer's PyTorch counterpart, taking our layer's arguments (dropout: see _dropout_vs_pytorch)."""
+
+    def pad(x, padding, value=0.0):
+        return F.pad(x, (padding,) * 4 if isinstance(padding, int) else padding, value=value)
+
+    def batch_norm(x, w, b, running_mean, running_var, training, momentum=0.1, eps=1e-5):
+        return F.batch_norm(x, running_mean, running_var, w, b, training, momentum, eps)
+
+    return {
+        "conv2d": F.conv2d, "pad2d": pad, "max_pool2d": F.max_pool2d, "avg_pool2d": F.avg_pool2d,
+        "relu": F.relu, "gelu": F.gelu, "flatten": lambda x: x.flatten(1),
+        "linear": lambda x, w, b=None: F.linear(x, w.T, b),  # our weight is (in, out), F's (out, in)
+        "embedding": F.embedding, "softmax": F.softmax, "log_softmax": F.log_softmax,
+        "cross_entropy": F.cross_entropy,
+        "layer_norm": lambda x, w, b, eps=1e-5: F.layer_norm(x, x.shape[-1:], w, b, eps),
+        "batch_norm": batch_norm,
+        "attention": lambda q, k, v, causal=True: F.scaled_dot_product_attention(q, k, v, is_causal=causal),
+    }
 
 
-def _layers(ops, F, make, integers) -> dict[str, Callable[[], list[Trial]]]:
-    def conv():
-        x, w, b = make(2, 3, 9, 7), make(4, 3, 3, 2), make(4)
+# --- the configurations ------------------------------------------------------------------------
+# Each entry: row name -> (layer, trials), ``trials(ours, ref)`` returning a list of Trials of
+# ``ours`` against ``ref``, both taking the layer's arguments. ``make(*shape)`` draws a random
+# float64 tensor from the check's generator and casts it to the dtype and device.
+
+
+def _configs(make, integers) -> dict[str, tuple[str, Callable[[Callable, Callable], list[Trial]]]]:
+    def conv(ours, ref):
         x2 = make(1, 8, 8, 2).permute(0, 3, 1, 2)  # non-contiguous (channels last) input
-        w2 = make(3, 2, 5, 5)
-        return [
-            Trial(lambda x, w, b: ops.conv2d(x, w, b, stride=(2, 1), padding=(1, 0), dilation=(1, 2)),
-                  lambda x, w, b: F.conv2d(x, w, b, stride=(2, 1), padding=(1, 0), dilation=(1, 2)),
-                  [("x", x, True), ("w", w, True), ("b", b, True)]),
-            Trial(lambda x, w: ops.conv2d(x, w, None, stride=3, padding=2),
-                  lambda x, w: F.conv2d(x, w, None, stride=3, padding=2),
-                  [("x", x2, True), ("w", w2, True)]),
-        ]
+        return [Trial(ours, ref, [("x", make(2, 3, 9, 7), True), ("w", make(4, 3, 3, 2), True), ("b", make(4), True)],
+                      dict(stride=(2, 1), padding=(1, 0), dilation=(1, 2))),
+                Trial(ours, ref, [("x", x2, True), ("w", make(3, 2, 5, 5), True), ("b", None, False)],
+                      dict(stride=3, padding=2))]
 
-    def conv_ref():
-        x, w, b = make(1, 2, 6, 5), make(3, 2, 3, 2), make(3)
-        return [Trial(lambda x, w, b: ops.conv2d_reference(x, w, b, stride=(2, 1), padding=1, dilation=(1, 2)),
-                      lambda x, w, b: F.conv2d(x, w, b, stride=(2, 1), padding=1, dilation=(1, 2)),
-                      [("x", x, True), ("w", w, True), ("b", b, True)])]
-
-    def pad():
+    def pad(ours, ref):
         x = make(2, 3, 5, 4)
-        return [
-            Trial(lambda x: ops.pad2d(x, (1, 2, 0, 3), value=0.5), lambda x: F.pad(x, (1, 2, 0, 3), value=0.5),
-                  [("x", x, True)]),
-            Trial(lambda x: ops.pad2d(x, 2), lambda x: F.pad(x, (2, 2, 2, 2)), [("x", x.transpose(2, 3), True)]),
-        ]
+        return [Trial(ours, ref, [("x", x, True)], dict(padding=(1, 2, 0, 3), value=0.5)),
+                Trial(ours, ref, [("x", x.transpose(2, 3), True)], dict(padding=2)),
+                Trial(ours, ref, [("x", x, True)], dict(padding=(-1, 2, 3, -2)))]  # negative amounts crop
 
-    def max_pool():
+    def max_pool(ours, ref):
         ties = make(2, 2, 6, 6).round()  # many equal values: PyTorch's tie-breaking
-        return [
-            Trial(lambda x: ops.max_pool2d(x, 3, stride=2, padding=1), lambda x: F.max_pool2d(x, 3, stride=2, padding=1),
-                  [("x", make(2, 3, 9, 8), True)]),
-            Trial(lambda x: ops.max_pool2d(x, 2), lambda x: F.max_pool2d(x, 2), [("x", make(1, 2, 7, 7), True)]),
-            Trial(lambda x: ops.max_pool2d(x, (3, 2), stride=(1, 2)), lambda x: F.max_pool2d(x, (3, 2), stride=(1, 2)),
-                  [("x", ties, True)]),
-        ]
+        return [Trial(ours, ref, [("x", make(2, 3, 9, 8), True)], dict(kernel_size=3, stride=2, padding=1)),
+                Trial(ours, ref, [("x", make(1, 2, 7, 7), True)], dict(kernel_size=2)),
+                Trial(ours, ref, [("x", ties, True)], dict(kernel_size=(3, 2), stride=(1, 2)))]
 
-    def max_pool_ref():
-        return [Trial(lambda x: ops.max_pool2d_reference(x, 3, stride=2, padding=1),
-                      lambda x: F.max_pool2d(x, 3, stride=2, padding=1), [("x", make(1, 2, 7, 6), True)])]
+    def avg_pool(ours, ref):
+        return [Trial(ours, ref, [("x", make(2, 3, 9, 8), True)], dict(kernel_size=3, stride=2, padding=1)),
+                Trial(ours, ref, [("x", make(1, 2, 7, 7), True)], dict(kernel_size=2))]
 
-    def avg_pool():
-        return [
-            Trial(lambda x: ops.avg_pool2d(x, 3, stride=2, padding=1), lambda x: F.avg_pool2d(x, 3, stride=2, padding=1),
-                  [("x", make(2, 3, 9, 8), True)]),
-            Trial(lambda x: ops.avg_pool2d(x, 2), lambda x: F.avg_pool2d(x, 2), [("x", make(1, 2, 7, 7), True)]),
-        ]
-
-    def elementwise(ours, ref):
-        def trials():
+    def elementwise(**kwargs):
+        def trials(ours, ref):
             x = make(3, 17)
             x[0, :4] = 0.0  # exact zeros, where relu's gradient is a convention
-            return [Trial(ours, ref, [("x", x, True)]), Trial(ours, ref, [("x", make(4, 2, 5).transpose(0, 2), True)])]
+            return [Trial(ours, ref, [("x", x, True)], kwargs),
+                    Trial(ours, ref, [("x", make(4, 2, 5).transpose(0, 2), True)], kwargs)]
         return trials
 
-    def flatten():
-        return [Trial(lambda x: ops.flatten(x), lambda x: x.flatten(1), [("x", make(2, 3, 4, 5).transpose(1, 3), True)])]
+    def flatten(ours, ref):
+        return [Trial(ours, ref, [("x", make(2, 3, 4, 5).transpose(1, 3), True)])]
 
-    def linear():
-        return [
-            Trial(lambda x, w, b: ops.linear(x, w, b), lambda x, w, b: F.linear(x, w.T, b),
-                  [("x", make(5, 7), True), ("w", make(7, 3), True), ("b", make(3), True)]),
-            Trial(lambda x, w: ops.linear(x, w), lambda x, w: F.linear(x, w.T),
-                  [("x", make(2, 5, 7).transpose(0, 1), True), ("w", make(7, 1), True)]),
-        ]
+    def linear(ours, ref):
+        return [Trial(ours, ref, [("x", make(5, 7), True), ("w", make(7, 3), True), ("b", make(3), True)]),
+                Trial(ours, ref, [("x", make(2, 5, 7).transpose(0, 1), True), ("w", make(7, 1), True)])]
 
-    def embedding():
+    def embedding(ours, ref):
         idx = integers(0, 11, (3, 5))
         idx[0, :3] = 4  # a row used several times: its gradient adds up
-        return [Trial(lambda i, w: ops.embedding(i, w), lambda i, w: F.embedding(i, w),
-                      [("idx", idx, False), ("w", make(11, 6), True)])]
+        return [Trial(ours, ref, [("idx", idx, False), ("w", make(11, 6), True)])]
 
     def softmaxes(ours, ref):
-        def trials():
-            return [Trial(lambda x: ours(x, dim=-1), lambda x: ref(x, dim=-1), [("x", make(4, 9) * 5, True)]),
-                    Trial(lambda x: ours(x, dim=1), lambda x: ref(x, dim=1), [("x", make(2, 5, 3), True)])]
-        return trials
+        return [Trial(ours, ref, [("x", make(4, 9) * 5, True)], dict(dim=-1)),
+                Trial(ours, ref, [("x", make(2, 5, 3), True)], dict(dim=1))]
 
-    def cross_entropy():
+    def cross_entropy(ours, ref):
         n, c = 9, 7
         target = integers(0, c, (n,))
         ignored = target.clone()
         ignored[::3] = -100
-        trials = []
-        for kw, t in ((dict(), target), (dict(reduction="sum", label_smoothing=0.1), target),
-                      (dict(reduction="none"), target), (dict(ignore_index=-100, label_smoothing=0.2), ignored)):
-            trials.append(Trial(lambda x, t, kw=kw: ops.cross_entropy(x, t, **kw),
-                                lambda x, t, kw=kw: F.cross_entropy(x, t, **kw),
-                                [("logits", make(n, c) * 3, True), ("target", t, False)]))
+        settings = ((dict(), target), (dict(reduction="sum", label_smoothing=0.1), target),
+                    (dict(reduction="none"), target), (dict(ignore_index=-100, label_smoothing=0.2), ignored))
+        trials = [Trial(ours, ref, [("logits", make(n, c) * 3, True), ("target", t, False)], kw) for kw, t in settings]
+        trials.append(Trial(ours, ref, [("logits", make(3, c, 4), True), ("target", integers(0, c, (3, 4)), False)],
+                            dict(reduction="none")))  # classes on dimension 1 of (N, C, d)
         return trials
 
-    def layer_norm():
-        return [Trial(lambda x, w, b: ops.layer_norm(x, w, b), lambda x, w, b: F.layer_norm(x, (10,), w, b),
-                      [("x", make(4, 7, 10) * 2 + 1, True), ("w", make(10), True), ("b", make(10), True)]),
-                Trial(lambda x, w, b: ops.layer_norm(x, w, b, eps=1e-3),
-                      lambda x, w, b: F.layer_norm(x, (3,), w, b, eps=1e-3),
-                      [("x", make(3, 5).T, True), ("w", make(3), True), ("b", make(3), True)])]
+    def layer_norm(ours, ref):
+        return [Trial(ours, ref, [("x", make(4, 7, 10) * 2 + 1, True), ("w", make(10), True), ("b", make(10), True)]),
+                Trial(ours, ref, [("x", make(3, 5).T, True), ("w", make(3), True), ("b", make(3), True)],
+                      dict(eps=1e-3))]
 
     def batch_norm(training):
-        def trials():
+        def trials(ours, ref):
+            def with_stats(f):  # the running statistics are outputs too: compared, not differentiated
+                def g(x, w, b, rm, rv):
+                    return f(x, w, b, rm, rv, training, momentum=0.2, eps=1e-4), rm, rv
+                return g
+
             out = []
             for shape in ((4, 3, 5, 5), (6, 5)):
                 c = shape[1]
-                rm, rv = make(c), make(c).abs() + 0.5
-
-                def ours(x, w, b, rm, rv):
-                    y = ops.batch_norm(x, w, b, rm, rv, training, momentum=0.2, eps=1e-4)
-                    return y, rm, rv
-
-                def ref(x, w, b, rm, rv):
-                    y = F.batch_norm(x, rm, rv, w, b, training, momentum=0.2, eps=1e-4)
-                    return y, rm, rv
-
-                out.append(Trial(ours, ref, [("x", make(*shape) * 2 + 1, True), ("w", make(c), True),
-                                             ("b", make(c), True), ("running_mean", rm, False),
-                                             ("running_var", rv, False)]))
+                out.append(Trial(with_stats(ours), with_stats(ref),
+                                 [("x", make(*shape) * 2 + 1, True), ("w", make(c), True), ("b", make(c), True),
+                                  ("running_mean", make(c), False), ("running_var", make(c).abs() + 0.5, False)]))
             return out
         return trials
 
-    def dropout():
-        p = 0.3
-        kept = {}
-
-        def ours(x):
-            y = ops.dropout(x, p, True)
-            kept["mask"] = y.detach() != 0  # x has no zeros, so this is the mask our layer drew
-            return y
-
-        def ref(x):  # PyTorch's inverted dropout with the mask recovered from ours
-            return x * kept["mask"] / (1 - p)
+    def dropout(ours, ref):
+        def seeded(f, p, training):  # each side draws from a fresh generator in the same state
+            return lambda x: f(x, p, training, generator=torch.Generator(x.device).manual_seed(7))
 
         x = make(6, 50)
-        return [Trial(ours, ref, [("x", x, True)]),
-                Trial(lambda x: ops.dropout(x, 0.0, True), lambda x: F.dropout(x, 0.0, True), [("x", x, True)]),
-                Trial(lambda x: ops.dropout(x, 0.5, False), lambda x: F.dropout(x, 0.5, False), [("x", x, True)])]
+        return [Trial(seeded(ours, p, training), seeded(ref, p, training), [("x", x, True)])
+                for p, training in ((0.3, True), (0.0, True), (0.5, False))]
 
-    def attention(fn):
-        def trials():
-            qkv = make(2, 7, 3 * 15)  # a GPT's (B, T, 3C) projection, split into 3 heads of 5
+    def attention(ours, ref):
+        def heads(f):  # a GPT's (B, T, 3C) projection, split into 3 heads of 5
+            def g(z):
+                q, k, v = (t.reshape(2, 7, 3, 5).transpose(1, 2) for t in z.split(15, dim=2))
+                return f(q, k, v, causal=True)
+            return g
 
-            def heads(f, causal):
-                def g(z):
-                    q, k, v = (t.reshape(2, 7, 3, 5).transpose(1, 2) for t in z.split(15, dim=2))
-                    return f(q, k, v, causal)
-                return g
-
-            sdpa = F.scaled_dot_product_attention
-            return [
-                Trial(heads(fn, True), heads(lambda q, k, v, c: sdpa(q, k, v, is_causal=c), True), [("qkv", qkv, True)]),
-                Trial(lambda q, k, v: fn(q, k, v, False), lambda q, k, v: sdpa(q, k, v, is_causal=False),
-                      [("q", make(1, 2, 1, 4), True), ("k", make(1, 2, 6, 4), True), ("v", make(1, 2, 6, 4), True)]),
-                Trial(lambda q, k, v: fn(q, k, v, True), lambda q, k, v: sdpa(q, k, v, is_causal=True),
-                      [("q", make(3, 1, 5, 3), True), ("k", make(3, 1, 5, 3), True), ("v", make(3, 1, 5, 3), True)]),
-            ]
-        return trials
+        return [Trial(heads(ours), heads(ref), [("qkv", make(2, 7, 3 * 15), True)]),
+                Trial(ours, ref, [("q", make(1, 2, 1, 4), True), ("k", make(1, 2, 6, 4), True),
+                                  ("v", make(1, 2, 6, 4), True)], dict(causal=False)),
+                Trial(ours, ref, [("q", make(3, 1, 5, 3), True), ("k", make(3, 1, 5, 3), True),
+                                  ("v", make(3, 1, 5, 3), True)], dict(causal=True))]
 
     return {
-        "conv2d": conv,
-        "pad2d": pad,
-        "max_pool2d": max_pool,
-        "avg_pool2d": avg_pool,
-        "relu": elementwise(lambda x: ops.relu(x), F.relu),
-        "gelu": elementwise(lambda x: ops.gelu(x), F.gelu),
-        "gelu (tanh)": elementwise(lambda x: ops.gelu(x, approximate="tanh"), lambda x: F.gelu(x, approximate="tanh")),
-        "flatten": flatten,
-        "linear": linear,
-        "embedding": embedding,
-        "softmax": softmaxes(lambda x, dim: ops.softmax(x, dim), F.softmax),
-        "log_softmax": softmaxes(lambda x, dim: ops.log_softmax(x, dim), F.log_softmax),
-        "cross_entropy": cross_entropy,
-        "layer_norm": layer_norm,
-        "batch_norm (train)": batch_norm(True),
-        "batch_norm (eval)": batch_norm(False),
-        "dropout": dropout,
-        "attention": attention(lambda q, k, v, c: ops.attention(q, k, v, causal=c)),
-        "conv2d_reference": conv_ref,
-        "max_pool2d_reference": max_pool_ref,
-        "attention_reference": attention(lambda q, k, v, c: ops.attention_reference(q, k, v, causal=c)),
+        "conv2d": ("conv2d", conv),
+        "pad2d": ("pad2d", pad),
+        "max_pool2d": ("max_pool2d", max_pool),
+        "avg_pool2d": ("avg_pool2d", avg_pool),
+        "relu": ("relu", elementwise()),
+        "gelu": ("gelu", elementwise()),
+        "gelu (tanh)": ("gelu", elementwise(approximate="tanh")),
+        "flatten": ("flatten", flatten),
+        "linear": ("linear", linear),
+        "embedding": ("embedding", embedding),
+        "softmax": ("softmax", softmaxes),
+        "log_softmax": ("log_softmax", softmaxes),
+        "cross_entropy": ("cross_entropy", cross_entropy),
+        "layer_norm": ("layer_norm", layer_norm),
+        "batch_norm (train)": ("batch_norm", batch_norm(True)),
+        "batch_norm (eval)": ("batch_norm", batch_norm(False)),
+        "dropout": ("dropout", dropout),
+        "attention": ("attention", attention),
     }
 
 
+def _dropout_vs_pytorch(ops, F, make) -> list[Trial]:
+    """Dropout against PyTorch: F.dropout draws its own mask, so with p > 0 the mask our layer
+    drew is read back from its output (x has no zeros) and PyTorch's formula applied with it."""
+    p, kept = 0.3, {}
+
+    def ours(x):
+        y = ops.dropout(x, p, True)
+        kept["mask"] = y.detach() != 0
+        return y
+
+    def ref(x):  # PyTorch's inverted dropout with our mask
+        return x * kept["mask"] / (1 - p)
+
+    x = make(6, 50)
+    return [Trial(ours, ref, [("x", x, True)]),
+            Trial(lambda x: ops.dropout(x, 0.0, True), lambda x: F.dropout(x, 0.0, True), [("x", x, True)]),
+            Trial(lambda x: ops.dropout(x, 0.5, False), lambda x: F.dropout(x, 0.5, False), [("x", x, True)])]
+
+
+def _rows(ops, F, make, integers) -> list[tuple[str, str, Callable[[], list[Trial]]]]:
+    """(row name, against, trials) for every row of the table, in order."""
+    torch_fns, configs = _pytorch_layers(F), _configs(make, integers)
+
+    def vs(fast, ref, trials):
+        return lambda: trials(fast, ref)
+
+    rows = []
+    for name, (layer, trials) in configs.items():
+        if layer == "dropout":  # F.dropout's own mask cannot be replayed: see _dropout_vs_pytorch
+            rows.append((name, "PyTorch", lambda: _dropout_vs_pytorch(ops, F, make)))
+        else:
+            rows.append((name, "PyTorch", vs(getattr(ops, layer), torch_fns[layer], trials)))
+    for layer in ("conv2d", "max_pool2d", "attention"):  # the loop references against PyTorch too
+        rows.append((f"{layer}_reference", "PyTorch",
+                     vs(getattr(ops, f"{layer}_reference"), torch_fns[layer], configs[layer][1])))
+    for name, (layer, trials) in configs.items():
+        rows.append((name, "reference", vs(getattr(ops, layer), getattr(ops, f"{layer}_reference"), trials)))
+    return rows
+
+
 def check_layers(dtypes, device, seed: int = 0) -> list[Row]:
-    """Run every layer against PyTorch's; one Row per layer and dtype."""
+    """Run every layer against PyTorch's and against its reference; one Row per row and dtype."""
     import torch.nn.functional as F  # the reference (see the module docstring)
 
     from customnn import ops  # looked up at call time, so a test can replace a layer
@@ -306,9 +290,9 @@ def check_layers(dtypes, device, seed: int = 0) -> list[Row]:
         def integers(low, high, shape):
             return torch.randint(low, high, shape, generator=gen).to(device)
 
-        layers = _layers(ops, F, make, integers)
-        for name, trials in layers.items():
-            row = Row(name, dtype)
+        table = _rows(ops, F, make, integers)
+        for name, against, trials in table:
+            row = Row(name, against, dtype)
             try:
                 for i, trial in enumerate(trials()):
                     forward, grads = run_trial(trial, seed + i)
@@ -318,8 +302,8 @@ def check_layers(dtypes, device, seed: int = 0) -> list[Row]:
             except Exception as exc:  # a layer that raises is a FAIL, and the table goes on
                 row.error = f"{type(exc).__name__}: {exc}"
             rows.append(row)
-    order = {name: i for i, name in enumerate(layers)}
-    rows.sort(key=lambda r: (order[r.layer], dtypes.index(r.dtype)))
+    order = {(name, against): i for i, (name, against, _) in enumerate(table)}
+    rows.sort(key=lambda r: (order[(r.layer, r.against)], dtypes.index(r.dtype)))
     return rows
 
 
@@ -328,7 +312,7 @@ def _fmt(err: float) -> str:
 
 
 def format_table(rows: list[Row]) -> str:
-    lines = [f"{'layer':<22} {'dtype':<8} {'forward':>8}  {'gradients':<40} status"]
+    lines = [f"{'layer':<22} {'against':<9} {'dtype':<8} {'forward':>8}  {'gradients':<40} status"]
     for r in rows:
         dtype = str(r.dtype).replace("torch.", "")
         if r.error is not None:
@@ -336,7 +320,7 @@ def format_table(rows: list[Row]) -> str:
         else:
             forward = _fmt(r.forward)
             grads = " ".join(f"{k} {_fmt(v)}" for k, v in r.grads.items())
-        lines.append(f"{r.layer:<22} {dtype:<8} {forward:>8}  {grads:<40} {'OK' if r.ok else 'FAIL'}")
+        lines.append(f"{r.layer:<22} {r.against:<9} {dtype:<8} {forward:>8}  {grads:<40} {'OK' if r.ok else 'FAIL'}")
     return "\n".join(lines)
 
 
@@ -361,8 +345,10 @@ def run(args: argparse.Namespace) -> int:
     dtypes = DTYPES[args.dtype]
     start = time.perf_counter()
     rows = check_layers(dtypes, torch.device(device), args.seed)
-    print(f"customnn check: every layer against PyTorch's on {device}, seed {args.seed}")
-    print("errors: max |ours - torch| / max(|torch|, 1); tolerance 1e-10 (float64), 1e-5 (float32)\n")
+    print(f"customnn check: every layer against PyTorch's and against its readable reference on {device}, "
+          f"seed {args.seed}")
+    print("errors: max |ours - ref| / max(|ref|, 1), ref = PyTorch's layer or the layer's _reference; "
+          "tolerance 1e-10 (float64), 1e-5 (float32)\n")
     print(format_table(rows))
     failed = [r for r in rows if not r.ok]
     took = time.perf_counter() - start

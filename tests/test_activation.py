@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from customnn import ops
-from oracle import check_layer
+from customnn_ref.oracle import check_layer
 
 DTYPES = [torch.float64, torch.float32]
 SHAPES = [(1,), (7,), (3, 5), (2, 3, 7), (12, 64, 33)]

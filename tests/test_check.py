@@ -1,5 +1,6 @@
-"""`customnn check` (customnn_ref/check.py): every layer's row is OK, one row per layer and dtype,
-and a broken layer shows up as FAIL with exit code 1."""
+"""`customnn check` (customnn_ref/check.py): every row is OK, one row per layer, comparison and
+dtype (each layer against PyTorch's and against its readable reference), and a broken layer or
+reference shows up as FAIL with exit code 1."""
 
 from __future__ import annotations
 
@@ -13,9 +14,13 @@ from customnn_ref import check
 LAYERS = [
     "conv2d", "pad2d", "max_pool2d", "avg_pool2d", "relu", "gelu", "gelu (tanh)", "flatten", "linear",
     "embedding", "softmax", "log_softmax", "cross_entropy", "layer_norm", "batch_norm (train)",
-    "batch_norm (eval)", "dropout", "attention", "conv2d_reference", "max_pool2d_reference",
-    "attention_reference",
+    "batch_norm (eval)", "dropout", "attention",
 ]
+# (row name, what it is compared with): every layer against PyTorch's, the three loop references
+# against PyTorch's, then every layer against its readable reference.
+ROWS = ([(layer, "PyTorch") for layer in LAYERS]
+        + [(f"{layer}_reference", "PyTorch") for layer in ("conv2d", "max_pool2d", "attention")]
+        + [(layer, "reference") for layer in LAYERS])
 
 
 def parse(argv):
@@ -24,16 +29,21 @@ def parse(argv):
     return parser.parse_args(argv)
 
 
-def table_rows(out: str) -> dict[tuple[str, str], str]:
-    """(layer, dtype) -> status, read back from the printed table."""
+def table_rows(out: str) -> dict[tuple[str, str, str], str]:
+    """(layer, against, dtype) -> status, read back from the printed table."""
     rows = {}
     for line in out.splitlines():
         for dtype in ("float64", "float32"):
             marker = f" {dtype} "
             if marker in line:
-                layer = line.split(marker)[0].strip()
-                rows[(layer, dtype)] = line.split()[-1]
+                layer, against = line.split(marker)[0].rstrip().rsplit(maxsplit=1)
+                rows[(layer.strip(), against, dtype)] = line.split()[-1]
     return rows
+
+
+def test_the_rows_cover_every_layer():
+    assert {name.split(" (")[0] for name, against in ROWS if against == "reference"} == set(ops.LAYERS)
+    assert {layer for layer, _ in check._configs(None, None).values()} == set(ops.LAYERS)
 
 
 def test_defaults():
@@ -45,11 +55,11 @@ def test_every_layer_ok_in_both_dtypes(capsys):
     code = check.run(parse(["--device", "cpu"]))
     out = capsys.readouterr().out
     rows = table_rows(out)
-    assert set(rows) == {(layer, d) for layer in LAYERS for d in ("float64", "float32")}, out
+    assert set(rows) == {(layer, against, d) for layer, against in ROWS for d in ("float64", "float32")}, out
     bad = {k: v for k, v in rows.items() if v != "OK"}
     assert not bad, out
     assert code == 0
-    assert f"all {2 * len(LAYERS)} rows OK" in out
+    assert f"all {2 * len(ROWS)} rows OK" in out
 
 
 def test_a_wrong_layer_fails(capsys, monkeypatch):
@@ -58,10 +68,21 @@ def test_a_wrong_layer_fails(capsys, monkeypatch):
     code = check.run(parse(["--dtype", "float64", "--device", "cpu"]))
     out = capsys.readouterr().out
     rows = table_rows(out)
-    assert rows[("relu", "float64")] == "FAIL", out
-    assert rows[("gelu", "float64")] == "OK", out
+    assert rows[("relu", "PyTorch", "float64")] == "FAIL", out
+    assert rows[("relu", "reference", "float64")] == "FAIL", out  # the fast layer, checked against both
+    assert rows[("gelu", "PyTorch", "float64")] == "OK", out
     assert code == 1
     assert "rows FAIL" in out
+
+
+def test_a_wrong_reference_fails_only_its_reference_row(capsys, monkeypatch):
+    softmax_reference = ops.softmax_reference
+    monkeypatch.setattr(ops, "softmax_reference", lambda x, dim=-1: softmax_reference(x, dim) * (1 + 1e-6))
+    code = check.run(parse(["--dtype", "float64", "--device", "cpu"]))
+    rows = table_rows(capsys.readouterr().out)
+    assert rows[("softmax", "reference", "float64")] == "FAIL"
+    assert rows[("softmax", "PyTorch", "float64")] == "OK"
+    assert code == 1
 
 
 def test_a_layer_that_raises_fails_and_the_table_goes_on(capsys, monkeypatch):
@@ -72,8 +93,9 @@ def test_a_layer_that_raises_fails_and_the_table_goes_on(capsys, monkeypatch):
     code = check.run(parse(["--dtype", "float32", "--device", "cpu"]))
     out = capsys.readouterr().out
     rows = table_rows(out)
-    assert rows[("layer_norm", "float32")] == "FAIL" and "RuntimeError: boom" in out
-    assert rows[("attention", "float32")] == "OK"
+    assert rows[("layer_norm", "PyTorch", "float32")] == "FAIL" and "RuntimeError: boom" in out
+    assert rows[("layer_norm", "reference", "float32")] == "FAIL"
+    assert rows[("attention", "PyTorch", "float32")] == "OK"
     assert code == 1
 
 

@@ -1,6 +1,7 @@
-"""CustomCNN against a twin built from torch.nn with copied weights: logits, loss, gradients,
-batch-norm running statistics and a few training steps, for both architectures, in train and
-eval mode. Also the hand-written initialisation against PyTorch's defaults."""
+"""CustomCNN against a twin built from torch.nn with copied weights: logits, loss, gradients and
+batch-norm running statistics (float32, and float64 to 1e-12), and a few training steps, for
+both architectures, in train and eval mode. Also the hand-written initialisation against
+PyTorch's defaults."""
 
 from __future__ import annotations
 
@@ -16,42 +17,53 @@ from customnn_ref.twins import cnn_twin
 from helpers import assert_same_gradients
 
 
-def dropout_mask(model: CustomCNN, shape) -> torch.Tensor:
+def dropout_mask(model: CustomCNN, shape, dtype) -> torch.Tensor:
     """The mask our model's next dropout call will draw (same generator state), as a multiplier."""
     g = torch.Generator().set_state(model.generator.get_state())
-    return ops.dropout(torch.ones(shape), model.dropout, True, generator=g)
+    return ops.dropout(torch.ones(shape, dtype=dtype), model.dropout, True, generator=g)
 
 
+# What "the same" means per dtype, as keyword arguments of assert_close.
+TIGHT = dict(rtol=1e-12, atol=1e-12)
+TOLERANCES = {
+    torch.float64: dict(logits=TIGHT, loss=TIGHT, grads=dict(rtol=1e-10, atol=1e-12), stats=TIGHT),
+    torch.float32: dict(logits=dict(rtol=1e-5, atol=1e-5), loss=dict(rtol=1e-6, atol=1e-6),
+                        grads=dict(rtol=1e-4, atol=1e-5), stats=dict(rtol=1e-5, atol=1e-6)),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("arch", ["seed", "default"])
 @pytest.mark.parametrize("training", [True, False])
-def test_model_matches_torch_twin(arch, training):
+def test_model_matches_torch_twin(arch, training, dtype):
     torch.manual_seed(0)
-    model = CustomCNN(arch, seed=3)
+    model = CustomCNN(arch, seed=3).to(dtype=dtype)
     model.generator = torch.Generator().manual_seed(7)
     if arch == "default" and not training:  # give eval mode non-trivial running statistics
         for s in model.stages:
             s.bn.running_mean.uniform_(-0.5, 0.5)
             s.bn.running_var.uniform_(0.5, 2.0)
     model.train(training)
-    twin = cnn_twin(model)  # our weights, running statistics and mode
-    assert twin.training == training
-    x = torch.randn(16, 1, 28, 28)
+    twin = cnn_twin(model)  # our weights, running statistics, dtype and mode
+    assert twin.training == training and next(twin.parameters()).dtype == dtype
+    x = torch.randn(16, 1, 28, 28, dtype=dtype)
     y = torch.randint(0, 10, (16,))
     if arch == "default":
-        twin.mask = dropout_mask(model, (16, 36 * 24))
+        twin.mask = dropout_mask(model, (16, 36 * 24), dtype)
+    tol = TOLERANCES[dtype]
 
     logits, loss = model(x, y)
     ref_logits, ref_loss = twin(x, y)
-    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(loss, ref_loss, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(logits, ref_logits, **tol["logits"])
+    torch.testing.assert_close(loss, ref_loss, **tol["loss"])
 
     loss.backward()
     ref_loss.backward()
-    assert_same_gradients(model, twin, {"fc.weight"}, atol=1e-5, rtol=1e-4)
+    assert_same_gradients(model, twin, {"fc.weight"}, **tol["grads"])
     if arch == "default":  # batch norm's running statistics moved the same way (train) or not at all (eval)
         for s, ts in zip(model.stages, twin.stages):
-            torch.testing.assert_close(s.bn.running_mean, ts.bn.running_mean, atol=1e-6, rtol=1e-5)
-            torch.testing.assert_close(s.bn.running_var, ts.bn.running_var, atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(s.bn.running_mean, ts.bn.running_mean, **tol["stats"])
+            torch.testing.assert_close(s.bn.running_var, ts.bn.running_var, **tol["stats"])
 
 
 @pytest.mark.parametrize("arch", ["seed", "default"])

@@ -13,7 +13,9 @@ from customnn_ref.twins import gpt_twin
 from helpers import assert_same_gradients, gpt_linear_weights
 
 
-def compare(cfg: GPTConfig, dtype, rtol, atol, B=3, T=None):
+def compare(cfg: GPTConfig, dtype, tol, grad_tol=None, B=3, T=None):
+    """Logits and loss within ``tol``, every gradient within ``grad_tol`` (default ``tol``): keyword
+    arguments of assert_close."""
     torch.manual_seed(0)
     model = GPT(cfg, seed=7).to(dtype=dtype)
     twin = gpt_twin(model)  # nanoGPT's model.py from torch.nn, our weights copied in
@@ -22,24 +24,25 @@ def compare(cfg: GPTConfig, dtype, rtol, atol, B=3, T=None):
     targets = torch.randint(cfg.vocab_size, (B, T))
     logits, loss = model(idx, targets)
     tlogits, tloss = twin(idx, targets)
-    torch.testing.assert_close(logits, tlogits, rtol=rtol, atol=atol)
-    torch.testing.assert_close(loss, tloss, rtol=rtol, atol=atol)
+    torch.testing.assert_close(logits, tlogits, **tol)
+    torch.testing.assert_close(loss, tloss, **tol)
     loss.backward()
     tloss.backward()
-    assert_same_gradients(model, twin, gpt_linear_weights(model), rtol=rtol, atol=atol)
+    assert_same_gradients(model, twin, gpt_linear_weights(model), **(grad_tol or tol))
 
 
 SMALL = dict(vocab_size=11, block_size=16, n_layer=2, n_head=2, n_embd=16)
+TIGHT, TIGHT_GRADS = dict(rtol=1e-12, atol=1e-12), dict(rtol=1e-10, atol=1e-12)  # float64
 
 
-@pytest.mark.parametrize("bias,tie", [(True, True), (False, False), (True, False)])
+@pytest.mark.parametrize("bias,tie", [(True, True), (False, False), (True, False), (False, True)])
 def test_same_logits_loss_and_gradients_as_torch_nn_twin_float64(bias, tie):
-    compare(GPTConfig(**SMALL, bias=bias, tie_weights=tie), torch.float64, rtol=1e-10, atol=1e-10)
+    compare(GPTConfig(**SMALL, bias=bias, tie_weights=tie), torch.float64, TIGHT, TIGHT_GRADS)
 
 
 def test_same_logits_loss_and_gradients_as_torch_nn_twin_float32_nanogpt_size():
     cfg = GPTConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128)
-    compare(cfg, torch.float32, rtol=1e-4, atol=2e-5, B=4)
+    compare(cfg, torch.float32, dict(rtol=1e-4, atol=2e-5), B=4)
 
 
 def test_training_steps_match_torch_nn_and_torch_optim():
@@ -87,7 +90,7 @@ def test_training_steps_match_torch_nn_and_torch_optim():
 
 
 def test_shorter_sequences_than_block_size():
-    compare(GPTConfig(**SMALL), torch.float64, rtol=1e-10, atol=1e-10, T=5)
+    compare(GPTConfig(**SMALL), torch.float64, TIGHT, TIGHT_GRADS, T=5)
 
 
 def test_causal_a_later_token_never_changes_earlier_logits():

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from customnn import ops
-from oracle import check_layer
+from customnn_ref.oracle import check_layer
 
 DTYPES = [torch.float64, torch.float32]
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from customnn import ops
-from oracle import check_layer
+from customnn_ref.oracle import check_layer
 
 DTYPES = [torch.float64, torch.float32]
 POOLS = [(ops.max_pool2d, F.max_pool2d), (ops.avg_pool2d, F.avg_pool2d)]

@@ -1,4 +1,4 @@
-"""The layer library: each layer's forward and hand-written backward.
+"""The layer library: each layer's forward and hand-written backward, and its readable reference.
 
 Every function here takes and returns ``torch.Tensor``s and matches the
 ``torch.nn.functional`` function of the same name (argument names and order),
@@ -8,39 +8,28 @@ basic tensor operations; autograd's engine only chains them together.
 
     from customnn import ops
     y = ops.conv2d(x, w, b, stride=1, padding=2)
+    y_ref = ops.conv2d_reference(x, w, b, stride=1, padding=2)   # the same numbers, written plainly
 
-The readable loop versions (``*_reference``) live in ``reference.py``: they are how a
-reader checks that the fast versions compute the same thing.
+Every layer ``<layer>`` has a ``<layer>_reference`` with the same arguments: the definition as
+plain tensor math or explicit loops, differentiated by autograd, against which the fast
+version is tested. Each sits in its layer's file just above the fast version (``reference.py``
+lists where, and holds ``attention_reference``).
 """
 
-from customnn.ops.activation import gelu, relu
+from customnn.ops.activation import gelu, gelu_reference, relu, relu_reference
 from customnn.ops.attention import attention
-from customnn.ops.conv import conv2d, pad2d
-from customnn.ops.dropout import dropout
-from customnn.ops.linear import embedding, flatten, linear
-from customnn.ops.loss import cross_entropy, log_softmax, softmax
-from customnn.ops.norm import batch_norm, layer_norm
-from customnn.ops.pool import avg_pool2d, max_pool2d
-from customnn.ops.reference import attention_reference, conv2d_reference, max_pool2d_reference
+from customnn.ops.conv import conv2d, conv2d_reference, pad2d, pad2d_reference
+from customnn.ops.dropout import dropout, dropout_reference
+from customnn.ops.linear import (embedding, embedding_reference, flatten, flatten_reference, linear,
+                                 linear_reference)
+from customnn.ops.loss import (cross_entropy, cross_entropy_reference, log_softmax, log_softmax_reference,
+                               softmax, softmax_reference)
+from customnn.ops.norm import batch_norm, batch_norm_reference, layer_norm, layer_norm_reference
+from customnn.ops.pool import avg_pool2d, avg_pool2d_reference, max_pool2d, max_pool2d_reference
+from customnn.ops.reference import attention_reference
 
-__all__ = [
-    "attention",
-    "attention_reference",
-    "avg_pool2d",
-    "batch_norm",
-    "conv2d",
-    "conv2d_reference",
-    "cross_entropy",
-    "dropout",
-    "embedding",
-    "flatten",
-    "gelu",
-    "layer_norm",
-    "linear",
-    "log_softmax",
-    "max_pool2d",
-    "max_pool2d_reference",
-    "pad2d",
-    "relu",
-    "softmax",
-]
+# Every public layer; each has a ``<layer>_reference`` (tests/test_reference.py checks both lists).
+LAYERS = ("conv2d", "pad2d", "max_pool2d", "avg_pool2d", "relu", "gelu", "flatten", "linear", "embedding",
+          "softmax", "log_softmax", "cross_entropy", "layer_norm", "batch_norm", "dropout", "attention")
+
+__all__ = [*LAYERS, *(f"{name}_reference" for name in LAYERS), "LAYERS"]

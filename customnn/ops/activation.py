@@ -10,6 +10,9 @@ Both work elementwise, so any shape, dtype and device goes; non-contiguous input
 
     from customnn import ops
     y = ops.gelu(x, approximate="tanh")
+
+``relu_reference`` and ``gelu_reference`` write each formula as it stands, for autograd to
+differentiate; the fast versions below them are tested against them (tests/test_reference.py).
 """
 
 from __future__ import annotations
@@ -25,6 +28,11 @@ _LOG2_INV_SQRT_2PI = math.log2(1.0 / math.sqrt(2.0 * math.pi))  # phi(x) = 2^(-x
 _TANH_K = math.sqrt(2.0 / math.pi)  # sqrt(2/pi), the tanh form's scale
 _TANH_A = 0.044715  # the tanh form's cubic coefficient
 _LOG2E = math.log2(math.e)  # exp(z) = exp2(z * log2(e)); exp2 is the faster kernel on CPU
+
+
+def relu_reference(x: torch.Tensor) -> torch.Tensor:
+    """max(x, 0) by its definition: x where x > 0, else 0 (and so a gradient of 0 at x == 0)."""
+    return x * (x > 0)  # the bool mask multiplies as 1.0 / 0.0
 
 
 class _ReLU(torch.autograd.Function):
@@ -45,6 +53,16 @@ class _ReLU(torch.autograd.Function):
         # (a bool mask is several times slower to build and apply on CPU).
         dx = torch.sign(y).mul_(dout)
         return dx
+
+
+def gelu_reference(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    """GELU by its formula: 0.5 x (1 + erf(x / sqrt 2)), or with ``approximate="tanh"``
+    0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    if approximate == "tanh":
+        return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    if approximate == "none":
+        return 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))
+    raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
 
 
 class _GeluErf(torch.autograd.Function):

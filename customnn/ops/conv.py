@@ -20,10 +20,12 @@ pixel of every image:
            several gradients; one index_add_ over a precomputed index), then un-padded.
 
 The columns are formed for a chunk of the batch at a time (at most ``MAX_COLUMN_BYTES``),
-in forward and in backward, with dw summed over the chunks: a training step's peak
-memory then stays near PyTorch's (seed CNN step 1.70x -> 1.26x, same speed).
+in forward and in backward, with dw summed over the chunks, so that a training step's peak
+memory stays near PyTorch's instead of holding every image's columns at once.
 
-The readable loop version is ``conv2d_reference`` in ``reference.py``.
+The readable versions, ``pad2d_reference`` and ``conv2d_reference`` (a loop over output
+pixels), sit above each fast version: plain tensor expressions whose gradients autograd
+derives, the definitions the fast layers are tested against (tests/test_reference.py).
 
 Dimension letters: N batch, C input channels, O output channels, H/W input height/width,
 kh/kw kernel height/width, Ho/Wo output height/width, L = Ho*Wo output pixels,
@@ -65,6 +67,19 @@ def _pad_slices(size: int, before: int, after: int, name: str, shape) -> tuple[s
     return src, dst, out
 
 
+def pad2d_reference(x: torch.Tensor, padding, value: float = 0.0) -> torch.Tensor:
+    """pad2d by its definition: output pixel (i, j) is input pixel (i - top, j - left) where
+    that exists, else ``value``. A negative amount shifts the other way, so it crops."""
+    check_rank(x, "x", tuple(range(2, 9)), "(..., H, W)")
+    left, right, top, bottom = _pad_amounts(padding)
+    H, W = x.shape[-2:]
+    rows = torch.arange(H + top + bottom, device=x.device) - top  # (Hp,) input row of each output row
+    cols = torch.arange(W + left + right, device=x.device) - left  # (Wp,) input column of each output column
+    inside = ((rows >= 0) & (rows < H)).view(-1, 1) & ((cols >= 0) & (cols < W)).view(1, -1)  # (Hp, Wp)
+    picked = x.index_select(-2, rows.clamp(0, H - 1)).index_select(-1, cols.clamp(0, W - 1))  # (..., Hp, Wp)
+    return torch.where(inside, picked, value)
+
+
 class Pad2d(torch.autograd.Function):
     """Constant padding of the last two dims. Backward: the gradient sliced back."""
 
@@ -102,6 +117,30 @@ def pad2d(x: torch.Tensor, padding, value: float = 0.0) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- convolution
+
+def conv2d_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                     stride=1, padding=0, dilation=1) -> torch.Tensor:
+    """2-D convolution, one output pixel at a time: out[n, o, i, j] is the sum over c, a, b of
+    x_padded[n, c, i*sh + a*dh, j*sw + b*dw] * weight[o, c, a, b], plus bias[o]."""
+    (sh, sw), (ph, pw), (dh, dw) = conv_args(x, weight, bias, stride, padding, dilation)
+    H, W = x.shape[-2:]
+    O, _, kh, kw = weight.shape
+    Ho = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1  # where the dilated kernel fits, every sh rows
+    Wo = (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    xp = pad2d_reference(x, (pw, pw, ph, ph))  # (N, C, H + 2ph, W + 2pw)
+    rows = []
+    for i in range(Ho):
+        row = []
+        for j in range(Wo):
+            top, left = i * sh, j * sw
+            window = xp[:, :, top: top + dh * (kh - 1) + 1: dh, left: left + dw * (kw - 1) + 1: dw]  # (N, C, kh, kw)
+            pixel = (window.unsqueeze(1) * weight.unsqueeze(0)).sum(dim=(2, 3, 4))  # (N, O)
+            if bias is not None:
+                pixel = pixel + bias
+            row.append(pixel)
+        rows.append(torch.stack(row, dim=-1))  # (N, O, Wo)
+    return torch.stack(rows, dim=-2)  # (N, O, Ho, Wo)
+
 
 def pad_constant(x: torch.Tensor, ph: int, pw: int, value: float = 0.0) -> torch.Tensor:
     """(N, C, H, W) -> (N, C, H + 2ph, W + 2pw), a new tensor (no autograd: used inside forwards)."""
@@ -193,8 +232,8 @@ class Conv2d(torch.autograd.Function):
                 torch.baddbmm(bias.view(1, O, 1).expand(n, O, L), wm.expand(n, O, K), cols, out=out[s])
             del cols
         # x and the weight are kept for backward, not the columns: those are kh*kw times the
-        # size of x (9x for a 3x3 kernel) and re-forming them costs one copy, a few percent
-        # of the matrix products (STYLE.md: recompute cheap things rather than store big ones).
+        # size of x (9x for a 3x3 kernel), and re-forming them costs one copy, cheap next to
+        # the matrix products that use them.
         ctx.save_for_backward(x, weight)
         ctx.geometry = (stride, padding, dilation, Ho, Wo)
         ctx.has_bias = bias is not None

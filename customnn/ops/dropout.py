@@ -11,6 +11,13 @@ PyTorch's elementwise; it agrees in distribution.
 
     from customnn import ops
     y = ops.dropout(x, 0.1, training=True)
+
+``dropout_reference`` (same arguments) writes the formula out for autograd to differentiate. It
+draws its uniforms exactly as the fast version does, so handed a generator in the same state
+it drops the same elements, and the two outputs and gradients can be compared exactly:
+
+    y_fast = ops.dropout(x, p, True, generator=torch.Generator().manual_seed(0))
+    y_ref = ops.dropout_reference(x, p, True, generator=torch.Generator().manual_seed(0))
 """
 
 from __future__ import annotations
@@ -20,6 +27,18 @@ import numbers
 import torch
 
 from customnn.ops._checks import check_tensor
+
+
+def dropout_reference(x: torch.Tensor, p: float = 0.5, training: bool = True,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """x * keep / (1 - p), keep = 1 where a uniform draw u >= p (probability 1 - p), else 0;
+    x itself when not training or when p == 0. Draws u as ``dropout`` does (float32, x's shape)."""
+    if not training or p == 0:
+        return x
+    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=torch.float32)
+    keep = (u >= p).to(x.dtype)  # 1 where the element is kept, 0 where it is dropped
+    scale = 1.0 / (1.0 - p)  # kept elements grow so that the expected output stays x
+    return x * (keep * scale)  # (keep * scale) first, as dropout forms it: the same bits
 
 
 class _Dropout(torch.autograd.Function):

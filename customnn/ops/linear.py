@@ -13,6 +13,10 @@ C in_features, OC out_features, V the number of embedding rows (vocabulary size)
     from customnn import ops
     y = ops.linear(x, w, b)          # x (B, T, C), w (C, OC), b (OC,) -> (B, T, OC)
     e = ops.embedding(idx, wte)      # idx (B, T) int64, wte (V, C) -> (B, T, C)
+
+Above each fast version sits its readable reference (``linear_reference``, ``flatten_reference``,
+``embedding_reference``): the definition as plain tensor math, for autograd to differentiate;
+tests/test_reference.py compares the two.
 """
 
 from __future__ import annotations
@@ -23,6 +27,12 @@ from customnn.ops._checks import check_float, check_tensor
 
 
 _NARROW = 16  # outputs at most this wide take the transposed forward product (see below)
+
+
+def linear_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """out[..., o] = sum over c of x[..., c] * weight[c, o], plus bias[o]."""
+    out = (x.unsqueeze(-1) * weight).sum(dim=-2)  # (..., C, 1) * (C, OC) summed over C -> (..., OC)
+    return out if bias is None else out + bias
 
 
 class _Linear(torch.autograd.Function):
@@ -63,6 +73,11 @@ class _Linear(torch.autograd.Function):
         return dx, dw, db
 
 
+def flatten_reference(x: torch.Tensor) -> torch.Tensor:
+    """(N, d1, d2, ...) -> (N, d1 * d2 * ...), the values in row-major order."""
+    return x.reshape(x.shape[0], -1)
+
+
 class _Flatten(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
@@ -72,6 +87,14 @@ class _Flatten(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         return dout.reshape(ctx.x_shape)
+
+
+def embedding_reference(idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Row idx of weight (V, C), written as a one-hot vector times the table: then dweight is
+    onehot^T @ dout, which adds up the gradients of a row picked by several tokens."""
+    V = weight.shape[0]
+    onehot = (idx.unsqueeze(-1) == torch.arange(V, device=idx.device)).to(weight.dtype)  # (*idx.shape, V)
+    return onehot @ weight  # (*idx.shape, C)
 
 
 class _Embedding(torch.autograd.Function):

@@ -16,6 +16,10 @@ row), C classes.
 
     from customnn import ops
     loss = ops.cross_entropy(logits.view(-1, V), targets.view(-1))
+
+Above the fast versions sit their readable references (``softmax_reference``,
+``log_softmax_reference``, ``cross_entropy_reference``): the formulas above as plain tensor
+math, for autograd to differentiate; tests/test_reference.py compares the two.
 """
 
 from __future__ import annotations
@@ -32,6 +36,39 @@ _LOG2E = math.log2(math.e)
 # value on CPU, but the multiply by log2(e) it needs is one more dispatched op (~3 us), which
 # is more than exp's extra cost on a few thousand values (e.g. a 64 x 10 classifier head).
 _SMALL = 4096
+
+
+def softmax_reference(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """exp(x) / sum(exp(x)) along dim, with the maximum subtracted first (the same ratio, no overflow)."""
+    e = torch.exp(x - x.amax(dim, keepdim=True))
+    return e / e.sum(dim, keepdim=True)
+
+
+def log_softmax_reference(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """log(softmax(x)) = x - m - log(sum(exp(x - m))) along dim, m the maximum."""
+    shifted = x - x.amax(dim, keepdim=True)
+    return shifted - torch.log(torch.exp(shifted).sum(dim, keepdim=True))
+
+
+def cross_entropy_reference(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -100,
+                            reduction: str = "mean", label_smoothing: float = 0.0) -> torch.Tensor:
+    """loss = -sum over classes of q * log softmax(logits), q = (1 - eps) onehot + eps / C;
+    rows whose target is ignore_index count for nothing, and "mean" divides by the others."""
+    target_shape = target.shape
+    if logits.dim() == 1:  # one prediction: logits (C,), target ()
+        logits, target = logits.unsqueeze(0), target.unsqueeze(0)
+    logp = log_softmax_reference(logits, dim=1).movedim(1, -1)  # (N, d1, ..., C)
+    C = logp.shape[-1]
+    valid = target != ignore_index  # (N, d1, ...)
+    classes = torch.arange(C, device=target.device)
+    onehot = (torch.where(valid, target, 0).unsqueeze(-1) == classes).to(logp.dtype)  # (N, d1, ..., C)
+    q = (1 - label_smoothing) * onehot + label_smoothing / C  # (N, d1, ..., C)
+    loss = -(q * logp).sum(-1) * valid  # (N, d1, ...)
+    if reduction == "mean":
+        return loss.sum() / valid.sum()
+    if reduction == "sum":
+        return loss.sum()
+    return loss.reshape(target_shape)  # "none": one loss per prediction
 
 
 def _shifted_exp(x: torch.Tensor, dim: int):

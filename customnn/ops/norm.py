@@ -17,6 +17,10 @@ N the batch, H, W the spatial dimensions.
 
     from customnn import ops
     y = ops.layer_norm(x, w, b)  # x (B, T, C), w (C,), b (C,)
+
+Above each fast version sits its readable reference (``layer_norm_reference``,
+``batch_norm_reference``): y = (x - mean) / sqrt(var + eps) * weight + bias written out, for
+autograd to differentiate; tests/test_reference.py compares the two.
 """
 
 from __future__ import annotations
@@ -24,6 +28,21 @@ from __future__ import annotations
 import torch
 
 from customnn.ops._checks import check_float, check_tensor
+
+
+def _affine(xhat: torch.Tensor, weight, bias, shape) -> torch.Tensor:
+    """xhat * weight + bias, each of weight and bias optional, viewed as ``shape`` to broadcast."""
+    y = xhat if weight is None else xhat * weight.view(shape)
+    return y if bias is None else y + bias.view(shape)
+
+
+def layer_norm_reference(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                         eps: float = 1e-5) -> torch.Tensor:
+    """Each row over the last dimension: (x - mean) / sqrt(var + eps) * weight + bias, the
+    variance biased (divided by C)."""
+    mean = x.mean(-1, keepdim=True)  # (..., 1)
+    var = ((x - mean) ** 2).mean(-1, keepdim=True)  # (..., 1)
+    return _affine((x - mean) / torch.sqrt(var + eps), weight, bias, (-1,))
 
 
 class _LayerNorm(torch.autograd.Function):
@@ -77,6 +96,30 @@ class _LayerNorm(torch.autograd.Function):
             dx.addcmul_(xhat, neg_mean_dxhat_xhat).mul_(rstd)
             dx = dx.view(dout.shape)
         return dx, dw, db, None
+
+
+def batch_norm_reference(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                         running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
+                         training: bool, momentum: float = 0.1, eps: float = 1e-5) -> torch.Tensor:
+    """Each channel (dimension 1) over every other dimension: (x - mean) / sqrt(var + eps) *
+    weight + bias. Training uses the batch's mean and biased variance and moves the running
+    statistics towards them in place, running = (1 - momentum) running + momentum batch (the
+    unbiased variance, n / (n - 1) times the biased); eval uses the running statistics."""
+    C = x.shape[1]
+    dims = [0] + list(range(2, x.dim()))  # every dimension but the channels
+    shape = [1, C] + [1] * (x.dim() - 2)  # (1, C, 1, 1): a per-channel vector that broadcasts
+    if training:
+        mean = x.mean(dims, keepdim=True)  # (1, C, 1, 1)
+        var = ((x - mean) ** 2).mean(dims, keepdim=True)  # (1, C, 1, 1), biased
+        n = x.numel() // C  # values per channel
+        with torch.no_grad():
+            if running_mean is not None:
+                running_mean.copy_((1 - momentum) * running_mean + momentum * mean.view(C))
+            if running_var is not None:
+                running_var.copy_((1 - momentum) * running_var + momentum * var.view(C) * n / (n - 1))
+    else:
+        mean, var = running_mean.view(shape), running_var.view(shape)
+    return _affine((x - mean) / torch.sqrt(var + eps), weight, bias, shape)
 
 
 class _BatchNorm(torch.autograd.Function):

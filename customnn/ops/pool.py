@@ -15,7 +15,9 @@ Average pooling's backward spreads each output gradient evenly over its window, 
 adding; when the windows tile the input exactly (stride equal to the kernel, no padding)
 that is just each gradient repeated kh x kw times.
 
-The readable loop version of max pooling is ``max_pool2d_reference`` in ``reference.py``.
+The readable versions, ``max_pool2d_reference`` and ``avg_pool2d_reference``, sit above each
+fast version: a loop over output pixels taking each window's max or mean, whose gradients
+autograd derives (tests/test_reference.py compares them with the fast layers).
 
 Dimension letters: N batch, C channels, H/W input height/width, kh/kw window size,
 Ho/Wo output height/width, Hp/Wp padded input height/width.
@@ -28,7 +30,7 @@ import functools
 import torch
 
 from customnn.ops._checks import check_float, check_non_negative, check_positive, check_rank, pair
-from customnn.ops.conv import pad_constant
+from customnn.ops.conv import pad2d_reference, pad_constant
 
 
 def pool_args(x, kernel_size, stride, padding, name):
@@ -74,7 +76,29 @@ def _window_base(Ho, Wo, Wp, stride, device) -> torch.Tensor:
     return (rows.view(Ho, 1) + cols.view(1, Wo)).reshape(-1)
 
 
+def _pool_reference(x: torch.Tensor, kernel, stride, padding, out_size, value: float, reduce) -> torch.Tensor:
+    """One output pixel at a time: ``reduce`` (max or mean) over its window of x padded with ``value``."""
+    (kh, kw), (sh, sw), (ph, pw), (Ho, Wo) = kernel, stride, padding, out_size
+    N, C = x.shape[:2]
+    xp = pad2d_reference(x, (pw, pw, ph, ph), value)  # (N, C, H + 2ph, W + 2pw)
+    rows = []
+    for i in range(Ho):
+        row = []
+        for j in range(Wo):
+            window = xp[:, :, i * sh: i * sh + kh, j * sw: j * sw + kw]  # (N, C, kh, kw)
+            row.append(reduce(window.reshape(N, C, kh * kw)))  # (N, C)
+        rows.append(torch.stack(row, dim=-1))  # (N, C, Wo)
+    return torch.stack(rows, dim=-2)  # (N, C, Ho, Wo)
+
+
 # ----------------------------------------------------------------------------- max pooling
+
+def max_pool2d_reference(x: torch.Tensor, kernel_size, stride=None, padding=0) -> torch.Tensor:
+    """Max pooling, one output pixel at a time: the largest value in each window (padding
+    counts as -inf). ``max`` over a dim sends the gradient to the first maximum, PyTorch's rule."""
+    args = pool_args(x, kernel_size, stride, padding, "max_pool2d_reference")
+    return _pool_reference(x, *args, float("-inf"), lambda w: w.max(dim=-1).values)
+
 
 def _max_and_argmax(xp, kernel, stride, out_size, nan_moves: bool):
     """Maximum of every window of the padded input xp, and where it is: (N, C, Ho, Wo) each.
@@ -142,6 +166,13 @@ def max_pool2d(x: torch.Tensor, kernel_size, stride=None, padding=0) -> torch.Te
 
 
 # ----------------------------------------------------------------------------- average pooling
+
+def avg_pool2d_reference(x: torch.Tensor, kernel_size, stride=None, padding=0) -> torch.Tensor:
+    """Average pooling, one output pixel at a time: the mean of each window, padding counted
+    as zeros (so every window divides by kh*kw, count_include_pad=True)."""
+    args = pool_args(x, kernel_size, stride, padding, "avg_pool2d_reference")
+    return _pool_reference(x, *args, 0.0, lambda w: w.mean(dim=-1))
+
 
 class AvgPool2d(torch.autograd.Function):
 

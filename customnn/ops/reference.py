@@ -1,17 +1,29 @@
-"""The readable loop versions of convolution, max pooling and attention.
+"""Where each layer's readable reference lives, and attention's own.
+
+Every layer in ``customnn.ops`` has a reference with the same arguments, named
+``<layer>_reference``: the definition written as plain tensor math (or explicit loops over
+output pixels), obviously right rather than fast, with no hand-written backward: autograd
+differentiates it, which makes it an independent check of the fast layer's forward AND its
+backward (tests/test_reference.py, and the "reference" rows of ``customnn check``).
 
     from customnn import ops
     y = ops.conv2d_reference(x, w, b, stride=1, padding=2)   # equals ops.conv2d and F.conv2d
 
-These are written to be read, not run fast: explicit Python loops over output pixels (and
-over query positions for attention), each step a small ordinary tensor expression, in the
-style of the seed's ``conv2d_custom`` and ``max_pool2d_custom``. They have no hand-written
-backward: PyTorch's autograd differentiates the loops, which makes them an independent
-check of the fast layers in ``conv.py``, ``pool.py`` and ``attention.py`` (the tests compare
-all three: reference, fast version, PyTorch).
+Each reference sits in its layer's file, just above the fast version:
 
-Dimension letters: N batch, C input channels, O output channels, H/W height/width,
-kh/kw kernel size, Ho/Wo output size; for attention B batch, nh heads, T time, hs head size.
+    conv.py        pad2d_reference, conv2d_reference (a loop over output pixels)
+    pool.py        max_pool2d_reference, avg_pool2d_reference (loops over output pixels)
+    activation.py  relu_reference, gelu_reference
+    linear.py      linear_reference, flatten_reference, embedding_reference (one-hot @ table)
+    loss.py        softmax_reference, log_softmax_reference, cross_entropy_reference
+    norm.py        layer_norm_reference, batch_norm_reference
+    dropout.py     dropout_reference (draws the same mask as dropout from the same generator)
+    reference.py   attention_reference (below: a loop over query positions)
+
+They are all imported here too, so ``customnn.ops.reference`` holds the whole set.
+
+Dimension letters for attention: B batch, nh heads, T query positions, S key positions,
+hs head size, hv value size.
 """
 
 from __future__ import annotations
@@ -21,65 +33,31 @@ import math
 import torch
 
 from customnn.ops._checks import check_float, check_rank
-from customnn.ops.conv import conv_args
-from customnn.ops.pool import pool_args
+from customnn.ops.activation import gelu_reference, relu_reference
+from customnn.ops.conv import conv2d_reference, pad2d_reference
+from customnn.ops.dropout import dropout_reference
+from customnn.ops.linear import embedding_reference, flatten_reference, linear_reference
+from customnn.ops.loss import cross_entropy_reference, log_softmax_reference, softmax_reference
+from customnn.ops.norm import batch_norm_reference, layer_norm_reference
+from customnn.ops.pool import avg_pool2d_reference, max_pool2d_reference
 
-
-def _padded(x: torch.Tensor, ph: int, pw: int, value: float) -> torch.Tensor:
-    """x (N, C, H, W) surrounded by ph rows and pw columns of ``value``, differentiably."""
-    N, C, H, W = x.shape
-    xp = torch.full((N, C, H + 2 * ph, W + 2 * pw), value, dtype=x.dtype, device=x.device)
-    xp[:, :, ph: ph + H, pw: pw + W] = x  # autograd sees a copy into a slice
-    return xp
-
-
-def conv2d_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                     stride=1, padding=0, dilation=1) -> torch.Tensor:
-    """2-D convolution, one output pixel at a time: out[n, o, i, j] is the sum over c, a, b of
-    x_padded[n, c, i*sh + a*dh, j*sw + b*dw] * weight[o, c, a, b], plus bias[o]."""
-    (sh, sw), (ph, pw), (dh, dw) = conv_args(x, weight, bias, stride, padding, dilation)
-    N, C, H, W = x.shape
-    O, _, kh, kw = weight.shape
-    Ho = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    Wo = (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    xp = _padded(x, ph, pw, 0.0)  # (N, C, H + 2ph, W + 2pw)
-    rows = []
-    for i in range(Ho):
-        row = []
-        for j in range(Wo):
-            top, left = i * sh, j * sw
-            window = xp[:, :, top: top + dh * (kh - 1) + 1: dh, left: left + dw * (kw - 1) + 1: dw]  # (N, C, kh, kw)
-            pixel = (window.unsqueeze(1) * weight.unsqueeze(0)).sum(dim=(2, 3, 4))  # (N, O)
-            if bias is not None:
-                pixel = pixel + bias
-            row.append(pixel)
-        rows.append(torch.stack(row, dim=-1))  # (N, O, Wo)
-    return torch.stack(rows, dim=-2)  # (N, O, Ho, Wo)
-
-
-def max_pool2d_reference(x: torch.Tensor, kernel_size, stride=None, padding=0) -> torch.Tensor:
-    """Max pooling, one output pixel at a time: the largest value in each window (padding
-    counts as -inf). ``max`` over a dim sends the gradient to the first maximum, PyTorch's rule."""
-    (kh, kw), (sh, sw), (ph, pw), (Ho, Wo) = pool_args(x, kernel_size, stride, padding, "max_pool2d_reference")
-    N, C = x.shape[:2]
-    xp = _padded(x, ph, pw, float("-inf"))  # (N, C, H + 2ph, W + 2pw)
-    rows = []
-    for i in range(Ho):
-        row = []
-        for j in range(Wo):
-            window = xp[:, :, i * sh: i * sh + kh, j * sw: j * sw + kw]  # (N, C, kh, kw)
-            row.append(window.reshape(N, C, kh * kw).max(dim=-1).values)  # (N, C)
-        rows.append(torch.stack(row, dim=-1))  # (N, C, Wo)
-    return torch.stack(rows, dim=-2)  # (N, C, Ho, Wo)
+__all__ = [
+    "attention_reference", "avg_pool2d_reference", "batch_norm_reference", "conv2d_reference",
+    "cross_entropy_reference", "dropout_reference", "embedding_reference", "flatten_reference",
+    "gelu_reference", "layer_norm_reference", "linear_reference", "log_softmax_reference",
+    "max_pool2d_reference", "pad2d_reference", "relu_reference", "softmax_reference",
+]
 
 
 def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                        causal: bool = True, dropout_p: float = 0.0) -> torch.Tensor:
+                        causal: bool = True, dropout_p: float = 0.0, *, generator=None) -> torch.Tensor:
     """Scaled dot-product attention, one query position at a time, as
     ``F.scaled_dot_product_attention(q, k, v, is_causal=causal)``.
 
     q (B, nh, T, hs), k (B, nh, S, hs), v (B, nh, S, hv). Query t looks at keys 0..t when
-    causal (the mask is aligned top-left, as PyTorch's is_causal), at all keys otherwise."""
+    causal (the mask is aligned top-left, as PyTorch's is_causal), at all keys otherwise.
+    Without dropout only (dropout_p must be 0), so ``generator``, there to take the same
+    arguments as ``attention``, is never used."""
     if dropout_p != 0.0:
         raise ValueError(f"attention_reference supports dropout_p=0 only, got dropout_p={dropout_p}")
     for name, t in (("q", q), ("k", k), ("v", v)):
