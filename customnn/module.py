@@ -7,7 +7,7 @@ micrograd's ``Module.parameters()`` does:
 - a tensor registered with ``register_buffer`` is state that is saved but not trained
   (batch norm's running statistics);
 - an attribute that is a ``Module``, or a list/tuple of ``Module``s, is a child, and its
-  names are prefixed (``blocks.0.attn.w_qkv``).
+  names are prefixed (``blocks.0.attn.c_attn.weight``).
 
 Names follow attribute order, so a model's ``state_dict()`` keys are stable and can be
 checked against a checkpoint (names, shapes and dtypes) before anything is loaded.

@@ -16,7 +16,8 @@ Nothing here uses ``torch.optim``; the tests pin every update against it.
 Parameters are given as a list of tensors, or as a list of parameter groups like
 ``torch.optim``'s (``[{"params": decay, "weight_decay": 0.1}, {"params": no_decay,
 "weight_decay": 0.0}]``); a group's keys override the optimizer's defaults. ``decay_groups``
-builds the usual split (matrices decay; biases, norm gains and other vectors do not).
+builds the usual split (matrices decay; biases, norm gains, other vectors and any names it is
+told to exclude do not).
 
 Updates run under ``torch.no_grad`` with in-place ``torch._foreach_*`` ops, one call per
 group instead of one per tensor; the per-parameter formula is written next to each.
@@ -60,8 +61,6 @@ class Optimizer:
                 raise ValueError(f"param group {i} must be a dict with a 'params' key, got {type(group).__name__}")
             plist = group["params"]
             plist = [plist] if isinstance(plist, torch.Tensor) else list(plist)
-            if not plist:
-                raise ValueError(f"param group {i} has an empty 'params' list")
             for p in plist:
                 if not isinstance(p, torch.Tensor):
                     raise ValueError(f"param group {i}: params must be tensors, got {type(p).__name__}")
@@ -71,6 +70,10 @@ class Optimizer:
             full = {**self.defaults, **group, "params": plist}
             self._check_hyperparameters(full)
             self.param_groups.append(full)
+        # An empty group beside others is kept (as torch.optim keeps it: ``decay_groups(...,
+        # keep_empty=True)`` relies on it); an optimizer with nothing to train is a mistake.
+        if not seen:
+            raise ValueError("params is empty: every param group has an empty 'params' list")
 
     def _check_hyperparameters(self, group: dict) -> None:
         if group["lr"] < 0.0:
@@ -247,13 +250,26 @@ class AdamW(Optimizer):
         torch._foreach_addcdiv_(params, exp_avgs, denom, step_size)  # p -= lr / bc1 * m / denom
 
 
-def decay_groups(named_params: Iterable[tuple[str, torch.Tensor]], weight_decay: float) -> list[dict]:
-    """Two param groups, nanoGPT's ``configure_optimizers`` split: tensors of rank >= 2
-    (matmul and conv weights, embeddings) decay; rank < 2 (biases, norm gains) do not."""
-    params = [p for _, p in named_params if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+def decay_groups(named_params: Iterable[tuple[str, torch.Tensor]], weight_decay: float, *,
+                 exclude: Iterable[str] = (), keep_empty: bool = False) -> list[dict]:
+    """The decay / no-decay split of nanoGPT's ``configure_optimizers``, as two param groups.
+
+    Tensors of rank >= 2 (matmul and conv weights, embeddings) go into the first group, with
+    ``weight_decay``; rank < 2 (biases, norm gains) into the second, with 0. A name in
+    ``exclude`` (``("wte", "wpe")``: the embeddings) never decays, whatever its rank. Both
+    groups keep the order of ``named_params``; tensors that do not require grad are left out.
+
+    An empty group is dropped, unless ``keep_empty``: then there are always two groups, so an
+    optimizer's state dict has the same shape for every configuration of a model (a GPT
+    checkpoint's optimizer state is loaded group by group).
+    """
+    excluded = set(exclude)
+    decay, no_decay = [], []
+    for name, p in named_params:
+        if p.requires_grad:
+            (decay if p.dim() >= 2 and name not in excluded else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return groups if keep_empty else [g for g in groups if g["params"]]
 
 
 # --- learning-rate schedules -------------------------------------------------------------

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from customnn.models.gpt import GPTConfig
+from customnn.optim import decay_groups
 from customnn_ref.twins import TwinGPT
 
 
@@ -120,9 +121,8 @@ def run(train_data: torch.Tensor, val_data: torch.Tensor, vocab_size: int, s: Se
         AdamW, clip_grad_norm_ = torch.optim.AdamW, torch.nn.utils.clip_grad_norm_
     else:
         raise ValueError(f"model must be 'torch' or 'customnn', got {model!r}")
-    params = list(net.parameters())
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": s.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    # configure_optimizers: every tensor of rank >= 2 decays, the rest do not, in parameter order
+    groups = decay_groups(net.named_parameters(), s.weight_decay, keep_empty=True)
     opt = AdamW(groups, lr=s.lr, betas=s.betas)
 
     @torch.no_grad()

@@ -51,7 +51,7 @@ class TwinCNN(nn.Module):
     to draw, so that both sides drop the same units.
     """
 
-    def __init__(self, arch: str = "seed", dropout: float = 0.3, width: int = 32):
+    def __init__(self, arch: str = "seed", dropout: float = 0.3, width: int = 24):
         super().__init__()
         self.arch = arch
         if arch == "seed":

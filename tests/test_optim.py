@@ -337,6 +337,76 @@ def test_decay_groups_split_matrices_from_vectors():
     assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
 
 
+def _ids(groups):
+    return [[id(p) for p in g["params"]] for g in groups]
+
+
+def test_decay_groups_exclude_keeps_named_matrices_out_of_decay():
+    w, e, b, frozen = (torch.zeros(3, 2, requires_grad=True), torch.zeros(5, 2, requires_grad=True),
+                       torch.zeros(2, requires_grad=True), torch.zeros(2, 2))
+    named = [("w", w), ("emb", e), ("b", b), ("frozen", frozen)]
+    groups = optim.decay_groups(named, 0.1, exclude=("emb",))
+    assert _ids(groups) == [[id(w)], [id(e), id(b)]]  # in the order given; no frozen tensor
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
+    assert _ids(optim.decay_groups(iter(named), 0.1)) == [[id(w), id(e)], [id(b)]]  # any iterable
+
+
+def test_decay_groups_drops_an_empty_group_unless_keep_empty():
+    w, e = torch.zeros(3, 2, requires_grad=True), torch.zeros(5, 2, requires_grad=True)
+    named = [("w", w), ("e", e)]
+    assert _ids(optim.decay_groups(named, 0.1)) == [[id(w), id(e)]]
+    kept = optim.decay_groups(named, 0.1, keep_empty=True)
+    assert _ids(kept) == [[id(w), id(e)], []] and [g["weight_decay"] for g in kept] == [0.1, 0.0]
+    everything_excluded = optim.decay_groups(named, 0.1, exclude=("w", "e"), keep_empty=True)
+    assert _ids(everything_excluded) == [[], [id(w), id(e)]]
+
+
+def test_an_empty_group_beside_others_trains_and_round_trips_as_torch():
+    p0, loss_fn = make_problem(3)
+    ours, theirs = fresh(p0), fresh(p0)
+
+    def spec(ps):
+        return [{"params": ps[:2]}, {"params": [], "weight_decay": 0.0}, {"params": ps[2:], "lr": 0.003}]
+
+    opt = run(lambda ps: optim.AdamW(spec(ps), lr=0.01, weight_decay=0.1), ours, loss_fn, STEPS // 2)
+    run(lambda ps: torch.optim.AdamW(spec(ps), lr=0.01, weight_decay=0.1), theirs, loss_fn, STEPS // 2)
+    assert_same_params(ours, theirs)
+    again = optim.AdamW(spec(fresh(ours)), lr=0.01, weight_decay=0.1)
+    again.load_state_dict(opt.state_dict())  # three groups, the middle one empty
+    assert [len(g["params"]) for g in again.param_groups] == [2, 0, 2]
+
+
+def test_decay_groups_is_the_gpt_split():
+    """Embeddings excluded: the GPT trainer's split; nothing excluded: nanoGPT's (every rank >= 2)."""
+    from customnn.models.gpt import GPT, GPTConfig
+
+    for bias in (True, False):
+        model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8, bias=bias))
+        named = list(model.named_parameters())
+        matrices = [p for n, p in named if p.dim() >= 2 and n not in ("wte", "wpe")]
+        rest = [p for n, p in named if p.dim() < 2 or n in ("wte", "wpe")]
+        groups = optim.decay_groups(named, 0.1, exclude=("wte", "wpe"), keep_empty=True)
+        assert _ids(groups) == _ids([{"params": matrices}, {"params": rest}])
+        assert "wte" not in {n for n, p in named if any(p is q for q in groups[0]["params"])}
+
+
+def test_decay_groups_is_nanogpts_configure_optimizers():
+    """customnn_ref/nanogpt.py builds its groups with decay_groups: the same tensors in the same
+    order as nanoGPT's rule (rank >= 2 decays), for its torch.nn model and for ours."""
+    from customnn.models.gpt import GPTConfig
+    from customnn_ref.nanogpt import customnn_copy
+    from customnn_ref.twins import TwinGPT
+
+    for bias in (True, False):
+        twin = TwinGPT(GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8, bias=bias))
+        for net in (twin, customnn_copy(twin)):
+            params = list(net.parameters())
+            nanogpt = [{"params": [p for p in params if p.dim() >= 2]}, {"params": [p for p in params if p.dim() < 2]}]
+            groups = optim.decay_groups(net.named_parameters(), 0.1, keep_empty=True)
+            assert _ids(groups) == _ids(nanogpt)
+            assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
+
+
 # --- argument checks ---------------------------------------------------------------------
 def _p():
     return [torch.zeros(2, requires_grad=True)]

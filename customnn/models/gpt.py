@@ -19,7 +19,7 @@ Generation uses a key/value cache (``KVCache``): the prompt is run once (a prefi
 each new token runs one position through the network, its query attending to every cached
 key. Positions are absolute (learned position embeddings), so a cache holds at most
 ``block_size`` positions; what to do when it is full is the sampler's choice
-(``customnn/generate.py``).
+(``customnn.models.sampling.generate`` rebuilds the cache from the last tokens).
 
 Dimension letters: B batch, T sequence length, C n_embd, nh n_head, hs head size C / nh,
 V vocab_size, S cached length.
@@ -68,36 +68,25 @@ class GPTConfig:
         return asdict(self)
 
     def state_shapes(self) -> dict[str, tuple[int, ...]]:
-        """The name and shape of every tensor in ``GPT(self).state_dict()``, without building it:
-        what a checkpoint is checked against before a model of its configuration is allocated."""
-        V, C, T = self.vocab_size, self.n_embd, self.block_size
-        shapes = {"wte": (V, C), "wpe": (T, C)}
-        if not self.tie_weights:
-            shapes["lm_head"] = (C, V)
+        """The name and shape of every tensor in ``GPT(self).state_dict()``: what a checkpoint is
+        checked against before a model of its configuration is allocated.
 
-        def linear(name, n_in, n_out):
-            shapes[f"{name}.weight"] = (n_in, n_out)
-            if self.bias:
-                shapes[f"{name}.bias"] = (n_out,)
-
-        def layer_norm(name):
-            shapes[f"{name}.weight"] = (C,)
-            if self.bias:
-                shapes[f"{name}.bias"] = (C,)
-
-        for i in range(self.n_layer):  # in Block's order: ln_1, attn, ln_2, mlp
-            layer_norm(f"blocks.{i}.ln_1")
-            linear(f"blocks.{i}.attn.c_attn", C, 3 * C)
-            linear(f"blocks.{i}.attn.c_proj", C, C)
-            layer_norm(f"blocks.{i}.ln_2")
-            linear(f"blocks.{i}.mlp.c_fc", C, 4 * C)
-            linear(f"blocks.{i}.mlp.c_proj", 4 * C, C)
-        layer_norm("ln_f")
-        return shapes
+        The shapes come from the model itself, built on PyTorch's ``meta`` device, whose tensors
+        have a shape and no storage: nothing is allocated and nothing is drawn, so even a forged
+        configuration (``n_embd=10**6``) costs only the Python objects of its ``n_layer`` blocks.
+        """
+        with torch.device("meta"):
+            model = GPT(self)
+        return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def _normal(shape, std: float, g: torch.Generator) -> torch.Tensor:
-    return torch.empty(shape).normal_(0.0, std, generator=g).requires_grad_()
+    """normal(0, std) drawn from ``g``; on the meta device (``state_shapes``) only the shape: a
+    meta tensor has no values to draw, and its first draw would load PyTorch's meta kernels (1.5 s)."""
+    t = torch.empty(shape)
+    if not t.is_meta:
+        t.normal_(0.0, std, generator=g)
+    return t.requires_grad_()
 
 
 def _zeros(shape) -> torch.Tensor:
