@@ -24,7 +24,7 @@ Groups:
   against the fast layers at the seed's sizes, batch 64 (timed at the full batch: the loops
   run over output pixels, not samples, so a small batch scaled up would overstate them).
 - ``generate``: tokens per second generating 500 tokens from one token with and without the
-  KV cache (``customnn.generate.generate``; GPT default-preset width, block_size 256).
+  KV cache (``customnn.models.sampling.generate``; GPT default-preset width, block_size 256).
 - ``memory``: peak memory of a training step, ours and the twin's, each in its own process
   (CPU: peak RSS above the RSS before the step, from /proc/self/status VmHWM after resetting
   it through /proc/self/clear_refs, with glibc's mmap threshold fixed so freed tensors leave
@@ -253,7 +253,7 @@ GEN_TOKENS = 500
 
 def bench_generate(device, reps) -> list[dict]:
     """Tokens per second with and without the KV cache; both must draw the same tokens."""
-    from customnn.generate import generate
+    from customnn.models.sampling import generate
 
     model = GPT(GPTConfig(**GEN_CONFIG), seed=0).to(device)
     times = {True: [], False: []}

@@ -9,7 +9,8 @@
     customnn predict RUN_OR_CHECKPOINT IMAGE...
     customnn bench                      custom layers against PyTorch's, side by side
 
-Each command lives in its own module, which provides ``add_arguments(parser)`` and
+Each command lives in its own module (``customnn/commands/``), which provides
+``add_arguments(parser)`` (``add_arguments(parser, model)`` for ``train MODEL``) and
 ``run(args) -> int``; this file only builds the parser and turns user errors into one line
 on stderr with exit code 2 (never a traceback).
 """
@@ -24,14 +25,14 @@ from customnn.errors import UserError
 
 # (command words, module, one-line help)
 COMMANDS = [
-    (("demo",), "customnn.demo", "train both models as the seed did, then write a report"),
+    (("demo",), "customnn.commands.demo", "train both models as the seed did, then write a report"),
     (("check",), "customnn_ref.check", "check every layer against PyTorch's (forward and gradients)"),
-    (("train", "cnn"), "customnn.train.cnn", "train the MNIST CNN"),
-    (("train", "gpt"), "customnn.train.gpt", "train the character-level Transformer"),
-    (("eval",), "customnn.evaluate", "evaluate a run or checkpoint on its test/validation data"),
-    (("generate",), "customnn.generate", "generate text from a GPT run or checkpoint"),
-    (("predict",), "customnn.predict", "classify digit images with a CNN run or checkpoint"),
-    (("bench",), "customnn.bench", "time the custom layers and models against PyTorch's"),
+    (("train", "cnn"), "customnn.commands.train", "train the MNIST CNN"),
+    (("train", "gpt"), "customnn.commands.train", "train the character-level Transformer"),
+    (("eval",), "customnn.commands.evaluate", "evaluate a run or checkpoint on its test/validation data"),
+    (("generate",), "customnn.commands.generate", "generate text from a GPT run or checkpoint"),
+    (("predict",), "customnn.commands.predict", "classify digit images with a CNN run or checkpoint"),
+    (("bench",), "customnn.commands.bench", "time the custom layers and models against PyTorch's"),
 ]
 
 
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
             p = groups[words[0]].add_parser(words[1], help=help_text, description=help_text)
         p.set_defaults(_module=module_name)
         module = importlib.import_module(module_name)
-        module.add_arguments(p)
+        module.add_arguments(p, *words[1:])  # `train cnn`: the model's flags
     return parser
 
 
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     module = importlib.import_module(args._module)
-    from customnn.train.run import tune_allocator
+    from customnn.runtime import tune_allocator
 
     tune_allocator()  # fewer page faults per training step; see its docstring
     try:

@@ -20,15 +20,17 @@ import pytest
 import torch
 
 from customnn.errors import UserError
-from customnn.train import run as runmod
-from customnn.train.run import RunDir, load_checkpoint, save_checkpoint
+from customnn import checkpoint as ckptmod
+from customnn import runtime
+from customnn.checkpoint import load_checkpoint, save_checkpoint
+from customnn.train.rundir import RunDir
 
 
 def sample_state():
     return {
         "optim": {"state": {0: {"step": 3, "exp_avg": torch.randn(4)}, 2: {"step": 3, "exp_avg": torch.randn(2, 2)}},
                   "param_groups": [{"lr": 0.1, "betas": [0.9, 0.99], "params": [0, 1, 2]}]},
-        "rng": runmod.rng_state({"data": torch.Generator().manual_seed(5)}),
+        "rng": runtime.rng_state({"data": torch.Generator().manual_seed(5)}),
         "epoch": 2, "best": float("inf"), "note": None,
     }
 
@@ -46,7 +48,7 @@ def test_round_trip_keeps_weights_meta_and_nested_state(tmp_path):
     assert torch.equal(ck.state["optim"]["state"][2]["exp_avg"], state["optim"]["state"][2]["exp_avg"])
     assert ck.state["epoch"] == 2 and ck.state["best"] == float("inf") and ck.state["note"] is None
     g = torch.Generator()
-    runmod.set_rng_state(ck.state["rng"], {"data": g})
+    runtime.set_rng_state(ck.state["rng"], {"data": g})
     assert torch.equal(torch.rand(3, generator=g), torch.rand(3, generator=torch.Generator().manual_seed(5)))
 
 
@@ -76,9 +78,9 @@ def test_missing_checkpoint_and_run_folder_are_clear(tmp_path):
     with pytest.raises(UserError, match="not found"):
         load_checkpoint(tmp_path / "nope.safetensors")
     with pytest.raises(UserError, match="not found"):
-        runmod.resolve_checkpoint(tmp_path / "no-run")
+        ckptmod.resolve_checkpoint(tmp_path / "no-run")
     with pytest.raises(UserError, match="no checkpoint"):
-        runmod.resolve_checkpoint(tmp_path)
+        ckptmod.resolve_checkpoint(tmp_path)
     with pytest.raises(UserError, match="not a run folder"):
         RunDir.open(tmp_path)
 
@@ -134,7 +136,7 @@ def test_failed_rename_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 SAVER = textwrap.dedent("""
     import sys, torch
-    from customnn.train.run import save_checkpoint
+    from customnn.checkpoint import save_checkpoint
     path = sys.argv[1]
     step = 0
     print("ready", flush=True)
@@ -168,9 +170,9 @@ def test_allocator_tuning_is_accepted_by_glibc():
     import platform
 
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
-        assert runmod.tune_allocator() is True
+        assert runtime.tune_allocator() is True
     else:
-        assert runmod.tune_allocator() in (True, False)
+        assert runtime.tune_allocator() in (True, False)
 
 
 def test_release_free_memory_hands_freed_heap_pages_back():
@@ -179,7 +181,7 @@ def test_release_free_memory_hands_freed_heap_pages_back():
     import platform
 
     if not (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"):
-        assert runmod.release_free_memory() in (True, False)
+        assert runtime.release_free_memory() in (True, False)
         return
 
     def rss_mb() -> float:
@@ -188,12 +190,12 @@ def test_release_free_memory_hands_freed_heap_pages_back():
                 return int(line.split()[1]) / 1024
         raise AssertionError("no VmRSS")
 
-    assert runmod.tune_allocator()  # blocks up to 32 MB come from the heap, which keeps 128 MB free
+    assert runtime.tune_allocator()  # blocks up to 32 MB come from the heap, which keeps 128 MB free
     blocks = [torch.ones(2**20) for _ in range(40)]  # 4 MB each, every page touched
     before_free = rss_mb()
     del blocks[::2]  # every other one: each freed block lies between two live ones
     held = rss_mb()
-    assert runmod.release_free_memory() is True
+    assert runtime.release_free_memory() is True
     after = rss_mb()
     assert before_free - held < 40, "the heap gave the blocks back at once; the test proves nothing"
     assert held - after > 60, (before_free, held, after)  # 80 MB were free

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from customnn.data.mnist import load_mnist_uint8
-from customnn.predict import to_mnist
+from customnn.data.images import to_mnist
 from helpers import interrupt_once_training, run_customnn, train_losses
 
 TINY = ["--arch", "seed", "--train-samples", "256", "--test-samples", "200", "--epochs", "1", "--quiet"]
@@ -130,7 +130,7 @@ def test_everyday_pictures_become_mnist_digits(tmp_path):
         original = images[index].numpy().astype(np.float32) / 255
         path = tmp_path / f"{index}.png"
         digit_png(path, index, invert=True, scale=3, size=(150, 110), offset=(30 + index, 5))
-        from customnn.predict import load_image
+        from customnn.data.images import load_image
 
         restored = to_mnist(load_image(path))
         assert restored.shape == (28, 28) and restored.min() >= 0 and restored.max() <= 1
@@ -139,7 +139,7 @@ def test_everyday_pictures_become_mnist_digits(tmp_path):
     rgba = Image.new("RGBA", (60, 60), (0, 0, 0, 0))  # white ink on a transparent background
     rgba.paste(Image.new("RGBA", (8, 40), (255, 255, 255, 255)), (26, 10))
     rgba.save(tmp_path / "one.png")
-    from customnn.predict import load_image
+    from customnn.data.images import load_image
 
     one = to_mnist(load_image(tmp_path / "one.png"))
     assert one[4:24, 12:16].min() > 0.9 and one.sum() < 85  # a 4x20 bar (8x40 scaled to fit 20), centred

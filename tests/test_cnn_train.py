@@ -14,7 +14,7 @@ from customnn.errors import UserError
 from customnn.models.cnn import CustomCNN
 from customnn.train import cnn
 from customnn.train.cnn import CNNTrainConfig, random_shift, train
-from customnn.train.run import load_checkpoint
+from customnn.checkpoint import load_checkpoint
 from helpers import train_losses
 
 TRAIN_LINE = re.compile(r"^Train Epoch: \d+ \[\d+/\d+ \(\d+%\)\]\tLoss: \d+\.\d{6}$")
@@ -78,8 +78,12 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, stop_aft
 
 
 def test_resume_refuses_new_settings_and_missing_runs(tmp_path):
-    with pytest.raises(UserError, match="drop --lr"):
-        train(CNNTrainConfig(resume=str(tmp_path), lr=0.1), quiet=True)
+    part = train(CNNTrainConfig(arch="seed", train_samples=64, test_samples=10, max_steps=1, out=str(tmp_path / "r")),
+                 quiet=True)
+    with pytest.raises(UserError, match="--lr cannot change when resuming"):
+        train(CNNTrainConfig(resume=str(part["run_dir"]), lr=0.1), quiet=True)
+    resumed = train(CNNTrainConfig(resume=str(part["run_dir"]), test_samples=20), quiet=True)  # a free setting
+    assert resumed["finished"] and resumed["n_test"] == 20
     with pytest.raises(UserError, match="run folder not found"):
         train(CNNTrainConfig(resume=str(tmp_path / "nope")), quiet=True)
     (tmp_path / "config.json").write_text("{}")
@@ -159,3 +163,18 @@ def test_random_shift_moves_whole_images_within_bounds():
         assert 8 <= rows.min() <= 12 and 8 <= cols.min() <= 12
     assert len({(int(r.min()), int(c.min())) for r, c in
                 ((ink[ink[:, 0] == n, 1], ink[ink[:, 0] == n, 2]) for n in range(64))}) > 10  # varied offsets
+
+
+def test_time_budget_and_grad_clip_come_from_the_engine_for_the_cnn_too(tmp_path, capsys):
+    """The engine's features are every model's: the CNN plans its steps to a time budget (its
+    cosine schedule fitted to them) and ends with a closing evaluation, as the GPT does."""
+    budget = 10.0  # the planner keeps 5 s for the closing outputs
+    result = train(CNNTrainConfig(arch="seed", train_samples=2560, test_samples=200, epochs=1000, grad_clip=1.0,
+                                  time_budget=budget, out=str(tmp_path)), quiet=False)
+    out = capsys.readouterr().out
+    assert "time budget 10 s: " in out and " steps planned at step 15" in out
+    assert 15 < result["step"] < 1000 * 40 and result["finished"]
+    assert result["time_s"] < budget + 3
+    assert out.splitlines()[-1].startswith("Test set: ")  # the closing evaluation, mid-epoch
+    ckpt = load_checkpoint(result["run_dir"] / "last.safetensors")
+    assert ckpt.state["engine"]["total_steps"] == result["step"] == ckpt.meta["step"]

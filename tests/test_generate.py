@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from customnn.generate import generate, sample_next
+from customnn.models.sampling import generate, sample_next
 from customnn.models.gpt import GPT, GPTConfig
 from customnn.train.gpt import make_config, train
 from helpers import run_customnn
@@ -115,7 +115,7 @@ def test_cli_generate_errors_are_one_line(run_dir, args, message):
 def test_cli_generate_refuses_a_missing_run_and_a_non_gpt_checkpoint(tmp_path, run_dir):
     r = run_customnn("generate", tmp_path / "nope", "--prompt", "a")
     assert r.returncode == 2 and "not found" in r.stderr
-    from customnn.train.run import save_checkpoint
+    from customnn.checkpoint import save_checkpoint
 
     save_checkpoint(tmp_path / "cnn.safetensors", {"w": torch.zeros(2)}, {"model": "cnn", "config": {}})
     r = run_customnn("generate", tmp_path / "cnn.safetensors", "--prompt", "a")

@@ -11,7 +11,7 @@ import torch
 from customnn.errors import UserError
 from customnn.train.budget import StepPlanner
 from customnn.train.gpt import PRESETS, make_config, param_groups, train
-from customnn.train.run import load_checkpoint
+from customnn.checkpoint import load_checkpoint
 from helpers import interrupt_once_training, read_metrics, run_customnn
 
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread
 
 
 def losses_of(run_dir: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "time"} for r in read_metrics(run_dir)]
+    return [{k: v for k, v in r.items() if k not in ("time", "train_time")} for r in read_metrics(run_dir)]
 
 
 def test_presets_nanogpt_cpu_is_nanogpts_documented_run():
@@ -219,7 +219,7 @@ def test_ctrl_c_saves_and_resume_continues_exactly(tmp_path):
     assert code == 130, err
     run = metrics.parent
     assert f"customnn train gpt --resume {run}" in err
-    step = load_checkpoint(run / "last.safetensors").state["iteration"]
+    step = load_checkpoint(run / "last.safetensors").state["engine"]["step"]
     assert 4 <= step < 1000
     end = step + 6
     r = run_customnn("train", "gpt", "--resume", run, "--max-iters", end, "--quiet")
@@ -240,7 +240,7 @@ def test_time_budget_plans_the_steps_to_fit(tmp_path, capsys):
     assert result["time_s"] < budget + 3  # the plan is revised after each evaluation
     assert out.splitlines()[-1].startswith(f"step {result['step']}: train loss")  # the closing evaluation
     ckpt = load_checkpoint(Path(result["run_dir"]) / "last.safetensors")
-    assert ckpt.state["total_iters"] == result["step"]
+    assert ckpt.state["engine"]["total_steps"] == result["step"]
 
 
 def test_step_planner_fits_the_budget_and_follows_the_speed():

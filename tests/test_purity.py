@@ -1,5 +1,5 @@
 """The one rule, checked automatically: nothing in customnn/ uses torch.nn, torch.optim, or
-PyTorch's layer-level functions (DESIGN.md lists them). Each violation is reported with its
+PyTorch's layer-level functions (the list below names them). Each violation is reported with its
 file and line."""
 
 from __future__ import annotations

@@ -40,12 +40,13 @@ from safetensors import safe_open
 from safetensors.torch import save as st_save
 
 from customnn.errors import UserError
-from customnn.train import run as runmod
+from customnn import checkpoint as ckptmod
 from customnn.train.cnn import CNNTrainConfig
 from customnn.train.cnn import train as train_cnn
 from customnn.train.gpt import make_config
 from customnn.train.gpt import train as train_gpt
-from customnn.train.run import RunDir, load_checkpoint
+from customnn.checkpoint import load_checkpoint
+from customnn.train.rundir import RunDir
 from helpers import REPO, customnn_env, run_customnn
 
 CNN_TINY = dict(arch="seed", train_samples=256, test_samples=100, batch_size=64, device="cpu")
@@ -83,13 +84,13 @@ def assert_one_line_error(code, err, *fragments) -> None:
 def losses_of(run_dir: Path) -> list[dict]:
     """metrics.jsonl without the wall-clock times."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k != "time"} for r in rows]
+    return [{k: v for k, v in r.items() if k not in ("time", "train_time")} for r in rows]
 
 
 def snapshot_saves(monkeypatch, module: str) -> dict[str, bytes]:
     """Record the bytes of every checkpoint ``module`` saves, by file name, as it saves them."""
     saved: dict[str, bytes] = {}
-    real = runmod.save_checkpoint
+    real = ckptmod.save_checkpoint
 
     def recording(path, *a, **k):
         real(path, *a, **k)
@@ -212,7 +213,7 @@ def test_failed_save_during_training_reports_it_and_keeps_the_last_good_checkpoi
                                                                                     capsys, model):
     """The disk fills up when a checkpoint is replaced: one-line error, exit 2, the previous
     checkpoint unchanged and loadable, no temporary file left, and the run resumes from it."""
-    real = runmod.atomic_write_bytes
+    real = ckptmod.atomic_write_bytes
     state = {"replaced": 0, "kept": None}
 
     def disk_full_on_the_second_replacement(path, data):
@@ -224,7 +225,7 @@ def test_failed_save_during_training_reports_it_and_keeps_the_last_good_checkpoi
                 raise OSError(errno.ENOSPC, "No space left on device")
         return real(path, data)
 
-    monkeypatch.setattr(runmod, "atomic_write_bytes", disk_full_on_the_second_replacement)
+    monkeypatch.setattr(ckptmod, "atomic_write_bytes", disk_full_on_the_second_replacement)
     if model == "cnn":
         args = ["train", "cnn", "--arch", "seed", "--train-samples", 256, "--test-samples", 100, "--epochs", 3,
                 "--device", "cpu", "--quiet"]
@@ -249,7 +250,7 @@ def test_failed_save_during_training_reports_it_and_keeps_the_last_good_checkpoi
 
 # --- divergence ------------------------------------------------------------------------------------
 def test_cnn_divergence_stops_with_the_step_and_keeps_the_checkpoint_saved_before(tmp_path, monkeypatch, capsys):
-    saved = snapshot_saves(monkeypatch, "customnn.train.cnn")
+    saved = snapshot_saves(monkeypatch, "customnn.train.engine")
     code, out, err = main(capsys, "train", "cnn", "--arch", "seed", "--train-samples", 256, "--test-samples", 100,
                           "--lr", "1e6", "--save-interval", "1e-9", "--device", "cpu", "--quiet", "--out", tmp_path)
     assert_one_line_error(code, err, "training diverged at step 2 ", "try a lower --lr", "kept as it was")
@@ -261,22 +262,22 @@ def test_cnn_divergence_stops_with_the_step_and_keeps_the_checkpoint_saved_befor
 
 
 def test_gpt_divergence_stops_with_the_step_and_keeps_the_checkpoints_saved_before(tmp_path, monkeypatch, capsys):
-    saved = snapshot_saves(monkeypatch, "customnn.train.gpt")
+    saved = snapshot_saves(monkeypatch, "customnn.train.engine")
     code, out, err = main(capsys, "train", "gpt", "--preset", "tiny", "--lr", "1e6", "--warmup-iters", 0,
                           "--eval-interval", 1, "--eval-iters", 1, "--device", "cpu", "--quiet", "--out", tmp_path)
-    assert_one_line_error(code, err, "training diverged at step ", "Try a lower --lr", "--lr 1e+06", "untouched")
-    step = int(err.split("diverged at step ")[1].split(":")[0])
-    assert step >= 1  # at least one checkpoint (the evaluation at step 0) came before
+    assert_one_line_error(code, err, "training diverged at step ", "try a lower --lr", "--lr 1e+06", "kept as it was")
+    step = int(err.split("diverged at step ")[1].split(":")[0])  # the step that failed, counting from 1
+    assert step >= 2  # at least one checkpoint (the evaluation at step 0) came before
     (run,) = tmp_path.iterdir()
     assert set(saved) == {"best.safetensors", "last.safetensors"}
     for name, data in saved.items():
         assert (run / name).read_bytes() == data, name
-    assert load_checkpoint(run / "last.safetensors").meta["step"] == step
+    assert load_checkpoint(run / "last.safetensors").meta["step"] == step - 1  # the evaluation just before
 
 
 def test_divergence_through_a_real_process(tmp_path):
     p = run_customnn("train", "gpt", "--preset", "tiny", "--lr", "1e6", "--device", "cpu", "--quiet", "--out", tmp_path)
-    assert_one_line_error(p.returncode, p.stderr, "training diverged at step", "Try a lower --lr")
+    assert_one_line_error(p.returncode, p.stderr, "training diverged at step", "try a lower --lr")
 
 
 # --- untrusted checkpoints ---------------------------------------------------------------------------
@@ -330,7 +331,7 @@ def bad_checkpoints(folder: Path, runs, model: str) -> dict[str, tuple[Path, str
     add("torch-save-zip", torch_zip.read_bytes(), unreadable)
     add("gzip", gzip.compress(data), unreadable)
     add("plain-safetensors", st_save({"w": torch.zeros(3)}), unreadable)
-    cases["other-model"] = (other, "not a GPT" if model == "gpt" else "predict needs a CNN one")
+    cases["other-model"] = (other, "not a GPT" if model == "gpt" else "not a CNN")
     weight = "model.wte" if model == "gpt" else "model.fc.weight"
 
     def reshape(t):
@@ -446,7 +447,7 @@ def test_bad_arguments_of_every_command_are_one_line_errors(tmp_path, runs, caps
         (["train", "cnn", "--resume", tmp_path / "missing"], "run folder not found"),
         (["train", "cnn", "--resume", no_ckpt], "nothing to resume"),
         (["train", "cnn", "--resume", gpt], "not a CNN training checkpoint"),
-        (["train", "cnn", "--resume", cnn, "--epochs", 5], "--resume continues a run with its own settings"),
+        (["train", "cnn", "--resume", cnn, "--width", 5], "--width cannot change when resuming"),
         # train gpt
         ([*tiny_gpt, "--max-iters", 0], "--max-iters must be >= 1, got 0"),
         ([*tiny_gpt, "--max-iters", -1], "--max-iters must be >= 1"),
@@ -615,7 +616,7 @@ def test_forged_gpt_training_values_read_by_eval_are_refused(runs, capsys):
 
 
 def test_a_forged_gpt_size_is_refused_before_anything_is_allocated(runs, capsys, monkeypatch):
-    import customnn.train.gpt_eval as gpt_train  # where checkpoints become models
+    import customnn.train.loading as gpt_train  # where checkpoints become models
 
     def huge(header):  # 2**20 x 2**20 position table: 4 TB
         header["config"]["n_embd"] = header["config"]["block_size"] = 2**20
@@ -645,9 +646,14 @@ def test_the_shapes_a_checkpoint_is_checked_against_are_the_models(bias, tie):
     assert config.state_shapes() == {k: tuple(v.shape) for k, v in GPT(config).state_dict().items()}
 
 
-def _state_entry(header: dict, key: str) -> list:
-    """The ``[key, value]`` pair of the checkpoint's training-state skeleton (``flatten_state``)."""
-    return next(pair for pair in header["state"]["__dict__"] if pair[0] == key)
+def _state_entry(header: dict, key: str, parent: bool = False) -> list:
+    """The ``[key, value]`` pair of the checkpoint's training-state skeleton (``flatten_state``) at
+    a dotted path (``engine.step``); with ``parent``, the skeleton that holds it."""
+    node = header["state"]
+    *outer, last = key.split(".")
+    for name in outer:
+        node = next(pair for pair in node["__dict__"] if pair[0] == name)[1]
+    return node if parent else next(pair for pair in node["__dict__"] if pair[0] == last)
 
 
 def _set_state(key, value):
@@ -658,7 +664,7 @@ def _set_state(key, value):
 
 def _drop_state(key):
     def change(header):
-        header["state"]["__dict__"].remove(_state_entry(header, key))
+        _state_entry(header, key, parent=True)["__dict__"].remove(_state_entry(header, key))
     return change
 
 
@@ -676,17 +682,20 @@ def _replace_state(value):
 
 
 DAMAGED_STATES = {
-    "no-iteration": _drop_state("iteration"), "iteration-text": _set_state("iteration", "10"),
-    "negative-iteration": _set_state("iteration", -1), "iteration-float": _set_state("iteration", 2.5),
-    "best-val-text": _set_state("best_val_loss", "low"), "elapsed-null": _set_state("elapsed", None),
-    "elapsed-infinite": _set_state("elapsed", float("inf")), "total-iters-list": _set_state("total_iters", [1]),
-    "evaluated-after-step": _set_state("evaluated_at", 10**6), "optimizer-number": _set_state("optimizer", 3),
+    "no-step": _drop_state("engine.step"), "step-text": _set_state("engine.step", "10"),
+    "negative-step": _set_state("engine.step", -1), "step-float": _set_state("engine.step", 2.5),
+    "best-val-text": _set_state("engine.best", "low"), "elapsed-null": _set_state("engine.elapsed", None),
+    "elapsed-infinite": _set_state("engine.elapsed", float("inf")),
+    "total-steps-list": _set_state("engine.total_steps", [1]), "no-engine": _drop_state("engine"),
+    "evals-text": _set_state("engine.evals", "many"), "no-trainer": _drop_state("trainer"),
+    "evaluated-after-step": _set_state("engine.evaluated_at", 10**6), "optimizer-number": _set_state("optimizer", 3),
     "optimizer-empty": _set_state("optimizer", {"__dict__": []}), "no-optimizer": _drop_state("optimizer"),
     "eps-text": _set_in_optimizer_group("eps", "tiny"), "betas-changed": _set_in_optimizer_group("betas", [0.5, 0.5]),
     "rng-empty": _set_state("rng", {"__dict__": []}), "rng-python-garbage": None,
     "state-list": _replace_state([1, 2]), "state-text": _replace_state("state"),
-    "next-batch-text": _set_state("next_batch", "abc"), "next-batch-list": _set_state("next_batch", [1, 2]),
-    "next-batch-bytes": _set_state("next_batch", {"__tensor__": "state.rng.torch"}),  # a uint8 tensor of the file
+    "next-batch-text": _set_state("trainer.next_batch", "abc"),
+    "next-batch-list": _set_state("trainer.next_batch", [1, 2]),
+    "next-batch-bytes": _set_state("trainer.next_batch", {"__tensor__": "state.rng.torch"}),  # a uint8 tensor of the file
 }
 
 
@@ -707,7 +716,7 @@ def test_gpt_resume_from_a_damaged_training_state_is_a_one_line_error(tmp_path, 
     forge(last, last, meta=change)
     before = last.read_bytes()
     code, out, err = main(capsys, "train", "gpt", "--resume", run, "--quiet")
-    if damage in ("state-list", "state-text"):  # load_checkpoint's own check of the skeleton, or this one
+    if damage in ("state-list", "state-text", "no-engine"):  # the checks of the state as a whole
         assert_one_line_error(code, err, str(last))
     else:
         assert_one_line_error(code, err, f"cannot resume from {last}: its training state is damaged")
@@ -722,17 +731,17 @@ def test_gpt_resume_refuses_next_batch_offsets_outside_the_text(tmp_path, runs, 
     last = run / "last.safetensors"
 
     def change(tensors):
-        ix = tensors["state.next_batch"]
-        tensors["state.next_batch"] = {"past-the-text": ix + 10**9, "negative": ix - 10**9,
+        ix = tensors["state.trainer.next_batch"]
+        tensors["state.trainer.next_batch"] = {"past-the-text": ix + 10**9, "negative": ix - 10**9,
                                        "wrong-count": ix[:-1]}[offsets]
     forge(last, last, tensors=change)
     code, out, err = main(capsys, "train", "gpt", "--resume", run, "--quiet")
     assert_one_line_error(code, err, f"cannot resume from {last}: its training state is damaged")
 
 
-@pytest.mark.parametrize("value", ["abc", {"__tensor__": "state.next_batch"}])
+@pytest.mark.parametrize("value", ["abc", {"__tensor__": "state.trainer.next_batch"}])
 def test_gpt_eval_refuses_a_damaged_evaluation_generator_state(tmp_path, runs, capsys, value):
-    path = forge(runs["gpt"] / "last.safetensors", tmp_path / "forged.safetensors", meta=_set_state("eval_rng", value))
+    path = forge(runs["gpt"] / "last.safetensors", tmp_path / "forged.safetensors", meta=_set_state("trainer.eval_rng", value))
     code, out, err = main(capsys, "eval", path)
     assert_one_line_error(code, err, str(path), "checkpoint is damaged: its evaluation generator state is not one")
 

@@ -18,12 +18,10 @@ the first epoch (the first evaluation allocates its buffers once). Medians, beca
 resident size swings by up to 300 MB for seconds at a time as the allocator takes and
 returns the evaluation's buffers.
 
-Measured on the 2-core machine, 1 thread, two runs (other jobs sharing the cores for about
-half of each): 16643 and 20937 steps in 20.0 min, 117 and 145 checkpoint versions loaded;
-RSS medians by quarter 413, 414, 414, 425 MB and 402, 404, 410, 414 MB (min 340, max 700). Before the trainers called
-``release_free_memory`` after each evaluation and save, two runs failed: 502, 502, 648,
-630 MB and 513, 513, 645, 663 MB, with the memory in use flat at ~200 MB while the freed
-buffers fragmented malloc's heap (350 -> 505 MB).
+The measured runs (steps, RSS by quarter) are in ``benchmarks/results/cpu-soak.txt``. The
+trainers call ``release_free_memory`` after each evaluation and save: without it the freed
+buffers of evaluations fragment malloc's heap and the resident size grows while the memory in
+use stays flat.
 
 Environment: ``CUSTOMNN_SOAK_MINUTES`` (default 20), ``CUSTOMNN_SOAK_THREADS`` (torch threads
 of the training process, default 1).
@@ -42,7 +40,7 @@ from pathlib import Path
 import pytest
 
 from customnn.errors import UserError
-from customnn.train.run import load_checkpoint
+from customnn.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 MINUTES = float(os.environ.get("CUSTOMNN_SOAK_MINUTES", "20"))

@@ -104,7 +104,7 @@ def test_an_unexpected_os_error_in_a_command_is_one_line(capsys, monkeypatch):
     def broken(args):
         raise OSError(28, "No space left on device", "/tmp/somewhere")
 
-    monkeypatch.setattr("customnn.evaluate.run", broken)
+    monkeypatch.setattr("customnn.commands.evaluate.run", broken)
     assert cli.main(["eval", "whatever"]) == 2
     err = capsys.readouterr().err
     assert err == "customnn: error: /tmp/somewhere: No space left on device\n"

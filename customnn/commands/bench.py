@@ -21,7 +21,7 @@ from pathlib import Path
 
 from customnn.errors import UserError
 
-BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def add_arguments(p) -> None:

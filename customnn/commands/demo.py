@@ -38,7 +38,9 @@ from pathlib import Path
 import torch
 
 from customnn.errors import UserError
-from customnn.train.run import RunDir, atomic_write_bytes, atomic_write_text
+from customnn.fileio import atomic_write_bytes, atomic_write_text
+from customnn.runtime import resolve_device
+from customnn.train.rundir import RunDir
 
 BANNER = "=========="
 
@@ -141,7 +143,6 @@ def train_timed(title: str, what: str, train, cfg, quiet: bool) -> tuple[dict, f
 def run(args) -> int:
     from customnn.train import cnn as cnn_train
     from customnn.train import gpt as gpt_train
-    from customnn.train.run import resolve_device
 
     if args.tiny and args.seed_setting:
         raise UserError("choose one of --tiny and --seed-setting")

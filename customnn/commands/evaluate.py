@@ -10,12 +10,14 @@ the checkpoint's metadata, so a checkpoint file works as well as a run folder.
 
 from __future__ import annotations
 
-import importlib
+import torch
 
+from customnn.data.mnist import SIZES, load_mnist
+from customnn.data.text import load_corpus
 from customnn.errors import UserError
-from customnn.train.run import load_checkpoint, resolve_checkpoint
-
-MODEL_MODULES = {"cnn": "customnn.train.cnn", "gpt": "customnn.train.gpt_eval"}
+from customnn.runtime import resolve_device
+from customnn.train import cnn, gpt
+from customnn.train.loading import MAX_BATCH_SIZE, MAX_EVAL_ITERS, load_model, stored_train_config
 
 
 def add_arguments(p) -> None:
@@ -32,9 +34,48 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    path = resolve_checkpoint(args.run, prefer=args.checkpoint)
-    ckpt = load_checkpoint(path)
-    kind = ckpt.meta.get("model")
-    if not isinstance(kind, str) or kind not in MODEL_MODULES:
-        raise UserError(f"{path}: unknown model kind {kind!r} in the checkpoint")
-    return importlib.import_module(MODEL_MODULES[kind]).evaluate_checkpoint(args, path, ckpt)
+    device = resolve_device(args.device)
+    model, vocab, path, ckpt = load_model(args.run, prefer=args.checkpoint, device=device)
+    if vocab is None:
+        print(cnn.test_line(evaluate_cnn(args, model, device)))
+    else:
+        print(gpt.eval_line(ckpt.meta["step"], evaluate_gpt(args, model, vocab, path, ckpt, device)))
+    return 0
+
+
+def evaluate_cnn(args, model, device) -> dict:
+    """The seed's test-set figures of a CNN on the first ``--test-samples`` test images."""
+    if args.test_samples is not None and not 1 <= args.test_samples <= SIZES["test"]:
+        raise UserError(f"--test-samples must be between 1 and {SIZES['test']}, got {args.test_samples}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    x, y = load_mnist("test", args.data_dir, args.test_samples)
+    return cnn.evaluate(model, x.to(device), y.to(device), args.batch_size or 1000, args.quiet)
+
+
+def evaluate_gpt(args, model, vocab, path, ckpt, device) -> dict:
+    """nanoGPT's train and val losses of a GPT, on the batches its run's evaluations drew."""
+    tc = stored_train_config(ckpt.meta, path)
+    text = args.text if args.text is not None else tc.get("text")
+    data_dir = args.data_dir if args.data_dir is not None else tc.get("data_dir")
+    batch_size = args.batch_size if args.batch_size is not None else tc.get("batch_size", 12)
+    eval_iters = args.eval_iters if args.eval_iters is not None else tc.get("eval_iters", 20)
+    if not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise UserError(f"--batch-size must be between 1 and {MAX_BATCH_SIZE}, got {batch_size}")
+    if not 1 <= eval_iters <= MAX_EVAL_ITERS:
+        raise UserError(f"--eval-iters must be between 1 and {MAX_EVAL_ITERS}, got {eval_iters}")
+    corpus = load_corpus(text, data_dir, model.config.block_size, vocab=vocab)
+    # A run with --nanogpt-rng drew its evaluation batches from its one generator: the state it
+    # had then is in the checkpoint, so the same batches are drawn again (None otherwise).
+    # (Checkpoints written before the engine kept it at the top of their state.)
+    state = ckpt.state if isinstance(ckpt.state, dict) else {}
+    state = state.get("trainer", state) if isinstance(state.get("trainer", state), dict) else {}
+    eval_rng = state.get("eval_rng")
+    generator = None
+    if eval_rng is not None:
+        try:
+            generator = torch.Generator()
+            generator.set_state(eval_rng)
+        except (TypeError, RuntimeError):
+            raise UserError(f"{path}: checkpoint is damaged: its evaluation generator state is not one") from None
+    return gpt.estimate_loss(model, corpus, batch_size, eval_iters, tc.get("seed", 1337) + 1, device, generator)

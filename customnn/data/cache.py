@@ -1,6 +1,6 @@
 """The data directory and the download helper: every data file the project reads, by name.
 
-Data live in one directory (DESIGN.md): ``--data-dir``, else ``$CUSTOMNN_DATA``, else
+Data live in one directory: ``--data-dir``, else ``$CUSTOMNN_DATA``, else
 ``~/.cache/customnn``. Inside it, ``mnist/`` holds the four IDX ``.gz`` files and
 ``tinyshakespeare/input.txt`` the text corpus. ``ensure_file`` returns the path of one of
 these known files:
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from customnn.errors import UserError
-from customnn.train.run import atomic_write_bytes
+from customnn.fileio import atomic_write_bytes
 
 ENV_VAR = "CUSTOMNN_DATA"
 OFFLINE_VAR = "CUSTOMNN_OFFLINE"  # set (to anything but "" or "0"): never download

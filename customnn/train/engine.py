@@ -1,0 +1,392 @@
+"""The training engine: one loop for every model.
+
+In the spirit of minGPT's ``Trainer``: the engine owns the run and a model supplies only what
+is its own. ``Engine(trainer).run()`` does, for any ``Trainer``::
+
+    open the run folder (new, or --resume: weights, optimizer, every RNG, the data position)
+    loop:
+        trainer.before_step(step)                   the model draws its next batch
+        every eval_interval steps and at the end:   trainer.evaluate() -> one log line, one
+                                                    metrics row, best.safetensors, last.safetensors
+        --time-budget: plan how many steps fit      (train/budget.py), and rebuild the schedule
+        stop at the end, at --max-steps, or on Ctrl-C / SIGTERM (saved, resumable)
+        lr = schedule(step); loss = trainer.train_step(step)      forward and backward
+        clip, then one divergence rule: a loss that is not finite or above EXPLODED_LOSS, or a
+        gradient that is not finite, stops the run with the step and keeps the last checkpoint
+        optimizer step; every log_interval steps a training row (and the model's log line)
+    loss.png and report.md
+
+A model's ``Trainer`` builds its data, model and optimizer (``setup``), runs one step's forward
+and backward (``train_step``), evaluates (``evaluate``), and names the state it keeps beyond
+the model and optimizer (``extra_state`` / ``load_extra_state``) and what its checkpoint's
+header says (``checkpoint_meta``). Everything else (run folder, resume, logging, progress bar,
+metrics, signals, divergence, time budget, checkpoints, report, plot) is here, written once.
+
+metrics.jsonl has one schema: ``{"kind": "train", "step", "loss", "lr", ...}`` every
+``log_interval`` steps and ``{"kind": "eval", "step", "time", "train_time", ...}`` at every
+evaluation, with the model's figures (``val_loss``, ``accuracy``, ...) in it.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from customnn.checkpoint import DAMAGED, save_checkpoint
+from customnn.errors import UserError
+from customnn.fileio import atomic_write_text
+from customnn.optim import clip_grad_norm_, grads_are_finite, set_lr
+from customnn.runtime import InterruptFlag, release_free_memory, rng_state, set_rng_state
+from customnn.train.budget import StepPlanner
+from customnn.train.config import open_for_resume
+from customnn.train.rundir import RunDir, plot_curves
+
+# Cross-entropy starts near ln(classes): 2.3 for 10 digits, 4.2 for 65 characters. A batch loss
+# above this means the run has blown up even while the numbers are still finite (Adam's bounded
+# steps keep them finite at a huge lr, and the loss then sits at 1e6..1e20). No healthy run of a
+# classifier or language model comes near it.
+EXPLODED_LOSS = 1e3
+
+
+class Diverged(UserError):
+    """Training produced a loss or gradient that is not finite, or a loss that exploded."""
+
+
+def progress_bar(total: int, desc: str, quiet: bool = False, initial: int = 0):
+    """A tqdm bar on stderr; off with ``--quiet`` or when stderr is not a terminal."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, initial=initial, file=sys.stderr, leave=False,
+                dynamic_ncols=True, disable=quiet or not sys.stderr.isatty())
+
+
+class Trainer:
+    """What a model brings to the engine. Subclasses set ``name`` and fill in the hooks.
+
+    After ``setup`` a trainer has ``model``, ``optimizer``, ``generators`` (name ->
+    ``torch.Generator``, saved in every checkpoint), ``total_steps`` (the plan, without a time
+    budget), ``eval_interval`` and ``warmup_steps``.
+    """
+
+    name = "model"  # run folders <out>/<name>-<time>; ``customnn train <name>``
+    eval_at_start = True  # evaluate at step 0 too
+    best_metric, best_mode = "loss", "min"  # best.safetensors: the evaluation with the best of this
+    plot_series: dict[str, str] = {"eval loss": "loss"}  # eval curves in loss.png: label -> metrics key
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    @classmethod
+    def prepare_config(cls, cfg):
+        """``cfg`` with its defaults filled in and checked (one-line ``UserError``s)."""
+        cfg.check()
+        return cfg
+
+    # --- what a model must supply ---------------------------------------------------------
+    def setup(self, device: torch.device, ckpt) -> None:
+        """Load the data, build the model, optimizer and generators; ``ckpt`` is the checkpoint
+        being resumed (its weights are loaded here, after checking they fit) or None."""
+        raise NotImplementedError
+
+    def schedule(self, total_steps: int):
+        """The learning rate as a function of the step, for a run of ``total_steps`` steps."""
+        raise NotImplementedError
+
+    def train_step(self, step: int) -> torch.Tensor:
+        """Forward and backward of one batch; returns the loss (a scalar tensor)."""
+        raise NotImplementedError
+
+    def evaluate(self, step: int) -> dict:
+        """The model's figures at this step (they go into the metrics row and the report)."""
+        raise NotImplementedError
+
+    def eval_line(self, step: int, result: dict) -> str:
+        raise NotImplementedError
+
+    def checkpoint_meta(self, step: int) -> dict:
+        """The JSON header of a checkpoint: what loading the model needs (``customnn/train/loading.py``)."""
+        raise NotImplementedError
+
+    # --- what a model may override --------------------------------------------------------
+    def run_config(self) -> dict:
+        """What config.json holds."""
+        from dataclasses import asdict
+
+        return {"model": self.name, **asdict(self.cfg)}
+
+    def intro_line(self, run: RunDir) -> str:
+        return f"run folder: {run.path}"
+
+    def before_step(self, step: int) -> None:
+        """Called before each step and its evaluation (a model draws its next batch here)."""
+
+    def train_row(self, step: int, loss: torch.Tensor, lr: float) -> tuple[dict | None, str | None]:
+        """After step ``step`` (0-based): a training row for metrics.jsonl and a log line, or None."""
+        if (step + 1) % self.cfg.log_interval:
+            return None, None
+        return {"step": step + 1, "loss": loss.item(), "lr": lr}, None
+
+    def progress(self, step: int) -> str:
+        return f"train {self.name}"
+
+    def where(self, n: int) -> str:
+        """Where the ``n``-th step (counting from 1) is, for messages: the CNN says its epoch and batch."""
+        return ""
+
+    def plot_title(self) -> str:
+        return self.name
+
+    def extra_state(self, step: int) -> dict:
+        """What the model keeps beyond its weights, optimizer and generators (data position, ...)."""
+        return {}
+
+    def load_extra_state(self, state: dict, step: int) -> None:
+        pass
+
+    def check_resume(self, step: int, total: int) -> None:
+        pass
+
+    def report(self, run: RunDir, evals: list[dict], step: int, seconds: float, finished: bool) -> list[str]:
+        """The model's part of report.md (markdown lines)."""
+        return []
+
+    def result(self) -> dict:
+        return {}
+
+
+class Engine:
+    """Runs one training run of a ``Trainer`` (see the module docstring)."""
+
+    def __init__(self, trainer: Trainer, quiet: bool = False, run: RunDir | None = None, ckpt=None):
+        self.t, self.cfg, self.quiet = trainer, trainer.cfg, quiet
+        self.run_dir, self.ckpt = run, ckpt
+        self.step, self.evaluated_at, self.best, self.elapsed, self.train_time = 0, -1, None, 0.0, 0.0
+        self.evals: list[dict] = []
+        self.bar = None
+
+    # --- logging --------------------------------------------------------------------------
+    def log(self, line: str) -> None:
+        """A log line: into train.log, and on stdout (above the progress bar when there is one)."""
+        if self.bar is not None and not self.bar.disable:
+            self.run_dir.log(line, echo=False)
+            self.bar.write(line, file=sys.stdout)
+        else:
+            self.run_dir.log(line, echo=not self.quiet)
+
+    def clock(self) -> float:
+        """Seconds of this run so far, all its sessions."""
+        return self.elapsed + time.perf_counter() - self.t_start
+
+    # --- checkpoints ----------------------------------------------------------------------
+    def save(self, name: str) -> Path:
+        t = self.t
+        state = {"engine": {"step": self.step, "total_steps": self.total, "evaluated_at": self.evaluated_at,
+                            "best": self.best, "elapsed": self.clock(), "train_time": self.train_time,
+                            "evals": self.evals},
+                 "optimizer": t.optimizer.state_dict(), "rng": rng_state(t.generators), "trainer": t.extra_state(self.step)}
+        path = self.run_dir.checkpoint(name)
+        save_checkpoint(path, t.model.state_dict(), t.checkpoint_meta(self.step), state)
+        return path
+
+    def restore(self, ckpt) -> None:
+        """The engine's counters, the optimizer, every generator and the trainer's own state."""
+        t = self.t
+        try:
+            e = ckpt.state["engine"]
+            step, total, evaluated_at = e["step"], e["total_steps"], e["evaluated_at"]
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in (step, total, evaluated_at)) \
+                    or not (0 <= step and -1 <= evaluated_at <= step and total >= 0):
+                raise ValueError("step counters")
+            elapsed, train_time = float(e["elapsed"]), float(e["train_time"])
+            if not (math.isfinite(elapsed) and elapsed >= 0 and math.isfinite(train_time) and train_time >= 0):
+                raise ValueError("times")
+            if e["best"] is not None and not isinstance(e["best"], (int, float)):
+                raise ValueError("best")
+            if not isinstance(e["evals"], list) or not all(isinstance(r, dict) for r in e["evals"]):
+                raise ValueError("evaluations")
+            # The hyperparameters are the run's (its fixed flags cannot change on resume) but
+            # the lr, which is set before every step.
+            fixed = [{k: v for k, v in g.items() if k not in ("params", "lr")} for g in t.optimizer.param_groups]
+            t.optimizer.load_state_dict(ckpt.state["optimizer"])
+            loaded = [{k: (tuple(v) if isinstance(v, list) else v) for k, v in g.items() if k not in ("params", "lr")}
+                      for g in t.optimizer.param_groups]
+            if loaded != fixed:
+                raise ValueError("optimizer hyperparameters")
+            set_rng_state(ckpt.state["rng"], t.generators)
+            t.load_extra_state(ckpt.state["trainer"], step)
+        except DAMAGED as err:
+            raise UserError(f"cannot resume from {self.run_dir.checkpoint('last')}: its training state is "
+                            f"damaged ({type(err).__name__})") from None
+        self.step, self.total, self.evaluated_at, self.best = step, total, evaluated_at, e["best"]
+        self.elapsed, self.train_time, self.evals = elapsed, train_time, e["evals"]
+
+    def is_better(self, result: dict) -> bool:
+        value = result[self.t.best_metric]
+        if self.best is None:
+            return True
+        return value > self.best if self.t.best_mode == "max" else value < self.best
+
+    # --- the run --------------------------------------------------------------------------
+    def run(self, device: torch.device) -> dict:
+        t, cfg = self.t, self.cfg
+        self.t_start = time.perf_counter()
+        t.setup(device, self.ckpt)
+        self.total = t.total_steps
+        if self.ckpt is None:  # the folder is made only once the data and the model are known to be good
+            self.run_dir = RunDir.create(t.name, cfg.out)
+            self.run_dir.write_config(t.run_config())
+            self.run_dir.log(t.intro_line(self.run_dir), echo=not self.quiet)
+        else:
+            self.restore(self.ckpt)
+            # The plan: the configured steps (--max-iters may grow on resume), or, with a time
+            # budget, the saved plan, which the planner revises as it goes.
+            self.total = t.total_steps if cfg.time_budget is None else min(self.total, t.total_steps)
+            t.check_resume(self.step, self.total)
+            self.run_dir.write_config(t.run_config())
+            self.run_dir.truncate_metrics(lambda r: r.get("step", 0) <= self.step)
+            self.run_dir.log(f"resumed {self.run_dir.path} at step {self.step}{t.where(self.step)}",
+                             echo=not self.quiet)
+        planner = StepPlanner(cfg.time_budget, t.total_steps, t.warmup_steps, t.eval_interval, self.step, self.total)
+        lr_at = t.schedule(self.total)
+        announced, stopped = False, None
+        self.bar = progress_bar(self.total, t.progress(self.step), self.quiet, initial=self.step)
+        last_save = time.perf_counter()
+        t.model.train()
+        with InterruptFlag() as flag:
+            while True:
+                step = self.step
+                t.before_step(step)
+                due = step % t.eval_interval == 0 and (step > 0 or t.eval_at_start)
+                if (due or step == self.total) and self.evaluated_at != step:
+                    t_eval = self.clock()
+                    self.evaluate(step)
+                    planner.timed_eval(self.clock() - t_eval)
+                    last_save = time.perf_counter()
+                if step < self.total and planner.update(step, self.clock()):
+                    self.total = planner.total
+                    lr_at = t.schedule(self.total)
+                    self.bar.total = self.total
+                    self.bar.refresh()
+                    self.run_dir.log(f"time budget {cfg.time_budget:g} s: {self.total} steps planned at step {step}",
+                                     echo=not announced and not self.quiet)
+                    announced = True
+                if step >= self.total:
+                    break
+                if flag.requested or (cfg.max_steps is not None and step >= cfg.max_steps):
+                    stopped = "interrupted" if flag.requested else f"stopped by --max-steps {cfg.max_steps}"
+                    break
+                t0 = time.perf_counter()
+                lr = lr_at(step)
+                set_lr(t.optimizer, lr)
+                loss = t.train_step(step)
+                self.check_finite(step, loss, lr)
+                t.optimizer.step()
+                t.optimizer.zero_grad()
+                self.step = step + 1
+                self.train_time += time.perf_counter() - t0
+                self.bar.update(1)
+                row, line = t.train_row(step, loss, lr)
+                if line is not None:
+                    self.log(line)
+                if row is not None:
+                    self.run_dir.log_metrics(kind="train", **row)
+                    self.bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
+                if self.step != self.total:
+                    self.bar.set_description(t.progress(self.step), refresh=False)
+                if cfg.save_interval is not None and time.perf_counter() - last_save >= cfg.save_interval:
+                    self.save("last")
+                    release_free_memory()  # the save's buffers; see its docstring
+                    last_save = time.perf_counter()
+        self.bar.close()
+        self.bar = None
+        finished = stopped is None
+        if not finished:
+            path = self.save("last")
+            message = (f"{stopped} at step {self.step}{t.where(self.step)}; saved {path}. "
+                       f"Resume with: customnn train {t.name} --resume {self.run_dir.path}")
+            self.run_dir.log(message, echo=False)
+            print(message, file=sys.stderr, flush=True)
+        self.write_outputs(finished)
+        return {"run_dir": self.run_dir.path, "step": self.step, "time_s": self.clock(), "finished": finished,
+                "interrupted": stopped == "interrupted", "evals": self.evals, "model": t.model,
+                "config": t.run_config(), **t.result()}
+
+    def evaluate(self, step: int) -> None:
+        """Evaluate, log the line and the row, save best (if it is) and last."""
+        t = self.t
+        result = t.evaluate(step)
+        self.evaluated_at = step
+        row = {"step": step, "time": round(self.clock(), 3), "train_time": round(self.train_time, 3), **result}
+        self.evals.append(row)
+        self.log(t.eval_line(step, result))
+        self.run_dir.log_metrics(kind="eval", **row)
+        if self.is_better(result):
+            self.best = result[t.best_metric]
+            self.save("best")
+        self.save("last")
+        release_free_memory()  # the evaluation's and the saves' buffers (see its docstring)
+
+    def check_finite(self, step: int, loss: torch.Tensor, lr: float) -> None:
+        """The one divergence rule, after clipping (so the clip's norm doubles as the check)."""
+        t, cfg = self.t, self.cfg
+        if cfg.grad_clip > 0:
+            norm = clip_grad_norm_(t.model.parameters(), cfg.grad_clip)
+            grads_ok = bool(torch.isfinite(norm))
+        else:
+            grads_ok = None  # checked only when the loss is fine: it costs a pass over the gradients
+        value = loss.item()
+        if math.isfinite(value) and value < EXPLODED_LOSS:
+            if grads_ok is None:
+                grads_ok = grads_are_finite(t.model.parameters())
+            if grads_ok:
+                return
+        if not math.isfinite(value):
+            what = f"the loss is {value}"
+        elif value >= EXPLODED_LOSS:
+            what = f"the loss exploded to {value:.3g}"
+        else:
+            what = "a gradient is not finite"
+        last = self.run_dir.checkpoint("last")
+        kept = (f"the last good checkpoint {last} (step {self.evaluated_at if self.evaluated_at >= 0 else 0}) is "
+                f"kept as it was" if last.is_file() else "no checkpoint had been saved yet")
+        self.bar.close()
+        message = (f"training diverged at step {step + 1}{t.where(step + 1)}: {what}; {kept}; try a lower --lr "
+                   f"(this run used --lr {cfg.lr:g}, {lr:.3g} at this step)")
+        self.run_dir.log(message, echo=False)
+        raise Diverged(message)
+
+    # --- what the run leaves ------------------------------------------------------------------
+    def write_outputs(self, finished: bool) -> None:
+        """loss.png and report.md, from metrics.jsonl and the evaluations."""
+        t, run = self.t, self.run_dir
+        rows = run.read_metrics()
+        train_rows = [r for r in rows if r.get("kind") == "train"]
+        evals = [r for r in rows if r.get("kind") == "eval"]
+        series = {"train (batch)": ([r["step"] for r in train_rows], [r["loss"] for r in train_rows])}
+        for label, key in t.plot_series.items():
+            series[label] = ([r["step"] for r in evals], [r[key] for r in evals])
+        plot_curves(run.path / "loss.png", series, xlabel="step", title=t.plot_title())
+        lines = t.report(run, self.evals, self.step, self.clock(), finished)
+        if not finished:
+            lines += [f"Stopped early at step {self.step}; continue with "
+                      f"`customnn train {t.name} --resume {run.path}`.", ""]
+        lines += ["![loss](loss.png)", ""]
+        atomic_write_text(run.path / "report.md", "\n".join(lines))
+
+
+def train_with(trainer_cls, cfg, quiet: bool = False, given: dict | None = None) -> dict:
+    """Train (or, with ``cfg.resume``, continue) one run of ``trainer_cls``; returns its figures."""
+    from customnn.runtime import resolve_device
+
+    run, ckpt = None, None
+    if cfg.resume:
+        run, ckpt, cfg = open_for_resume(trainer_cls, cfg, given)
+    cfg = trainer_cls.prepare_config(cfg)
+    device = resolve_device(cfg.device)
+    return Engine(trainer_cls(cfg), quiet, run, ckpt).run(device)
+
+

@@ -1,0 +1,159 @@
+"""A trained model read back from a checkpoint, the CNN and the GPT the same way.
+
+For either model, ``<model>_from_checkpoint(ckpt, path, device)``:
+
+1. checks the header's configuration (types and bounds) *before* anything is built, so a
+   forged size is a one-line ``UserError``, never a multi-gigabyte allocation;
+2. checks the stored tensors' names and shapes against the model that configuration makes
+   (``state_mismatch``; the shapes come from the model itself);
+3. builds the model and loads the weights (the dtypes are checked there), in eval mode.
+
+``load_model(run_or_path)`` finds the checkpoint of a run folder, reads it
+(``customnn/checkpoint.py``) and dispatches on the model kind in its header; ``eval``,
+``generate`` and ``predict`` and ``--resume`` all come through here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from customnn.checkpoint import load_checkpoint, resolve_checkpoint
+from customnn.data.text import Vocab
+from customnn.errors import UserError
+from customnn.models.cnn import ARCHS, CustomCNN
+from customnn.models.gpt import GPT, GPTConfig
+from customnn.runtime import SEED_MAX, SEED_MIN
+
+# Bounds on what a checkpoint's settings may make ``customnn eval``, ``generate`` or ``predict`` do.
+MAX_WIDTH = 256  # CNN --width: far above any useful MNIST net (24 reaches 99.5%)
+MAX_BATCH_SIZE = 4096  # GPT --batch-size: far above what a character-level model needs
+MAX_EVAL_ITERS = 10_000  # GPT batches per split in one evaluation (nanoGPT uses 200)
+
+
+def is_int(value, low: int, high: int | None = None) -> bool:
+    """``value`` is an int (not a bool) in ``low..high``."""
+    return (isinstance(value, int) and not isinstance(value, bool) and value >= low
+            and (high is None or value <= high))
+
+
+def state_mismatch(want: dict[str, tuple], state: dict) -> str | None:
+    """What in ``state`` (name -> tensor) does not fit the shapes ``want`` (name -> shape), or None."""
+    def names(keys: list[str]) -> str:  # a forged size can make every tensor wrong: name the first few
+        return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+    missing = [k for k in want if k not in state]
+    unexpected = [k for k in state if k not in want]
+    reshaped = [k for k, shape in want.items() if k in state and tuple(state[k].shape) != tuple(shape)]
+    problems = [f"missing: {names(missing)}"] if missing else []
+    if unexpected:
+        problems.append(f"unexpected: {names(unexpected)}")
+    if reshaped:
+        k = reshaped[0]
+        more = f" (and {len(reshaped) - 1} more tensors of the wrong shape)" if len(reshaped) > 1 else ""
+        problems.append(f"{k}: shape {tuple(state[k].shape)} in the checkpoint, {tuple(want[k])} from the "
+                        f"configuration{more}")
+    return "; ".join(problems) or None
+
+
+# --- the CNN ------------------------------------------------------------------------------------
+def cnn_from_checkpoint(ckpt, path, device="cpu") -> CustomCNN:
+    """The CustomCNN stored in checkpoint ``ckpt`` (read from ``path``), in eval mode on ``device``."""
+    cfg = ckpt.meta.get("config")
+    if ckpt.meta.get("model") != "cnn" or not isinstance(cfg, dict) or cfg.get("arch") not in ARCHS:
+        raise UserError(f"{path} is not a CNN checkpoint")
+    width, dropout = cfg.get("width", 24), cfg.get("dropout", 0.0)
+    if not is_int(width, 1, MAX_WIDTH):
+        raise UserError(f"{path}: checkpoint is damaged: width {width!r} is not an integer in 1..{MAX_WIDTH}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise UserError(f"{path}: checkpoint is damaged: dropout {dropout!r} is not a number in [0, 1)")
+    model = CustomCNN(cfg["arch"], seed=0, dropout=dropout, width=width)  # small: bounded by MAX_WIDTH
+    problem = state_mismatch({k: tuple(v.shape) for k, v in model.state_dict().items()}, ckpt.model_state)
+    try:
+        if problem:
+            raise ValueError(problem)
+        model.load_state_dict(ckpt.model_state)  # the dtypes are checked here
+    except ValueError as e:
+        raise UserError(f"{path}: checkpoint does not fit a {cfg['arch']} CustomCNN: {e}") from None
+    return model.to(device).eval()
+
+
+# --- the GPT ------------------------------------------------------------------------------------
+def gpt_from_checkpoint(ckpt, path, device="cpu") -> tuple[GPT, Vocab]:
+    """The GPT and vocabulary stored in checkpoint ``ckpt`` (read from ``path``), in eval mode on ``device``."""
+    meta = ckpt.meta
+    if meta.get("model") != "gpt":
+        raise UserError(f"{path} holds a {meta.get('model')!r} model, not a GPT")
+    try:
+        if not isinstance(meta.get("config"), dict):
+            raise ValueError("no model configuration")
+        config = GPTConfig(**meta["config"])
+        if not isinstance(meta.get("vocab"), str):
+            raise ValueError("no vocabulary")
+        vocab = Vocab(meta["vocab"])
+        if len(vocab) != config.vocab_size:
+            raise ValueError(f"{len(vocab)} vocabulary characters for vocab_size {config.vocab_size}")
+        if not is_int(meta.get("step"), 0):
+            raise ValueError(f"step {meta.get('step')!r} is not a step number")
+        blocks = {k.split(".")[1] for k in ckpt.model_state if k.startswith("blocks.")}
+        if len(blocks) != config.n_layer:  # first: n_layer bounds the work of state_shapes()
+            raise ValueError(f"its tensors do not match its configuration: n_layer {config.n_layer}, "
+                             f"but tensors of {len(blocks)} blocks")
+        problem = state_mismatch(config.state_shapes(), ckpt.model_state)
+        if problem:
+            raise ValueError(f"its tensors do not match its configuration: {problem}")
+        model = GPT(config)
+        model.load_state_dict(ckpt.model_state)  # the dtypes are checked here
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{path}: the checkpoint does not describe a valid GPT ({e})") from None
+    return model.to(device=device).eval(), vocab
+
+
+def stored_train_config(meta: dict, path) -> dict:
+    """The training configuration a GPT checkpoint records (``{}`` if none), with the values
+    ``customnn eval`` reads checked: a forged or damaged one is a one-line ``UserError``."""
+    tc = meta.get("train_config", {})
+    if not isinstance(tc, dict):
+        raise UserError(f"{path}: checkpoint is damaged: its train_config is {type(tc).__name__}, not a mapping")
+    for name in ("text", "data_dir"):
+        if not isinstance(tc.get(name), (str, type(None))):
+            raise UserError(f"{path}: checkpoint is damaged: train_config.{name} {tc[name]!r} is not a path")
+    for name, low, high in (("batch_size", 1, MAX_BATCH_SIZE), ("eval_iters", 1, MAX_EVAL_ITERS),
+                            ("seed", SEED_MIN, SEED_MAX)):
+        if name in tc and not is_int(tc[name], low, high):
+            raise UserError(f"{path}: checkpoint is damaged: train_config.{name} {tc[name]!r} is not an integer "
+                            f"in {low}..{high}")
+    return tc
+
+
+# --- either ---------------------------------------------------------------------------------------
+FROM_CHECKPOINT = {"cnn": cnn_from_checkpoint, "gpt": gpt_from_checkpoint}
+
+
+def load_model(run_or_path, prefer: str = "best", device="cpu", kind: str | None = None):
+    """The model of a run folder's checkpoint (``prefer``: best, else last) or of a checkpoint file.
+
+    Returns ``(model, vocab, path, ckpt)``; ``vocab`` is None for a CNN. ``kind`` ("cnn" or
+    "gpt") refuses a checkpoint of the other model in one line.
+    """
+    path = resolve_checkpoint(run_or_path, prefer=prefer)
+    ckpt = load_checkpoint(path)
+    found = ckpt.meta.get("model")
+    if not isinstance(found, str) or found not in FROM_CHECKPOINT:
+        raise UserError(f"{path}: unknown model kind {found!r} in the checkpoint")
+    if kind is not None and found != kind:
+        raise UserError(f"{path} holds a {found.upper()} model, not a {kind.upper()}: this command needs a "
+                        f"{kind.upper()} checkpoint")
+    loaded = FROM_CHECKPOINT[found](ckpt, path, device)
+    model, vocab = loaded if isinstance(loaded, tuple) else (loaded, None)
+    return model, vocab, Path(path), ckpt
+
+
+def check_optimizer_state(optimizer, keys: set[str]) -> None:
+    """Each parameter's restored optimizer state has exactly ``keys``, a step count and tensors
+    (``ValueError`` otherwise: a damaged or forged checkpoint)."""
+    for s in optimizer.state.values():
+        if set(s) != keys or ("step" in s and not is_int(s["step"], 0)) \
+                or not all(isinstance(v, torch.Tensor) for k, v in s.items() if k != "step"):
+            raise ValueError("optimizer state")
