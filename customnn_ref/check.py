@@ -35,7 +35,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from customnn_ref.check_options import option_trials
 from customnn_ref.oracle import TOL, compare
+from customnn_ref.twins import apply_rope, rope_cos_sin
 
 DTYPES = {"float64": [torch.float64], "float32": [torch.float32], "both": [torch.float64, torch.float32]}
 AGAINST = ("PyTorch", "reference")
@@ -97,9 +99,13 @@ def _pytorch_layers(F) -> dict[str, Callable]:
         "linear": lambda x, w, b=None: F.linear(x, w.T, b),  # our weight is (in, out), F's (out, in)
         "embedding": F.embedding, "softmax": F.softmax, "log_softmax": F.log_softmax,
         "cross_entropy": F.cross_entropy,
-        "layer_norm": lambda x, w, b, eps=1e-5: F.layer_norm(x, x.shape[-1:], w, b, eps),
+        "layer_norm": lambda x, w, b, eps=1e-5, normalized_shape=None: F.layer_norm(
+            x, normalized_shape or (w.shape if w is not None else x.shape[-1:]), w, b, eps),
         "batch_norm": batch_norm,
         "attention": lambda q, k, v, causal=True: F.scaled_dot_product_attention(q, k, v, is_causal=causal),
+        "rms_norm": lambda x, w=None, eps=None: F.rms_norm(x, x.shape[-1:], w, eps),
+        "rope": apply_rope,  # PyTorch has no rotary layer: the twin's plain form (rotate_half)
+        "silu": F.silu,
     }
 
 
@@ -121,6 +127,7 @@ def _configs(make, integers) -> dict[str, tuple[str, Callable[[Callable, Callabl
         x = make(2, 3, 5, 4)
         return [Trial(ours, ref, [("x", x, True)], dict(padding=(1, 2, 0, 3), value=0.5)),
                 Trial(ours, ref, [("x", x.transpose(2, 3), True)], dict(padding=2)),
+                Trial(ours, ref, [("x", x, True)], dict(padding=(1, -1, 0, 2, 2, 0))),  # the last three dims
                 Trial(ours, ref, [("x", x, True)], dict(padding=(-1, 2, 3, -2)))]  # negative amounts crop
 
     def max_pool(ours, ref):
@@ -196,7 +203,7 @@ def _configs(make, integers) -> dict[str, tuple[str, Callable[[Callable, Callabl
 
         x = make(6, 50)
         return [Trial(seeded(ours, p, training), seeded(ref, p, training), [("x", x, True)])
-                for p, training in ((0.3, True), (0.0, True), (0.5, False))]
+                for p, training in ((0.3, True), (0.0, True), (0.5, False), (1.0, True))]
 
     def attention(ours, ref):
         def heads(f):  # a GPT's (B, T, 3C) projection, split into 3 heads of 5
@@ -211,11 +218,31 @@ def _configs(make, integers) -> dict[str, tuple[str, Callable[[Callable, Callabl
                 Trial(ours, ref, [("q", make(3, 1, 5, 3), True), ("k", make(3, 1, 5, 3), True),
                                   ("v", make(3, 1, 5, 3), True)], dict(causal=True))]
 
+    options = option_trials(make, integers, Trial)  # the layers' options: customnn_ref/check_options.py
+
+    def rms_norm(ours, ref):
+        return [Trial(ours, ref, [("x", make(4, 7, 10) * 2 + 1, True), ("w", make(10), True)]),
+                Trial(ours, ref, [("x", make(3, 5).T, True), ("w", None, False)], dict(eps=1e-3))]
+
+    def rope(ours, ref):
+        def tables(T, hs):  # RoPE's (cos, sin), (T, hs / 2), in the dtype and device of make's tensors
+            like = make(1)
+            return [t.to(dtype=like.dtype, device=like.device) for t in rope_cos_sin(T, hs, dtype=torch.float64)]
+
+        cos, sin = tables(7, 8)
+        cos1, sin1 = tables(3, 4)
+        return [Trial(ours, ref, [("x", make(2, 3, 7, 8), True), ("cos", cos, False), ("sin", sin, False)]),
+                Trial(ours, ref, [("x", make(1, 3, 2, 4).transpose(1, 2), True), ("cos", cos1, True),
+                                  ("sin", sin1, True)])]
+
     return {
         "conv2d": ("conv2d", conv),
+        "conv2d (groups, same)": ("conv2d", options["conv_options"]),
         "pad2d": ("pad2d", pad),
         "max_pool2d": ("max_pool2d", max_pool),
+        "max_pool2d (options)": ("max_pool2d", options["max_pool_options"]),
         "avg_pool2d": ("avg_pool2d", avg_pool),
+        "avg_pool2d (options)": ("avg_pool2d", options["avg_pool_options"]),
         "relu": ("relu", elementwise()),
         "gelu": ("gelu", elementwise()),
         "gelu (tanh)": ("gelu", elementwise(approximate="tanh")),
@@ -225,11 +252,17 @@ def _configs(make, integers) -> dict[str, tuple[str, Callable[[Callable, Callabl
         "softmax": ("softmax", softmaxes),
         "log_softmax": ("log_softmax", softmaxes),
         "cross_entropy": ("cross_entropy", cross_entropy),
+        "cross_entropy (weight)": ("cross_entropy", options["cross_entropy_weight"]),
+        "cross_entropy (probs)": ("cross_entropy", options["cross_entropy_probs"]),
         "layer_norm": ("layer_norm", layer_norm),
+        "layer_norm (2 dims)": ("layer_norm", options["layer_norm_dims"]),
         "batch_norm (train)": ("batch_norm", batch_norm(True)),
         "batch_norm (eval)": ("batch_norm", batch_norm(False)),
         "dropout": ("dropout", dropout),
         "attention": ("attention", attention),
+        "rms_norm": ("rms_norm", rms_norm),
+        "rope": ("rope", rope),
+        "silu": ("silu", elementwise()),
     }
 
 
@@ -249,7 +282,8 @@ def _dropout_vs_pytorch(ops, F, make) -> list[Trial]:
     x = make(6, 50)
     return [Trial(ours, ref, [("x", x, True)]),
             Trial(lambda x: ops.dropout(x, 0.0, True), lambda x: F.dropout(x, 0.0, True), [("x", x, True)]),
-            Trial(lambda x: ops.dropout(x, 0.5, False), lambda x: F.dropout(x, 0.5, False), [("x", x, True)])]
+            Trial(lambda x: ops.dropout(x, 0.5, False), lambda x: F.dropout(x, 0.5, False), [("x", x, True)]),
+            Trial(lambda x: ops.dropout(x, 1.0, True), lambda x: F.dropout(x, 1.0, True), [("x", x, True)])]
 
 
 def _rows(ops, F, make, integers) -> list[tuple[str, str, Callable[[], list[Trial]]]]:

@@ -1,4 +1,4 @@
-"""relu and gelu (exact and tanh) against torch.nn.functional: forward, gradient, gradcheck, errors."""
+"""relu, gelu (exact and tanh) and silu against torch.nn.functional: forward, gradient, gradcheck, errors."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ LAYERS = [
     ("relu", ops.relu, F.relu, {}),
     ("gelu", ops.gelu, F.gelu, {}),
     ("gelu_tanh", ops.gelu, F.gelu, {"approximate": "tanh"}),
+    ("silu", ops.silu, F.silu, {}),
 ]
 
 
@@ -83,7 +84,7 @@ def test_gelu_rejects_unknown_approximation():
         ops.gelu(torch.randn(3), approximate="sigmoid")
 
 
-@pytest.mark.parametrize("fn", [ops.relu, ops.gelu])
+@pytest.mark.parametrize("fn", [ops.relu, ops.gelu, ops.silu])
 def test_rejects_integer_input(fn):
     with pytest.raises(ValueError, match="floating-point"):
         fn(torch.arange(5))
@@ -114,3 +115,15 @@ def test_gelu_gradient_at_zero_and_non_finite_inputs_matches_torch(approximate, 
     ops.gelu(ours, approximate=approximate).sum().backward()
     F.gelu(theirs, approximate=approximate).sum().backward()
     torch.testing.assert_close(ours.grad, theirs.grad, equal_nan=True, rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_silu_at_extremes_and_non_finite_inputs_matches_torch(dtype):
+    """Far out, sigmoid saturates to 0 or 1: silu's gradient goes to 0 (x -> -inf) or 1 (x -> inf)
+    without a NaN; a NaN input gives a NaN gradient, as PyTorch's."""
+    x = torch.tensor([0.0, -0.0, -200.0, 200.0, -1e4, 1e4, float("nan"), 1e-30], dtype=dtype)
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ops.silu(ours).sum().backward()
+    F.silu(theirs).sum().backward()
+    torch.testing.assert_close(ours.grad, theirs.grad, equal_nan=True, rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(ops.silu(x), F.silu(x), equal_nan=True, rtol=1e-6, atol=1e-12)

@@ -14,7 +14,10 @@ from customnn_ref import check
 LAYERS = [
     "conv2d", "pad2d", "max_pool2d", "avg_pool2d", "relu", "gelu", "gelu (tanh)", "flatten", "linear",
     "embedding", "softmax", "log_softmax", "cross_entropy", "layer_norm", "batch_norm (train)",
-    "batch_norm (eval)", "dropout", "attention",
+    "batch_norm (eval)", "dropout", "attention", "rms_norm", "rope", "silu",
+    # the option rows (customnn_ref/check_options.py)
+    "conv2d (groups, same)", "max_pool2d (options)", "avg_pool2d (options)", "cross_entropy (weight)",
+    "cross_entropy (probs)", "layer_norm (2 dims)",
 ]
 # (row name, what it is compared with): every layer against PyTorch's, the three loop references
 # against PyTorch's, then every layer against its readable reference.

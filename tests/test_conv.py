@@ -167,7 +167,7 @@ def bad(match, fn, *args, **kwargs):
 
 def test_conv2d_errors():
     x, w, b = torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3), torch.randn(4)
-    bad(r"x must be 4-D .*\(3, 8, 8\)", ops.conv2d, x[0], w, b)
+    bad(r"x must be 3-D or 4-D .*\(8, 8\)", ops.conv2d, x[0, 0], w, b)
     bad(r"weight must be 4-D .*\(4, 3, 9\)", ops.conv2d, x, w.view(4, 3, 9), b)
     bad(r"x has 3 channels but weight expects 2.*\(2, 3, 8, 8\).*\(4, 2, 3, 3\)", ops.conv2d, x, torch.randn(4, 2, 3, 3))
     bad(r"bias must have shape \(4,\).*\(5,\)", ops.conv2d, x, w, torch.randn(5))
@@ -186,8 +186,11 @@ def test_conv2d_errors():
 
 def test_pad2d_errors():
     x = torch.randn(2, 3, 4, 4)
-    bad(r"padding must be an int or \(left, right, top, bottom\)", ops.pad2d, x, (1, 2))
-    bad(r"crops the height", ops.pad2d, x, (0, 0, -3, -2))
+    bad(r"padding must be an int or an even number of ints", ops.pad2d, x, (1, 2, 3))
+    bad(r"padding must be an int or an even number of ints", ops.pad2d, x, (1.0, 2))
+    bad(r"crops dim 2", ops.pad2d, x, (0, 0, -3, -2))
+    bad(r"pads 5 dims but x has shape \(2, 3, 4, 4\)", ops.pad2d, x, (1,) * 10)
+    bad(r"only mode='constant'", ops.pad2d, x, (1, 1), mode="reflect")
     bad(r"x must be .*-D", ops.pad2d, torch.randn(4), 1)
 
 
@@ -206,3 +209,57 @@ def test_conv2d_in_batch_chunks_equals_torch(monkeypatch, cap_images):
     assert len(conv_mod._batch_chunks(7, per_image)) == -(-7 // cap_images)
     check_layer(lambda x, w, b: ops.conv2d(x, w, b, stride=2, padding=1),
                 lambda x, w, b: F.conv2d(x, w, b, stride=2, padding=1), [x, w, b])
+
+
+# ----------------------------------------------------------------------------- options: groups, "same", unbatched
+
+# (x shape, weight shape, kwargs): grouped, depthwise (with a channel multiplier), "same" with
+# odd and even kernels and dilation (the asymmetric extra pixel), "valid", unbatched inputs.
+OPTION_CONFIGS = [
+    ((2, 4, 9, 8), (6, 2, 3, 3), dict(groups=2)),
+    ((2, 4, 8, 8), (4, 1, 3, 3), dict(groups=4, padding=1)),                       # depthwise
+    ((1, 3, 9, 7), (6, 1, 3, 2), dict(groups=3, stride=(2, 1), dilation=(1, 2))),  # depthwise x2
+    ((2, 6, 7, 7), (6, 3, 2, 2), dict(groups=2, padding="same")),                  # even kernel: extra pixel
+    ((2, 3, 8, 9), (4, 3, 4, 3), dict(padding="same", dilation=(1, 3))),
+    ((1, 2, 6, 6), (3, 2, 5, 5), dict(padding="same")),
+    ((2, 3, 8, 9), (4, 3, 3, 2), dict(padding="valid", stride=2)),
+    ((4, 6, 5), (3, 4, 2, 3), dict(padding="same", dilation=3)),                   # unbatched (C, H, W)
+    ((4, 8, 8), (8, 1, 3, 3), dict(groups=4, stride=2, padding=(2, 1))),           # unbatched depthwise
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("xs,ws,kwargs", OPTION_CONFIGS)
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv2d_options_match_torch(xs, ws, kwargs, dtype, bias):
+    x, w, b = inputs(xs, ws, dtype, bias=bias)
+    check_layer(ops.conv2d, F.conv2d, [x, w, b], kwargs)
+    if dtype == torch.float64:
+        check_layer(ops.conv2d_reference, F.conv2d, [x, w, b], kwargs)
+
+
+@pytest.mark.parametrize("xs,ws,kwargs", [
+    ((2, 4, 5, 5), (4, 2, 3, 2), dict(groups=2, padding="same")),
+    ((3, 5, 4), (6, 1, 2, 2), dict(groups=3, padding=1, stride=2)),
+])
+def test_conv2d_options_gradcheck(xs, ws, kwargs):
+    x, w, b = inputs(xs, ws, torch.float64)
+    assert torch.autograd.gradcheck(lambda x, w, b: ops.conv2d(x, w, b, **kwargs), (x, w, b))
+
+
+def test_conv2d_groups_in_batch_chunks(monkeypatch):
+    from customnn.ops import conv as conv_mod
+
+    monkeypatch.setattr(conv_mod, "MAX_COLUMN_BYTES", 1)  # one image per chunk
+    x, w, b = inputs((3, 4, 7, 6), (6, 2, 3, 3), torch.float64)
+    check_layer(ops.conv2d, F.conv2d, [x, w, b], dict(groups=2, padding=1))
+
+
+def test_conv2d_option_errors():
+    x, w = torch.randn(2, 4, 8, 8), torch.randn(6, 2, 3, 3)
+    bad(r"groups must be an int >= 1", ops.conv2d, x, w, groups=0)
+    bad(r"out_channels 6 must be divisible by groups=4", ops.conv2d, x, torch.randn(6, 1, 3, 3), groups=4)
+    bad(r"x has 4 channels but weight expects 6 \(2 per group, groups=3\)", ops.conv2d, x, w, groups=3)
+    bad(r"padding='same' needs stride 1", ops.conv2d, x, torch.randn(6, 4, 3, 3), stride=2, padding="same")
+    bad(r"padding must be an int, a pair, 'valid' or 'same'", ops.conv2d, x, torch.randn(6, 4, 3, 3), padding="full")
+    bad(r"weight must be 4-D", ops.conv2d, x[0], torch.randn(6, 4, 3), padding="same")

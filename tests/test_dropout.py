@@ -81,7 +81,34 @@ def test_input_without_grad_and_bfloat16():
     torch.testing.assert_close(kept.float(), torch.full_like(kept.float(), 1.25), rtol=1e-2, atol=0)
 
 
-@pytest.mark.parametrize("p", [1.0, -0.1, 1.5, "0.5", None, True])
-def test_p_outside_range_is_rejected(p):
-    with pytest.raises(ValueError, match=r"\[0, 1\)"):
-        ops.dropout(torch.randn(3), p, True)
+@pytest.mark.parametrize("p", [-0.1, 1.5, "0.5", None, True])
+@pytest.mark.parametrize("training", [True, False])
+def test_p_outside_range_is_rejected(p, training):
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        ops.dropout(torch.randn(3), p, training)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape", [(), (5,), (4, 6), (2, 3, 4)])
+def test_p_one_drops_everything_as_pytorch(dtype, shape):
+    x = torch.randn(shape, dtype=dtype, requires_grad=True)
+    state = torch.get_rng_state()
+    y = ops.dropout(x, 1.0, True)
+    assert torch.equal(torch.get_rng_state(), state)  # nothing drawn
+    ref = F.dropout(x.detach(), 1.0, True)
+    assert torch.equal(y, ref) and torch.equal(y, torch.zeros_like(y))
+    y.backward(torch.randn(shape, dtype=dtype))
+    assert torch.equal(x.grad, torch.zeros_like(x))
+    assert torch.equal(ops.dropout_reference(x, 1.0, True), y)
+    nan = torch.tensor([float("nan"), 1.0], dtype=dtype)
+    torch.testing.assert_close(ops.dropout(nan, 1.0, True), F.dropout(nan, 1.0, True), equal_nan=True)
+    assert torch.autograd.gradcheck(lambda t: ops.dropout(t, 1.0, True), (torch.randn(3, dtype=torch.float64,
+                                                                                    requires_grad=True),))
+
+
+@pytest.mark.parametrize("p", [0.0, 0.5, 1.0])
+def test_not_training_is_identity_for_every_p(p):
+    x = torch.randn(4, 3, requires_grad=True)
+    assert ops.dropout(x, p, training=False) is x
+    assert ops.dropout_reference(x, p, training=False) is x
+    torch.testing.assert_close(ops.dropout(x, p, False), F.dropout(x, p, False))

@@ -171,8 +171,44 @@ def test_dropout_probability(p, training):
     try:
         y = ops.dropout(x, p, training)
     except ValueError:
-        assert not 0.0 <= p < 1.0
+        assert not 0.0 <= p <= 1.0
         return
-    assert 0.0 <= p < 1.0
+    assert 0.0 <= p <= 1.0
+    if training and p == 1.0:  # every element dropped
+        assert torch.equal(y, torch.zeros_like(x))
+        return
     kept = y != 0
     torch.testing.assert_close(y[kept], (x / (1 - p) if training else x)[kept])
+
+
+@SETTINGS
+@given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=3), wdim=st.integers(1, 5), affine=st.booleans(),
+       eps=st.sampled_from([None, 1e-6, 1e-2]), scale=st.sampled_from([1.0, 1e-3, 1e3]))
+def test_rms_norm(shape, wdim, affine, eps, scale):
+    x = torch.randn(tuple(shape), dtype=torch.float64) * scale
+    wt = torch.randn(wdim, dtype=torch.float64) if affine else None
+    compare(lambda x, wt: ops.rms_norm(x, wt, eps), lambda x, wt: F.rms_norm(x, (x.shape[-1],), wt, eps), [x, wt])
+
+
+@SETTINGS
+@given(shape=st.lists(st.integers(1, 5), min_size=0, max_size=3))
+def test_silu(shape):
+    compare(ops.silu, F.silu, [torch.randn(tuple(shape), dtype=torch.float64) * 4])
+
+
+@SETTINGS
+@given(lead=st.lists(st.integers(1, 3), min_size=0, max_size=2), T=st.integers(1, 6), hs=st.integers(1, 8),
+       table_T=st.integers(1, 6), base=st.sampled_from([10.0, 10000.0]))
+def test_rope(lead, T, hs, table_T, base):
+    # Odd head sizes and tables of another length must be refused; otherwise it is the plain
+    # rotate_half formula of customnn_ref.twins.apply_rope (the torch.nn twin's RoPE).
+    from customnn_ref.twins import apply_rope
+
+    x = torch.randn(*lead, T, hs, dtype=torch.float64)
+    if hs % 2:
+        with pytest.raises(ValueError, match="hs even"):
+            ops.rope(x, *ops.rope_tables(T, 2, dtype=torch.float64))
+        return
+    cos, sin = ops.rope_tables(table_T, hs, base, dtype=torch.float64)
+    result = compare(ops.rope, apply_rope, [x, cos, sin])
+    assert result == ("equal" if table_T == T and x.dim() >= 2 else "rejected")

@@ -3,6 +3,8 @@ gradcheck (every reduction, ignore_index, label smoothing), errors."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -123,8 +125,14 @@ def test_cross_entropy_errors():
         ops.cross_entropy(logits, torch.tensor([0, 1, 2, 0, 1]))
     with pytest.raises(ValueError, match=r"target shape"):
         ops.cross_entropy(torch.randn(2, 3, 4), torch.zeros(2, 3, dtype=torch.long))
-    with pytest.raises(ValueError, match="integer class indices"):
-        ops.cross_entropy(logits, torch.rand(4, 3))
+    with pytest.raises(ValueError, match="class probabilities and must have the logits' shape"):
+        ops.cross_entropy(logits, torch.rand(4))
+    with pytest.raises(ValueError, match="integer class indices or float class probabilities"):
+        ops.cross_entropy(logits, torch.ones(4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="ignore_index does not apply"):
+        ops.cross_entropy(logits, torch.rand(4, 3), ignore_index=0)
+    with pytest.raises(ValueError, match=r"weight must be a \(3,\) tensor"):
+        ops.cross_entropy(logits, torch.tensor([0, 1, 2, 0]), weight=torch.ones(4))
     with pytest.raises(ValueError, match="reduction"):
         ops.cross_entropy(logits, torch.tensor([0, 1, 2, 0]), reduction="avg")
     with pytest.raises(ValueError, match="label_smoothing"):
@@ -151,3 +159,59 @@ def test_cross_entropy_backward_twice_gives_the_same_gradient(reduction, smoothi
         (gr,) = torch.autograd.grad(ref, logits, dout)
         torch.testing.assert_close(g1, gr, rtol=0, atol=1e-12)
         assert torch.all(g1[0] == 0)  # the ignored row gets no gradient
+
+
+# ----------------------------------------------------------------------------- class weights, probability targets
+
+def _options_case(shape, dtype, soft, ignore, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    C = shape[0] if len(shape) == 1 else shape[1]
+    logits = (torch.randn(shape, generator=g, dtype=dtype) * 2).requires_grad_()
+    weight = torch.rand(C, generator=g, dtype=dtype) + 0.2
+    if soft:  # class probabilities along the class dim, that want their gradient too
+        target = torch.rand(shape, generator=g, dtype=dtype)
+        target = (target / target.sum(0 if len(shape) == 1 else 1, keepdim=True)).requires_grad_()
+    else:
+        target = torch.randint(0, C, shape[:1] + shape[2:] if len(shape) > 1 else (), generator=g)
+        if ignore and target.numel() > 1:
+            target.view(-1)[::3] = 1
+    return logits, target, weight
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(7,), (6, 4), (3, 5, 2), (2, 4, 3, 2)])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("kind", ["weight", "weight+ignore", "soft", "soft+weight"])
+def test_cross_entropy_weight_and_probability_targets_match_functional(dtype, shape, reduction, smoothing, kind):
+    soft, ignore = kind.startswith("soft"), kind.endswith("ignore")
+    logits, target, weight = _options_case(shape, dtype, soft, ignore)
+    kwargs = dict(reduction=reduction, label_smoothing=smoothing, weight=weight if "weight" in kind else None)
+    if ignore:
+        kwargs["ignore_index"] = 1
+        if target.numel() == 1:
+            return  # every row ignored: nan as PyTorch, tested elsewhere
+    check_layer(ops.cross_entropy, F.cross_entropy, [logits, target], kwargs)
+    if dtype == torch.float64:
+        check_layer(ops.cross_entropy_reference, F.cross_entropy, [logits, target], kwargs)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("kind", ["weight+ignore", "soft", "soft+weight"])
+def test_cross_entropy_options_gradcheck(reduction, kind):
+    soft = kind.startswith("soft")
+    logits, target, weight = _options_case((4, 3, 2), torch.float64, soft, ignore=not soft)
+    if not soft:
+        target.view(-1)[1:3] = torch.tensor([0, 2])  # some rows that count
+    kwargs = dict(reduction=reduction, label_smoothing=0.1, weight=weight if "weight" in kind else None,
+                  ignore_index=1 if not soft else -100)
+    inputs = (logits, target) if soft else (logits,)
+    fn = (lambda z, t: ops.cross_entropy(z, t, **kwargs)) if soft else (lambda z: ops.cross_entropy(z, target, **kwargs))
+    assert torch.autograd.gradcheck(fn, inputs)
+
+
+def test_cross_entropy_weighted_mean_divides_by_the_targets_weights():
+    logits = torch.zeros(2, 3, dtype=torch.float64)  # every row's loss is log 3
+    w = torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64)
+    loss = ops.cross_entropy(logits, torch.tensor([0, 2]), weight=w)
+    torch.testing.assert_close(loss, torch.tensor(math.log(3), dtype=torch.float64))  # (1 + 4) log 3 / (1 + 4)

@@ -163,3 +163,48 @@ def test_batch_norm_errors():
         ops.batch_norm(torch.randn(1, 3), None, None, None, None, True)
     with pytest.raises(ValueError, match="eval mode"):
         ops.batch_norm(torch.randn(4, 3), None, None, None, None, False)
+
+
+# ----------------------------------------------------------------------------- layer_norm over several dims
+
+def ref_layer_norm_shape(x, w, b, eps=1e-5, normalized_shape=None):
+    shape = normalized_shape or (w.shape if w is not None else b.shape if b is not None else x.shape[-1:])
+    return F.layer_norm(x, tuple(shape), w, b, eps)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("xs,shape", [((2, 3, 4), (3, 4)), ((5, 2, 3), (5, 2, 3)), ((4, 3, 5), (5,)), ((2, 1, 6), (1, 6))])
+@pytest.mark.parametrize("affine", ["both", "weight", "bias", "none"])
+def test_layer_norm_over_several_dims_matches_functional(dtype, xs, shape, affine):
+    x = (torch.randn(xs, dtype=dtype) * 2 + 1).requires_grad_()
+    w = torch.randn(shape, dtype=dtype, requires_grad=True) if affine in ("both", "weight") else None
+    b = torch.randn(shape, dtype=dtype, requires_grad=True) if affine in ("both", "bias") else None
+    check_layer(ops.layer_norm, ref_layer_norm_shape, [x, w, b], dict(normalized_shape=shape))
+    if affine != "none":  # the weight's (or bias's) shape says which dims, without normalized_shape
+        check_layer(ops.layer_norm, ref_layer_norm_shape, [x, w, b])
+    if dtype == torch.float64:
+        check_layer(ops.layer_norm_reference, ref_layer_norm_shape, [x, w, b], dict(normalized_shape=shape))
+
+
+def test_layer_norm_over_several_dims_non_contiguous_and_gradcheck():
+    base = torch.randn(5, 4, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    view = lambda t: t.permute(2, 1, 0)  # noqa: E731  (3, 4, 5), strided
+    check_layer(lambda t, w: ops.layer_norm(view(t), w, None), lambda t, w: F.layer_norm(view(t), (4, 5), w), [base, w])
+    x = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w, b: ops.layer_norm(x, w.T, b), (x, w[:3, :4].detach().T.clone()
+                                                                                .requires_grad_(), b))
+    assert torch.autograd.gradcheck(lambda t: ops.layer_norm(t, None, None, normalized_shape=(3, 4)), (x,))
+
+
+def test_layer_norm_normalized_shape_errors():
+    x = torch.randn(2, 3, 4)
+    with pytest.raises(ValueError, match=r"normalized_shape \(2, 4\) must equal the last dims of x"):
+        ops.layer_norm(x, None, None, normalized_shape=(2, 4))
+    with pytest.raises(ValueError, match=r"weight must have shape \(3, 4\)"):
+        ops.layer_norm(x, torch.randn(4), None, normalized_shape=(3, 4))
+    with pytest.raises(ValueError, match=r"bias must have shape \(3, 4\)"):
+        ops.layer_norm(x, torch.randn(3, 4), torch.randn(4, 3))
+    with pytest.raises(ValueError, match="non-empty sequence of ints"):
+        ops.layer_norm(x, None, None, normalized_shape=())

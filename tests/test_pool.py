@@ -121,7 +121,8 @@ def test_pool_errors(pool):
         with pytest.raises(ValueError, match=match):
             pool(*args, **kwargs)
 
-    bad(r"x must be 4-D .*\(3, 8, 8\)", x[0], 2)
+    bad(r"x must be 3-D or 4-D .*\(8, 8\)", x[0, 0], 2)
+    bad(r"x must have C, H, W >= 1", x[:, :, :0], 2)
     bad(r"kernel_size must be >= 1", x, 0)
     bad(r"stride must be >= 1", x, 2, 0)
     bad(r"padding must be >= 0", x, 2, 2, -1)
@@ -130,3 +131,94 @@ def test_pool_errors(pool):
     bad(r"kernel_size \(9, 2\) is larger than the padded input \(8, 8\)", x, (9, 2))
     bad(r"x must be a floating-point tensor", x.long(), 2)
     bad(r"kernel_size must be an int or a pair", x, (2, 2, 2))
+
+
+# ----------------------------------------------------------------------------- options
+
+# (x shape, kwargs for both pools): ceil mode with partial last windows (with and without
+# padding), rectangular everything, unbatched (C, H, W) inputs, a window larger than the input
+# that ceil mode keeps.
+OPTION_CONFIGS = [
+    ((2, 3, 9, 11), dict(kernel_size=2, ceil_mode=True)),
+    ((2, 3, 9, 11), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)),
+    ((1, 2, 7, 6), dict(kernel_size=(3, 2), stride=(2, 3), padding=(1, 0), ceil_mode=True)),
+    ((3, 10, 9), dict(kernel_size=3, stride=2)),                                   # unbatched
+    ((3, 10, 9), dict(kernel_size=(2, 3), stride=(3, 2), padding=1, ceil_mode=True)),
+    ((1, 2, 3, 6), dict(kernel_size=3, stride=2, ceil_mode=True)),
+]
+MAX_ONLY = [  # dilation: max pooling only (F.avg_pool2d has none)
+    ((2, 3, 9, 11), dict(kernel_size=3, dilation=2)),
+    ((1, 2, 8, 9), dict(kernel_size=(2, 3), stride=2, padding=1, dilation=(2, 1), ceil_mode=True)),
+    ((3, 7, 7), dict(kernel_size=2, stride=1, dilation=3, padding=1)),
+    ((1, 2, 3, 6), dict(kernel_size=3, stride=2, padding=1, dilation=(1, 2), ceil_mode=True)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("xs,kwargs", OPTION_CONFIGS + MAX_ONLY)
+@pytest.mark.parametrize("return_indices", [False, True])
+def test_max_pool_options_match_torch(xs, kwargs, dtype, return_indices):
+    kwargs = dict(kwargs, return_indices=return_indices)
+    for x in (torch.randn(xs, dtype=dtype), torch.randint(-1, 2, xs).to(dtype)):  # random, then ties
+        check_layer(ops.max_pool2d, F.max_pool2d, [x.requires_grad_(True)], kwargs)
+        if dtype == torch.float64:
+            check_layer(ops.max_pool2d_reference, F.max_pool2d, [x], kwargs)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("xs,kwargs", OPTION_CONFIGS)
+@pytest.mark.parametrize("count_include_pad,divisor_override", [(True, None), (False, None), (True, 5), (False, -2)])
+def test_avg_pool_options_match_torch(xs, kwargs, dtype, count_include_pad, divisor_override):
+    kwargs = dict(kwargs, count_include_pad=count_include_pad, divisor_override=divisor_override)
+    x = torch.randn(xs, dtype=dtype, requires_grad=True)
+    check_layer(ops.avg_pool2d, F.avg_pool2d, [x], kwargs)
+    if dtype == torch.float64:
+        check_layer(ops.avg_pool2d_reference, F.avg_pool2d, [x], kwargs)
+
+
+def test_max_pool_indices_are_pytorch_flat_indices():
+    x = torch.randn(2, 3, 9, 8, dtype=torch.float64)
+    y, idx = ops.max_pool2d(x, 3, 2, 1, dilation=(1, 2), ceil_mode=True, return_indices=True)
+    ty, tidx = F.max_pool2d(x, 3, 2, 1, dilation=(1, 2), ceil_mode=True, return_indices=True)
+    assert idx.dtype == torch.int64 and torch.equal(idx, tidx) and torch.equal(y, ty)
+    assert torch.equal(x.flatten(2).gather(2, idx.flatten(2)).view(y.shape), y)  # each index holds its max
+    assert not idx.requires_grad
+
+
+def test_max_pool_all_minus_inf_window_with_padding_as_pytorch():
+    # A window whose input values are all -inf: PyTorch points it at its first position inside x.
+    x = torch.full((1, 1, 4, 4), float("-inf"), dtype=torch.float64)
+    results = []
+    for pool in (ops.max_pool2d, F.max_pool2d):
+        leaf = x.clone().requires_grad_(True)
+        y, idx = pool(leaf, 3, 2, 1, return_indices=True)
+        y.backward(torch.arange(1.0, 1 + y.numel(), dtype=torch.float64).view(y.shape))
+        results.append((y, idx, leaf.grad))
+    for ours, ref in zip(*results):
+        torch.testing.assert_close(ours, ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kwargs", [dict(kernel_size=3, stride=2, padding=1, ceil_mode=True),
+                                    dict(kernel_size=(2, 3), stride=(2, 1), dilation=(2, 1), ceil_mode=True)])
+def test_max_pool_options_gradcheck(kwargs):
+    x = (torch.randperm(2 * 7 * 6).to(torch.float64) / 10).view(2, 7, 6).requires_grad_(True)  # unbatched
+    assert torch.autograd.gradcheck(lambda x: ops.max_pool2d(x, **kwargs), (x,))
+
+
+@pytest.mark.parametrize("kwargs", [dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
+                                    dict(kernel_size=2, ceil_mode=True, divisor_override=3)])
+def test_avg_pool_options_gradcheck(kwargs):
+    x = torch.randn(2, 2, 7, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: ops.avg_pool2d(x, **kwargs), (x,))
+
+
+def test_pool_option_errors():
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(ValueError, match="dilation must be >= 1"):
+        ops.max_pool2d(x, 2, dilation=0)
+    with pytest.raises(ValueError, match=r"kernel_size \(3, 3\) \(dilation \(4, 4\)\) is larger"):
+        ops.max_pool2d(x, 3, dilation=4)
+    with pytest.raises(ValueError, match="divisor_override must be a non-zero int"):
+        ops.avg_pool2d(x, 2, divisor_override=0)
+    with pytest.raises(ValueError, match="x must have C, H, W >= 1"):
+        ops.avg_pool2d(torch.randn(1, 0, 10), 1)

@@ -44,10 +44,15 @@ CASES = [
     ("pad2d", lambda: [r(1, 1, 3, 3).transpose(2, 3)], dict(padding=2)),
     ("pad2d", lambda: [r(2, 6, 5)], dict(padding=(-1, 2, 3, -2))),  # negative amounts crop
     ("pad2d", lambda: [r(4, 3)], dict(padding=(0, 0, 1, 0), value=-2.0)),
+    ("pad2d", lambda: [r(2, 5)], dict(padding=(2, -1))),  # the last dim only
+    ("pad2d", lambda: [r(2, 3, 4, 2)], dict(padding=(1, 0, 0, 2, 3, -1), value=1.5)),  # the last three dims
     ("avg_pool2d", lambda: [r(2, 3, 8, 8)], dict(kernel_size=2)),
     ("avg_pool2d", lambda: [r(1, 2, 9, 11)], dict(kernel_size=3, stride=2, padding=1)),
     ("avg_pool2d", lambda: [r(2, 2, 7, 6)], dict(kernel_size=(3, 2), stride=(1, 2), padding=(1, 0))),
     ("avg_pool2d", lambda: [r(1, 3, 5, 7)], dict(kernel_size=4, stride=(2, 3), padding=2)),
+    ("avg_pool2d", lambda: [r(2, 3, 9, 11)], dict(kernel_size=3, stride=2, padding=1, ceil_mode=True,
+                                                  count_include_pad=False)),
+    ("avg_pool2d", lambda: [r(3, 7, 6)], dict(kernel_size=(3, 2), stride=2, ceil_mode=True, divisor_override=4)),
     ("relu", lambda: [with_zeros(1)], {}),
     ("relu", lambda: [with_zeros(3, 17)], {}),
     ("relu", lambda: [with_zeros(4, 2, 5).transpose(0, 2)], {}),
@@ -80,14 +85,32 @@ CASES = [
     ("cross_entropy", lambda: [r(2, 5, 3, 4), targets(5, (2, 3, 4))], dict(label_smoothing=0.3)),
     ("cross_entropy", lambda: [r(4, 3, 5).transpose(1, 2), targets(5, (4, 3))], dict(reduction="none")),
     ("cross_entropy", lambda: [r(6), torch.tensor(2)], {}),
+    ("cross_entropy", lambda: [r(9, 7), targets(7, (9,), ignored=True)], dict(weight=torch.rand(7, dtype=torch.float64),
+                                                                              label_smoothing=0.2)),
+    ("cross_entropy", lambda: [r(2, 5, 3), torch.rand(2, 5, 3, dtype=torch.float64).requires_grad_()],
+     dict(label_smoothing=0.1, weight=torch.rand(5, dtype=torch.float64) + 0.5)),  # probability targets
+    ("cross_entropy", lambda: [r(4, 3), torch.softmax(torch.randn(4, 3, dtype=torch.float64), 1)], dict(reduction="none")),
     ("layer_norm", lambda: [r(5, scale=2), r(5), r(5)], {}),
     ("layer_norm", lambda: [r(1, 7), None, None], {}),
     ("layer_norm", lambda: [r(2, 3, 8, scale=3), r(8), None], dict(eps=1e-3)),
     ("layer_norm", lambda: [r(5, 3).T, None, r(5)], {}),
+    ("layer_norm", lambda: [r(2, 3, 4, scale=2), r(3, 4), r(3, 4)], {}),  # over the weight's two dims
+    ("layer_norm", lambda: [r(4, 2, 3).transpose(0, 2), None, None], dict(normalized_shape=(2, 4))),
     ("attention", lambda: [r(2, 3, 7, 8), r(2, 3, 7, 8), r(2, 3, 7, 8)], dict(causal=True)),
     ("attention", lambda: [r(1, 1, 1, 4), r(1, 1, 1, 4), r(1, 1, 1, 4)], dict(causal=True)),
     ("attention", lambda: [r(2, 2, 5, 4), r(2, 2, 9, 4), r(2, 2, 9, 4)], dict(causal=False)),
     ("attention", lambda: [r(1, 2, 6, 4), r(1, 2, 3, 4), r(1, 2, 3, 4)], dict(causal=True)),
+    ("rms_norm", lambda: [r(5, scale=2), r(5)], {}),
+    ("rms_norm", lambda: [r(1, 7), None], {}),
+    ("rms_norm", lambda: [r(2, 3, 8, scale=3), r(8)], dict(eps=1e-3)),
+    ("rms_norm", lambda: [r(5, 3).T, None], dict(eps=0.0)),
+    ("silu", lambda: [r(1)], {}),
+    ("silu", lambda: [r(3, 17, scale=3)], {}),
+    ("silu", lambda: [r(4, 2, 5, scale=3).transpose(0, 2)], {}),
+    ("rope", lambda: [r(2, 3, 7, 8), *ops.rope_tables(7, 8, dtype=torch.float64)], {}),
+    ("rope", lambda: [r(1, 1, 1, 2), *ops.rope_tables(1, 2, dtype=torch.float64)], {}),
+    ("rope", lambda: [r(2, 5, 3, 6).transpose(1, 2), *(t.requires_grad_() for t in ops.rope_tables(5, 6, 100.0,
+                                                                                                dtype=torch.float64))], {}),
 ]
 
 
@@ -114,7 +137,8 @@ def test_batch_norm_equals_its_reference(shape, training, stats, affine):
     check_layer(with_stats(ops.batch_norm), with_stats(ops.batch_norm_reference), [r(*shape, scale=2), w, b, rm, rv])
 
 
-@pytest.mark.parametrize("p,training", [(0.1, True), (0.5, True), (0.9, True), (0.0, True), (0.5, False)])
+@pytest.mark.parametrize("p,training", [(0.1, True), (0.5, True), (0.9, True), (0.0, True), (0.5, False), (1.0, True),
+                                        (1.0, False)])
 @pytest.mark.parametrize("make_x", [lambda: r(40, 50), lambda: r(1), lambda: r(3, 4, 5).transpose(0, 2)])
 def test_dropout_equals_its_reference_given_the_same_generator(p, training, make_x):
     # Both draw their uniforms the same way, so the same generator state gives the same mask:
@@ -144,12 +168,16 @@ CONV_CONFIGS = [
     ((1, 2, 9, 8), (3, 2, 3, 2), dict(stride=(2, 3), padding=(1, 2))),
     ((2, 2, 8, 8), (2, 2, 3, 3), dict(dilation=2, padding=1, stride=2)),
     ((1, 1, 6, 6), (2, 1, 5, 5), dict(padding=2)),
+    ((2, 4, 7, 6), (6, 2, 3, 2), dict(groups=2, padding="same")),  # grouped; even kernel: the extra pixel
+    ((4, 6, 5), (4, 1, 3, 3), dict(groups=4, stride=2, padding="valid")),  # unbatched depthwise
 ]
 
 POOL_CONFIGS = [
     ((2, 3, 8, 8), dict(kernel_size=2)),
     ((1, 2, 9, 11), dict(kernel_size=3, stride=2, padding=1)),
     ((2, 2, 7, 6), dict(kernel_size=(3, 2), stride=(1, 2), padding=(1, 0))),
+    ((2, 3, 9, 11), dict(kernel_size=3, stride=2, padding=1, dilation=(2, 1), ceil_mode=True, return_indices=True)),
+    ((3, 7, 6), dict(kernel_size=2, ceil_mode=True, return_indices=True)),  # unbatched
 ]
 
 
@@ -228,8 +256,8 @@ def test_reference_errors():
         ops.conv2d_reference(x, w, stride=0)
     with pytest.raises(ValueError, match=r"padding \(2, 2\) must be at most half"):
         ops.max_pool2d_reference(x, 3, 1, 2)
-    with pytest.raises(ValueError, match=r"x must be 4-D"):
-        ops.max_pool2d_reference(x[0], 2)
+    with pytest.raises(ValueError, match=r"x must be 3-D or 4-D"):
+        ops.max_pool2d_reference(x[0, 0], 2)
     q = torch.randn(2, 2, 4, 8)
     with pytest.raises(ValueError, match=r"dropout_p=0 only"):
         ops.attention_reference(q, q, q, dropout_p=0.1)

@@ -16,7 +16,7 @@ version is tested. Each sits in its layer's file just above the fast version (``
 lists where, and holds ``attention_reference``).
 """
 
-from customnn.ops.activation import gelu, gelu_reference, relu, relu_reference
+from customnn.ops.activation import gelu, gelu_reference, relu, relu_reference, silu, silu_reference
 from customnn.ops.attention import attention
 from customnn.ops.conv import conv2d, conv2d_reference, pad2d, pad2d_reference
 from customnn.ops.dropout import dropout, dropout_reference
@@ -25,11 +25,14 @@ from customnn.ops.linear import (embedding, embedding_reference, flatten, flatte
 from customnn.ops.loss import (cross_entropy, cross_entropy_reference, log_softmax, log_softmax_reference,
                                softmax, softmax_reference)
 from customnn.ops.norm import batch_norm, batch_norm_reference, layer_norm, layer_norm_reference
+from customnn.ops.norm import rms_norm, rms_norm_reference
 from customnn.ops.pool import avg_pool2d, avg_pool2d_reference, max_pool2d, max_pool2d_reference
 from customnn.ops.reference import attention_reference
+from customnn.ops.rope import rope, rope_reference, rope_tables
 
 # Every public layer; each has a ``<layer>_reference`` (tests/test_reference.py checks both lists).
 LAYERS = ("conv2d", "pad2d", "max_pool2d", "avg_pool2d", "relu", "gelu", "flatten", "linear", "embedding",
-          "softmax", "log_softmax", "cross_entropy", "layer_norm", "batch_norm", "dropout", "attention")
+          "softmax", "log_softmax", "cross_entropy", "layer_norm", "batch_norm", "dropout", "attention",
+          "rms_norm", "rope", "silu")
 
-__all__ = [*LAYERS, *(f"{name}_reference" for name in LAYERS), "LAYERS"]
+__all__ = [*LAYERS, *(f"{name}_reference" for name in LAYERS), "LAYERS", "rope_tables"]

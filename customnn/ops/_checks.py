@@ -10,13 +10,14 @@ import torch
 
 
 def pair(value, name: str) -> tuple[int, int]:
-    """An int or a pair of ints, as ``torch.nn.functional`` takes them, as a pair."""
+    """An int or a pair of ints, as ``torch.nn.functional`` takes them, as a pair; a 1-tuple
+    counts for both dims, as in PyTorch."""
     if isinstance(value, bool):
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
     if isinstance(value, int):
         return (value, value)
     try:
-        a, b = value
+        a, b = value if len(value) != 1 else (value[0], value[0])
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}") from None
     if isinstance(a, bool) or isinstance(b, bool) or not isinstance(a, int) or not isinstance(b, int):

@@ -1,18 +1,23 @@
-"""Elementwise activations: ReLU and GELU (exact erf form and tanh approximation).
+"""Elementwise activations: ReLU, GELU (exact erf form and tanh approximation) and SiLU.
 
 Reference: GELU from Hendrycks & Gimpel, "Gaussian Error Linear Units" (2016),
     gelu(x) = x * Phi(x) = 0.5 * x * (1 + erf(x / sqrt(2)))
 and its tanh approximation (used by GPT-2 and llm.c's ``gelu_forward``/``gelu_backward``)
     gelu(x) ~= 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3))).
 
-Entry points ``relu(x)`` and ``gelu(x, approximate="none")`` match ``F.relu`` and ``F.gelu``.
+SiLU (the sigmoid-weighted linear unit; Elfwing, Uchibe & Doya 2018, "swish" in Ramachandran
+et al. 2017), the activation of SwiGLU (Shazeer 2020, "GLU Variants Improve Transformer"):
+    silu(x) = x * sigmoid(x),    silu'(x) = s (1 + x (1 - s)),  s = sigmoid(x).
+
+Entry points ``relu(x)``, ``gelu(x, approximate="none")`` and ``silu(x)`` match ``F.relu``,
+``F.gelu`` and ``F.silu``.
 Both work elementwise, so any shape, dtype and device goes; non-contiguous inputs are fine.
 
     from customnn import ops
     y = ops.gelu(x, approximate="tanh")
 
-``relu_reference`` and ``gelu_reference`` write each formula as it stands, for autograd to
-differentiate; the fast versions below them are tested against them (tests/test_reference.py).
+``relu_reference``, ``gelu_reference`` and ``silu_reference`` write each formula as it stands,
+for autograd to differentiate; the fast versions below them are tested against them (tests/test_reference.py).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ def relu_reference(x: torch.Tensor) -> torch.Tensor:
 
 
 class _ReLU(torch.autograd.Function):
-    """y = max(x, 0); dx = dout where x > 0, else 0."""
+    """y = max(x, 0) (NaN stays NaN); dx = dout where x > 0 or x is NaN, else 0 (PyTorch's rule)."""
 
     @staticmethod
     def forward(ctx, x):
@@ -49,6 +54,10 @@ class _ReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         (y,) = ctx.saved_tensors
+        if torch.isnan(y.sum()):  # y >= 0 elsewhere, so only a NaN makes the sum NaN: one cheap pass
+            # PyTorch's rule (threshold_backward): dout unless y <= 0, so at a NaN input the
+            # upstream gradient passes, which sign(y) (0 at NaN) would not do.
+            return dout.masked_fill(y <= 0, 0.0)
         # sign(y) is 1 where y > 0 and 0 where y == 0: the step function as a float mask
         # (a bool mask is several times slower to build and apply on CPU).
         dx = torch.sign(y).mul_(dout)
@@ -140,3 +149,35 @@ def gelu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
     if approximate == "tanh":
         return _GeluTanh.apply(x)
     raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+
+
+def silu_reference(x: torch.Tensor) -> torch.Tensor:
+    """x * sigmoid(x) by its definition."""
+    return x * torch.sigmoid(x)
+
+
+class _SiLU(torch.autograd.Function):
+    """y = x * s, s = sigmoid(x).
+
+    Backward: dy/dx = s + x * s' and s' = s (1 - s), so dx = dout * s * (1 + x * (1 - s)).
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        s = torch.sigmoid(x)
+        # x and s are kept: backward needs both, and recomputing s costs an exp.
+        ctx.save_for_backward(x, s)
+        return x * s
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, s = ctx.saved_tensors
+        dx = torch.addcmul(x.new_ones(()), x, 1 - s)  # 1 + x (1 - s)
+        return dx.mul_(s).mul_(dout)
+
+
+def silu(x: torch.Tensor) -> torch.Tensor:
+    """x * sigmoid(x) elementwise, as ``F.silu``."""
+    check_tensor(x, "x")
+    check_float(x, "x")
+    return _SiLU.apply(x)

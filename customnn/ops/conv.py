@@ -1,8 +1,8 @@
-"""Padding and 2-D convolution, forward and hand-written backward.
+"""2-D convolution, forward and hand-written backward (constant padding: ``pad.py``).
 
     from customnn import ops
-    y = ops.conv2d(x, w, b, stride=1, padding=2)   # same as F.conv2d (no groups)
-    xp = ops.pad2d(x, (1, 1, 2, 2))                # same as F.pad on the last two dims
+    y = ops.conv2d(x, w, b, stride=1, padding=2)                  # same as F.conv2d
+    y = ops.conv2d(x, w_dw, None, padding="same", groups=C)       # depthwise, "same" size
 
 Convolution is done as im2col + one matrix product (the classic "unfold then GEMM",
 Chellapilla et al. 2006, "High Performance Convolutional Neural Networks for Document
@@ -19,17 +19,28 @@ pixel of every image:
            values where they were read from (windows overlap, so one input pixel gets
            several gradients; one index_add_ over a precomputed index), then un-padded.
 
+Groups (``groups=g``): the C input channels and O output channels are cut into g blocks;
+output block i sees input block i only, with weight (O, C/g, kh, kw). The columns' rows are
+(C, kh, kw) in that order, so block i's rows are one contiguous slice of K/g rows: the one
+matrix product becomes a batched one over the groups, (g, O/g, K/g) @ (g, K/g, L), and so do
+both backward products. ``groups=C`` with O = m*C is the depthwise convolution.
+
+``padding`` is an int, a pair, ``"valid"`` (no padding) or ``"same"`` (output size = input
+size, stride 1 only, as F.conv2d): total padding d*(k-1) per dim, (d*(k-1))//2 before and the
+rest after, so an even kernel gets its extra pixel at the bottom / right (F.conv2d's rule);
+that extra pixel is one ``pad2d`` before a symmetric convolution.
+
 The columns are formed for a chunk of the batch at a time (at most ``MAX_COLUMN_BYTES``),
 in forward and in backward, with dw summed over the chunks, so that a training step's peak
 memory stays near PyTorch's instead of holding every image's columns at once.
 
-The readable versions, ``pad2d_reference`` and ``conv2d_reference`` (a loop over output
-pixels), sit above each fast version: plain tensor expressions whose gradients autograd
-derives, the definitions the fast layers are tested against (tests/test_reference.py).
+The readable version, ``conv2d_reference`` (a loop over output pixels and groups), sits above
+the fast one: plain tensor expressions whose gradients autograd derives, the definition the
+fast layer is tested against (tests/test_reference.py).
 
-Dimension letters: N batch, C input channels, O output channels, H/W input height/width,
-kh/kw kernel height/width, Ho/Wo output height/width, L = Ho*Wo output pixels,
-K = C*kh*kw values in one window.
+Dimension letters: N batch, C input channels, O output channels, g groups, H/W input
+height/width, kh/kw kernel height/width, Ho/Wo output height/width, L = Ho*Wo output pixels,
+K = C*kh*kw values in one window (Kg = K/g, Og = O/g per group).
 """
 
 from __future__ import annotations
@@ -39,107 +50,38 @@ import functools
 import torch
 
 from customnn.ops._checks import check_float, check_non_negative, check_positive, check_rank, pair
-
-
-# ----------------------------------------------------------------------------- padding
-
-def _pad_amounts(padding) -> tuple[int, int, int, int]:
-    """An int or (left, right, top, bottom), as F.pad takes it for the last two dims."""
-    if isinstance(padding, int) and not isinstance(padding, bool):
-        return (padding,) * 4
-    try:
-        amounts = tuple(padding)
-    except TypeError:
-        amounts = ()
-    if len(amounts) != 4 or any(isinstance(p, bool) or not isinstance(p, int) for p in amounts):
-        raise ValueError(f"padding must be an int or (left, right, top, bottom) ints, got {padding!r}")
-    return amounts
-
-
-def _pad_slices(size: int, before: int, after: int, name: str, shape) -> tuple[slice, slice, int]:
-    """For one dimension: the slice of the input that survives, where it lands in the output,
-    and the output size. Negative amounts crop, as in F.pad."""
-    out = size + before + after
-    if out < 0:
-        raise ValueError(f"padding {(before, after)} crops {name} of x (shape {tuple(shape)}) below zero")
-    src = slice(max(-before, 0), size - max(-after, 0))
-    dst = slice(max(before, 0), out - max(after, 0))
-    return src, dst, out
-
-
-def pad2d_reference(x: torch.Tensor, padding, value: float = 0.0) -> torch.Tensor:
-    """pad2d by its definition: output pixel (i, j) is input pixel (i - top, j - left) where
-    that exists, else ``value``. A negative amount shifts the other way, so it crops."""
-    check_rank(x, "x", tuple(range(2, 9)), "(..., H, W)")
-    left, right, top, bottom = _pad_amounts(padding)
-    H, W = x.shape[-2:]
-    rows = torch.arange(H + top + bottom, device=x.device) - top  # (Hp,) input row of each output row
-    cols = torch.arange(W + left + right, device=x.device) - left  # (Wp,) input column of each output column
-    inside = ((rows >= 0) & (rows < H)).view(-1, 1) & ((cols >= 0) & (cols < W)).view(1, -1)  # (Hp, Wp)
-    picked = x.index_select(-2, rows.clamp(0, H - 1)).index_select(-1, cols.clamp(0, W - 1))  # (..., Hp, Wp)
-    return torch.where(inside, picked, value)
-
-
-class Pad2d(torch.autograd.Function):
-    """Constant padding of the last two dims. Backward: the gradient sliced back."""
-
-    @staticmethod
-    def forward(ctx, x, left, right, top, bottom, value):
-        *lead, H, W = x.shape
-        hsrc, hdst, Hp = _pad_slices(H, top, bottom, "the height", x.shape)
-        wsrc, wdst, Wp = _pad_slices(W, left, right, "the width", x.shape)
-        out = x.new_full((*lead, Hp, Wp), value)  # (..., Hp, Wp)
-        out[..., hdst, wdst] = x[..., hsrc, wsrc]
-        # Only the slices are kept for backward: the gradient of the padding is dropped.
-        ctx.slices = (hsrc, hdst, wsrc, wdst)
-        ctx.in_shape = x.shape
-        return out
-
-    @staticmethod
-    def backward(ctx, dout):
-        hsrc, hdst, wsrc, wdst = ctx.slices
-        if hsrc.start == 0 and wsrc.start == 0 and hsrc.stop == ctx.in_shape[-2] and wsrc.stop == ctx.in_shape[-1]:
-            dx = dout[..., hdst, wdst]  # nothing was cropped: a view of dout
-        else:
-            dx = dout.new_zeros(ctx.in_shape)
-            dx[..., hsrc, wsrc] = dout[..., hdst, wdst]
-        return dx, None, None, None, None, None
-
-
-def pad2d(x: torch.Tensor, padding, value: float = 0.0) -> torch.Tensor:
-    """Pad the last two dims of ``x`` with ``value``: ``padding`` is an int (all four sides) or
-    ``(left, right, top, bottom)``, as ``F.pad(x, padding, value=value)``. Negative amounts crop."""
-    check_rank(x, "x", tuple(range(2, 9)), "(..., H, W)")
-    left, right, top, bottom = _pad_amounts(padding)
-    if (left, right, top, bottom) == (0, 0, 0, 0):
-        return x
-    return Pad2d.apply(x, left, right, top, bottom, float(value))
+from customnn.ops.pad import pad2d, pad2d_reference  # ops imports pad2d from here too
 
 
 # ----------------------------------------------------------------------------- convolution
 
 def conv2d_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                     stride=1, padding=0, dilation=1) -> torch.Tensor:
-    """2-D convolution, one output pixel at a time: out[n, o, i, j] is the sum over c, a, b of
-    x_padded[n, c, i*sh + a*dh, j*sw + b*dw] * weight[o, c, a, b], plus bias[o]."""
-    (sh, sw), (ph, pw), (dh, dw) = conv_args(x, weight, bias, stride, padding, dilation)
-    H, W = x.shape[-2:]
-    O, _, kh, kw = weight.shape
-    Ho = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1  # where the dilated kernel fits, every sh rows
-    Wo = (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    xp = pad2d_reference(x, (pw, pw, ph, ph))  # (N, C, H + 2ph, W + 2pw)
+                     stride=1, padding=0, dilation=1, groups=1) -> torch.Tensor:
+    """2-D convolution, one output pixel at a time: out[n, o, i, j] is the sum over c in o's
+    group, a, b of x_padded[n, c, i*sh + a*dh, j*sw + b*dw] * weight[o, c, a, b], plus bias[o]."""
+    (sh, sw), (top, bottom, left, right), (dh, dw), batched = conv_args(x, weight, bias, stride, padding,
+                                                                        dilation, groups)
+    x = x if batched else x.unsqueeze(0)
+    O, Cg, kh, kw = weight.shape
+    Og = O // groups
+    xp = pad2d_reference(x, (left, right, top, bottom))  # (N, C, Hp, Wp)
+    Ho = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1  # where the dilated kernel fits, every sh rows
+    Wo = (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
     rows = []
     for i in range(Ho):
         row = []
         for j in range(Wo):
-            top, left = i * sh, j * sw
-            window = xp[:, :, top: top + dh * (kh - 1) + 1: dh, left: left + dw * (kw - 1) + 1: dw]  # (N, C, kh, kw)
-            pixel = (window.unsqueeze(1) * weight.unsqueeze(0)).sum(dim=(2, 3, 4))  # (N, O)
+            top_, left_ = i * sh, j * sw
+            window = xp[:, :, top_: top_ + dh * (kh - 1) + 1: dh, left_: left_ + dw * (kw - 1) + 1: dw]  # (N, C, kh, kw)
+            pixel = torch.cat([  # group gi: output channels gi*Og.., input channels gi*Cg..
+                (window[:, gi * Cg:(gi + 1) * Cg].unsqueeze(1) * weight[gi * Og:(gi + 1) * Og].unsqueeze(0)).sum(dim=(2, 3, 4))
+                for gi in range(groups)], dim=1)  # (N, O)
             if bias is not None:
                 pixel = pixel + bias
             row.append(pixel)
         rows.append(torch.stack(row, dim=-1))  # (N, O, Wo)
-    return torch.stack(rows, dim=-2)  # (N, O, Ho, Wo)
+    out = torch.stack(rows, dim=-2)  # (N, O, Ho, Wo)
+    return out if batched else out.squeeze(0)
 
 
 def pad_constant(x: torch.Tensor, ph: int, pw: int, value: float = 0.0) -> torch.Tensor:
@@ -215,61 +157,71 @@ def _batch_chunks(N: int, column_bytes_per_image: int) -> list[slice]:
 class Conv2d(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, dilation):
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
         N, C, H, W = x.shape
-        O, _, kh, kw = weight.shape
+        O, Cg, kh, kw = weight.shape
         Ho, Wo = _out_size(x.shape, weight.shape, stride, padding, dilation)
         K, L = C * kh * kw, Ho * Wo
+        g, Og, Kg = groups, O // groups, K // groups
         xp = pad_constant(x, *padding)  # (N, C, Hp, Wp)
-        wm = weight.reshape(O, K)  # (O, K), a view
+        wm = weight.reshape(O, K) if g == 1 else weight.reshape(g, Og, Kg)  # (O, K) or (g, Og, Kg), a view
         out = x.new_empty((N, O, L))  # (N, O, L)
         for s in _batch_chunks(N, K * L * x.element_size()):
             n = s.stop - s.start
             cols = _windows(xp[s], kh, kw, Ho, Wo, stride, dilation).reshape(n, K, L)  # (n, K, L), the im2col copy
-            if bias is None:
-                torch.bmm(wm.expand(n, O, K), cols, out=out[s])  # (n, O, L)
-            else:
-                torch.baddbmm(bias.view(1, O, 1).expand(n, O, L), wm.expand(n, O, K), cols, out=out[s])
+            if g == 1:
+                if bias is None:
+                    torch.bmm(wm.expand(n, O, K), cols, out=out[s])  # (n, O, L)
+                else:
+                    torch.baddbmm(bias.view(1, O, 1).expand(n, O, L), wm.expand(n, O, K), cols, out=out[s])
+            else:  # one product per image and group: (n*g, Og, Kg) @ (n*g, Kg, L)
+                prod = torch.bmm(wm.expand(n, g, Og, Kg).reshape(n * g, Og, Kg), cols.view(n * g, Kg, L))
+                out[s] = prod.view(n, O, L) if bias is None else prod.view(n, O, L) + bias.view(1, O, 1)
             del cols
         # x and the weight are kept for backward, not the columns: those are kh*kw times the
         # size of x (9x for a 3x3 kernel), and re-forming them costs one copy, cheap next to
         # the matrix products that use them.
         ctx.save_for_backward(x, weight)
-        ctx.geometry = (stride, padding, dilation, Ho, Wo)
+        ctx.geometry = (stride, padding, dilation, Ho, Wo, groups)
         ctx.has_bias = bias is not None
         return out.view(N, O, Ho, Wo)
 
     @staticmethod
     def backward(ctx, dout):
         x, weight = ctx.saved_tensors
-        stride, padding, dilation, Ho, Wo = ctx.geometry
+        stride, padding, dilation, Ho, Wo, g = ctx.geometry
         N, C, H, W = x.shape
         O, _, kh, kw = weight.shape
         K, L = C * kh * kw, Ho * Wo
+        Og, Kg = O // g, K // g
         need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
         dx = dw = db = None
         if ctx.has_bias and need_db:
             db = dout.sum((0, 2, 3))  # (O,)
         if need_dw:
-            dw = weight.new_zeros((O, K))  # (O, K), summed over the chunks of the batch
+            dw = weight.new_zeros((g, Og, Kg))  # (g, Og, Kg), summed over the chunks of the batch
         if need_dx:
             dx = x.new_empty(x.shape)  # (N, C, H, W)
+            wt = weight.reshape(g, Og, Kg).transpose(1, 2)  # (g, Kg, Og)
         if need_dx or need_dw:
             for s in _batch_chunks(N, K * L * x.element_size()):
                 n = s.stop - s.start
                 # The output gradient with the batch inside the columns, like _columns' layout:
-                # both products below are then single matrix products over all n*L pixels.
-                dout_m = dout[s].transpose(0, 1).reshape(O, n * L)  # (O, n*L), a small copy
+                # each product below is then one (batched over groups) matrix product over all n*L pixels.
+                dout_m = dout[s].transpose(0, 1).reshape(g, Og, n * L)  # (g, Og, n*L), a small copy
                 if need_dw:
                     cols = _columns(x[s], kh, kw, Ho, Wo, stride, padding, dilation)  # (K, n*L), recomputed
-                    dw.addmm_(dout_m, cols.T)  # (O, K)
+                    if g == 1:
+                        dw[0].addmm_(dout_m[0], cols.T)  # (O, K)
+                    else:
+                        dw.baddbmm_(dout_m, cols.view(g, Kg, n * L).transpose(1, 2))  # (g, Og, Kg)
                     del cols  # freed before dcols (the same size) is made: a lower peak
                 if need_dx:
-                    dcols = weight.reshape(O, K).T @ dout_m  # (K, n*L)
+                    dcols = wt[0] @ dout_m[0] if g == 1 else torch.bmm(wt, dout_m).view(K, n * L)  # (K, n*L)
                     dx[s] = _fold(dcols, x[s].shape, kh, kw, Ho, Wo, stride, padding, dilation)  # (n, C, H, W)
             if need_dw:
-                dw = dw.view(weight.shape)  # (O, C, kh, kw)
-        return dx, dw, db, None, None, None
+                dw = dw.view(weight.shape)  # (O, C/g, kh, kw)
+        return dx, dw, db, None, None, None, None
 
 
 def _out_size(x_shape, w_shape, stride, padding, dilation) -> tuple[int, int]:
@@ -278,23 +230,46 @@ def _out_size(x_shape, w_shape, stride, padding, dilation) -> tuple[int, int]:
     return (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (W + 2 * pw - dw_ * (kw - 1) - 1) // sw + 1
 
 
-def conv_args(x, weight, bias, stride, padding, dilation):
-    """Check conv2d's arguments (ValueError naming argument and shapes); return the pairs."""
-    check_rank(x, "x", 4, "(N, C, H, W)")
-    check_rank(weight, "weight", 4, "(out_channels, in_channels, kh, kw)")
+def _padding(padding, stride, dilation, kernel) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) from an int, a pair, "valid" or "same" (F.conv2d's rule:
+    d*(k-1) in all per dim, the smaller half before, so an even kernel's extra pixel goes after)."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0, 0, 0)
+        if padding != "same":
+            raise ValueError(f"padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+        if stride != (1, 1):
+            raise ValueError(f"padding='same' needs stride 1 (as F.conv2d), got stride {stride}")
+        (th, tw) = (dilation[0] * (kernel[0] - 1), dilation[1] * (kernel[1] - 1))  # total padding per dim
+        return (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+    ph, pw = pair(padding, "padding")
+    check_non_negative((ph, pw), "padding")
+    return (ph, ph, pw, pw)
+
+
+def conv_args(x, weight, bias, stride, padding, dilation, groups=1):
+    """Check conv2d's arguments (ValueError naming argument and shapes); return stride,
+    (top, bottom, left, right) padding, dilation and whether x is batched."""
+    check_rank(x, "x", (3, 4), "(N, C, H, W) or unbatched (C, H, W)")
+    check_rank(weight, "weight", 4, "(out_channels, in_channels / groups, kh, kw)")
     check_float(x, "x")
     check_float(weight, "weight")
-    stride, padding, dilation = pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation")
+    stride, dilation = pair(stride, "stride"), pair(dilation, "dilation")
     check_positive(stride, "stride")
     check_positive(dilation, "dilation")
-    check_non_negative(padding, "padding")
-    N, C, H, W = x.shape
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"groups must be an int >= 1, got {groups!r}")
+    pads = _padding(padding, stride, dilation, weight.shape[-2:])
+    C, H, W = x.shape[-3:]
     O, Cw, kh, kw = weight.shape
-    if C != Cw:
-        raise ValueError(f"x has {C} channels but weight expects {Cw}: x {tuple(x.shape)}, weight {tuple(weight.shape)}")
+    if O % groups:
+        raise ValueError(f"weight's out_channels {O} must be divisible by groups={groups}: weight {tuple(weight.shape)}")
+    if C != Cw * groups:
+        raise ValueError(f"x has {C} channels but weight expects {Cw * groups} ({Cw} per group, groups={groups}): "
+                         f"x {tuple(x.shape)}, weight {tuple(weight.shape)}")
     if x.dtype != weight.dtype:
         raise ValueError(f"x and weight must have the same dtype, got {x.dtype} and {weight.dtype}")
-    if min(weight.shape) < 1 or min(x.shape) < 1:
+    if min(weight.shape) < 1 or min(x.shape[-3:]) < 1:
         raise ValueError(f"x and weight must not be empty: x {tuple(x.shape)}, weight {tuple(weight.shape)}")
     if bias is not None:
         check_rank(bias, "bias", 1, "(out_channels,)")
@@ -302,18 +277,35 @@ def conv_args(x, weight, bias, stride, padding, dilation):
             raise ValueError(f"bias must have shape ({O},) for weight {tuple(weight.shape)}, got {tuple(bias.shape)}")
         if bias.dtype != x.dtype:
             raise ValueError(f"bias must have x's dtype {x.dtype}, got {bias.dtype}")
-    for name, size, k, p, d in (("height", H, kh, padding[0], dilation[0]), ("width", W, kw, padding[1], dilation[1])):
-        if size + 2 * p < d * (k - 1) + 1:
+    for name, size, k, p, d in (("height", H, kh, pads[0] + pads[1], dilation[0]),
+                                ("width", W, kw, pads[2] + pads[3], dilation[1])):
+        if size + p < d * (k - 1) + 1:
             raise ValueError(f"kernel {name} {k} (dilation {d}) is larger than the padded input {name} "
-                             f"{size + 2 * p}: x {tuple(x.shape)}, weight {tuple(weight.shape)}, padding {padding}")
-    return stride, padding, dilation
+                             f"{size + p}: x {tuple(x.shape)}, weight {tuple(weight.shape)}, padding {padding}")
+    return stride, pads, dilation, x.dim() == 4
 
 
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-           stride=1, padding=0, dilation=1) -> torch.Tensor:
-    """2-D convolution (cross-correlation), as ``F.conv2d`` without groups.
+           stride=1, padding=0, dilation=1, groups=1) -> torch.Tensor:
+    """2-D convolution (cross-correlation), as ``F.conv2d``.
 
-    x (N, C, H, W), weight (O, C, kh, kw), bias (O,) or None; stride, padding and dilation
-    are ints or (height, width) pairs. Returns (N, O, Ho, Wo)."""
-    stride, padding, dilation = conv_args(x, weight, bias, stride, padding, dilation)
-    return Conv2d.apply(x, weight, bias, stride, padding, dilation)
+    x (N, C, H, W) or unbatched (C, H, W); weight (O, C/groups, kh, kw); bias (O,) or None;
+    stride and dilation are ints or (height, width) pairs (a 1-tuple counts for both);
+    padding is an int, a pair, "valid" or "same"; groups divides C and O (groups=C: depthwise).
+    Returns (N, O, Ho, Wo), or (O, Ho, Wo) for an unbatched x.
+
+    Refuses (ValueError): x not 3-D or 4-D or not floating point, a weight that is not 4-D,
+    channels that do not match ``weight.shape[1] * groups``, O not divisible by groups,
+    groups < 1, stride or dilation < 1, negative padding, ``padding="same"`` with a stride
+    other than 1 (the output could not keep the input's size), a kernel larger than the
+    padded input, dtypes that differ, an empty weight or an x empty other than in its batch
+    (PyTorch raises too, but for zero input channels, where it returns an (N, 0, Ho, Wo) tensor;
+    tests/test_degenerate.py). An empty batch gives an empty output."""
+    stride, (top, bottom, left, right), dilation, batched = conv_args(x, weight, bias, stride, padding,
+                                                                      dilation, groups)
+    if not batched:
+        x = x.unsqueeze(0)  # (1, C, H, W), a view
+    if bottom != top or right != left:  # "same" with an even dilated kernel: the extra pixel after
+        x = pad2d(x, (0, right - left, 0, bottom - top))
+    out = Conv2d.apply(x, weight, bias, stride, (top, left), dilation, groups)
+    return out if batched else out.squeeze(0)

@@ -5,7 +5,8 @@ Overfitting" (JMLR 2014); the inverted form (scale at training time, identity at
 is the one ``F.dropout`` uses. The backward multiplies the upstream gradient by the same mask
 and the same scale: dx = dout * mask / (1 - p).
 
-Entry point ``dropout(x, p, training, generator=None)``, matching ``F.dropout``'s arguments.
+Entry point ``dropout(x, p, training, generator=None)``, matching ``F.dropout``'s arguments;
+p may be 1 (every element dropped: zeros, gradient zero) and does not matter when not training.
 The mask comes from ``torch.rand`` (with ``generator`` when given), so it differs from
 PyTorch's elementwise; it agrees in distribution.
 
@@ -29,13 +30,27 @@ import torch
 from customnn.ops._checks import check_tensor
 
 
+def _uniforms(x: torch.Tensor, generator, batch) -> torch.Tensor:
+    """The float32 uniforms a mask is made from, of x's shape; with ``batch = (rows, total)``
+    (x holds rows ``rows`` of a batch of ``total``) drawn for the whole batch and these rows
+    kept, so that a data-parallel rank drops exactly what one process would."""
+    if batch is None:
+        return torch.rand(x.shape, generator=generator, device=x.device, dtype=torch.float32)
+    rows, total = batch
+    u = torch.rand((total, *x.shape[1:]), generator=generator, device=x.device, dtype=torch.float32)
+    return u[rows]
+
+
 def dropout_reference(x: torch.Tensor, p: float = 0.5, training: bool = True,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
+                      generator: torch.Generator | None = None, *, batch=None) -> torch.Tensor:
     """x * keep / (1 - p), keep = 1 where a uniform draw u >= p (probability 1 - p), else 0;
-    x itself when not training or when p == 0. Draws u as ``dropout`` does (float32, x's shape)."""
+    x itself when not training or when p == 0; x * 0 when p == 1 (no draw). Draws u as
+    ``dropout`` does (float32, x's shape)."""
     if not training or p == 0:
         return x
-    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=torch.float32)
+    if p == 1:
+        return x * 0.0  # every element dropped: zeros (NaN stays NaN, as in F.dropout), gradient 0
+    u = _uniforms(x, generator, batch)
     keep = (u >= p).to(x.dtype)  # 1 where the element is kept, 0 where it is dropped
     scale = 1.0 / (1.0 - p)  # kept elements grow so that the expected output stays x
     return x * (keep * scale)  # (keep * scale) first, as dropout forms it: the same bits
@@ -43,9 +58,13 @@ def dropout_reference(x: torch.Tensor, p: float = 0.5, training: bool = True,
 
 class _Dropout(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, p, generator):
+    def forward(ctx, x, p, generator, batch):
+        if p == 1.0:  # every element dropped: a zero mask, no draw (as F.dropout)
+            mask = x.new_zeros(()).expand(x.shape)  # (same shape as x), no memory
+            ctx.save_for_backward(mask)
+            return x * mask
         # Uniforms in float32 whatever x's dtype (bfloat16 has too few levels to compare to p).
-        u = torch.rand(x.shape, generator=generator, device=x.device, dtype=torch.float32)
+        u = _uniforms(x, generator, batch)
         # mask = 1/(1-p) where u >= p (probability 1 - p), else 0: the comparison is done in
         # place on the float tensor, which is several times faster on CPU than a bool mask.
         mask = u.ge_(p).to(x.dtype).mul_(1.0 / (1.0 - p))  # (same shape as x)
@@ -59,18 +78,23 @@ class _Dropout(torch.autograd.Function):
     def backward(ctx, dout):
         (mask,) = ctx.saved_tensors
         dx = dout * mask
-        return dx, None, None
+        return dx, None, None, None
 
 
 def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True,
-            generator: torch.Generator | None = None) -> torch.Tensor:
+            generator: torch.Generator | None = None, *, batch=None) -> torch.Tensor:
     """Zero elements of x with probability p and scale the kept ones by 1/(1-p) when training;
-    return x itself when not training or when p == 0."""
+    return x itself when not training (whatever p in [0, 1]) or when p == 0; with p == 1 every
+    element is dropped: zeros (x * 0, so a NaN stays NaN, as F.dropout), gradient zero. Refuses
+    (ValueError): p not a number in [0, 1] (checked in every mode, as F.dropout), a non-float x
+    when training. ``batch = (rows, total)``: x is rows
+    ``rows`` (a slice) of a batch of ``total`` rows, and its mask is those rows of the whole
+    batch's (data-parallel training, customnn/train/distributed.py)."""
     check_tensor(x, "x")
-    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout probability p must be a number in [0, 1), got {p!r}")
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability p must be a number in [0, 1], got {p!r}")
     if not training or p == 0:
         return x
     if not x.is_floating_point():
         raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
-    return _Dropout.apply(x, float(p), generator)
+    return _Dropout.apply(x, float(p), generator, batch)

@@ -21,6 +21,8 @@ tests/test_reference.py compares the two.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from customnn.ops._checks import check_float, check_tensor
@@ -40,7 +42,8 @@ class _Linear(torch.autograd.Function):
     def forward(ctx, x, weight, bias):
         C, OC = weight.shape
         lead = x.shape[:-1]
-        x2 = x.reshape(-1, C)  # (N, C), a view when x is contiguous
+        # (N, C), a view when x is contiguous; N spelt out, as -1 is ambiguous when C or N is 0
+        x2 = x.reshape(math.prod(lead), C)
         if OC <= _NARROW:
             # A narrow output (a classifier head): the BLAS is several times faster at the
             # transposed product out^T = W^T x^T (OC, N) than at x W with only OC columns.
@@ -60,7 +63,7 @@ class _Linear(torch.autograd.Function):
     def backward(ctx, dout):
         x2, weight = ctx.saved_tensors
         OC = weight.shape[1]
-        dout2 = dout.reshape(-1, OC)  # (N, OC)
+        dout2 = dout.reshape(x2.shape[0], OC)  # (N, OC)
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
             dx = (dout2 @ weight.T).view(ctx.x_shape)  # (N, C) -> x's shape
@@ -117,7 +120,7 @@ class _Embedding(torch.autograd.Function):
             V, C = ctx.weight_shape
             dw = torch.zeros((V, C), dtype=dout.dtype, device=dout.device)
             # Add, don't assign: a row used by several tokens gets every contribution.
-            dw.index_add_(0, flat, dout.reshape(-1, C))
+            dw.index_add_(0, flat, dout.reshape(flat.shape[0], C))  # (N, C), N spelt out for C == 0
         return None, dw
 
 

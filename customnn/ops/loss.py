@@ -29,6 +29,7 @@ import math
 import torch
 
 from customnn.ops._checks import check_float, check_tensor
+from customnn.ops.cross_entropy_soft import NoClassesCrossEntropy, SoftCrossEntropy, no_classes_loss
 
 _REDUCTIONS = ("mean", "sum", "none")
 _LOG2E = math.log2(math.e)
@@ -51,21 +52,33 @@ def log_softmax_reference(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 
 def cross_entropy_reference(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -100,
-                            reduction: str = "mean", label_smoothing: float = 0.0) -> torch.Tensor:
-    """loss = -sum over classes of q * log softmax(logits), q = (1 - eps) onehot + eps / C;
-    rows whose target is ignore_index count for nothing, and "mean" divides by the others."""
-    target_shape = target.shape
-    if logits.dim() == 1:  # one prediction: logits (C,), target ()
+                            reduction: str = "mean", label_smoothing: float = 0.0,
+                            weight: torch.Tensor | None = None) -> torch.Tensor:
+    """loss = -sum over classes c of w_c q_c log softmax(logits)_c, with w the class weights
+    (all 1 without). Class indices: q = (1 - eps) onehot + eps / C, rows whose target is
+    ignore_index count for nothing, and "mean" divides by the sum of the counted rows' target
+    weights w[y]. Probabilities (a float target of the logits' shape): q = (1 - eps) target +
+    eps / C, and "mean" divides by the number of rows."""
+    soft = target.is_floating_point()
+    target_shape = target.shape[1:] if soft and logits.dim() == 1 else target.shape
+    if logits.dim() == 1:  # one prediction: logits (C,), target () or (C,)
         logits, target = logits.unsqueeze(0), target.unsqueeze(0)
     logp = log_softmax_reference(logits, dim=1).movedim(1, -1)  # (N, d1, ..., C)
     C = logp.shape[-1]
+    w = torch.ones(C, dtype=logp.dtype, device=logp.device) if weight is None else weight  # (C,)
+    if soft:
+        q = (1 - label_smoothing) * target.movedim(1, -1) + label_smoothing / C  # (N, d1, ..., C)
+        loss = -(q * w * logp).sum(-1)  # (N, d1, ...)
+        if reduction == "mean":
+            return loss.sum() / loss.numel()
+        return loss.sum() if reduction == "sum" else loss.reshape(target_shape[:1] + target_shape[2:])
     valid = target != ignore_index  # (N, d1, ...)
     classes = torch.arange(C, device=target.device)
     onehot = (torch.where(valid, target, 0).unsqueeze(-1) == classes).to(logp.dtype)  # (N, d1, ..., C)
-    q = (1 - label_smoothing) * onehot + label_smoothing / C  # (N, d1, ..., C)
+    q = (1 - label_smoothing) * onehot * w + label_smoothing / C * w  # (N, d1, ..., C)
     loss = -(q * logp).sum(-1) * valid  # (N, d1, ...)
     if reduction == "mean":
-        return loss.sum() / valid.sum()
+        return loss.sum() / ((onehot * w).sum(-1) * valid).sum()
     if reduction == "sum":
         return loss.sum()
     return loss.reshape(target_shape)  # "none": one loss per prediction
@@ -85,6 +98,11 @@ def _shifted_exp(x: torch.Tensor, dim: int):
 class _Softmax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, dim):
+        if x.numel() == 0:  # nothing to normalise (amax refuses an empty dim): an empty result
+            y = x.clone()
+            ctx.save_for_backward(y)
+            ctx.dim = dim
+            return y
         y = x - x.amax(dim, keepdim=True)  # the row maximum goes first, always
         y.mul_(_LOG2E).exp2_()  # exp(z) = 2^(z log2 e), in place: one new tensor in all
         y.div_(y.sum(dim, keepdim=True))
@@ -104,6 +122,11 @@ class _Softmax(torch.autograd.Function):
 class _LogSoftmax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, dim):
+        if x.numel() == 0:  # nothing to normalise (amax refuses an empty dim): an empty result
+            y = x.clone()
+            ctx.save_for_backward(y)
+            ctx.dim = dim
+            return y
         shifted, e, s = _shifted_exp(x, dim)
         y = shifted.sub_(s.log_())  # x - max - log(sum(exp(x - max)))
         # Only the output is kept; softmax = exp(y) is recomputed in backward rather than stored.
@@ -127,7 +150,7 @@ class _CrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits, target, ignore_index, reduction, label_smoothing, may_ignore):
+    def forward(ctx, logits, target, ignore_index, reduction, label_smoothing, may_ignore, weight):
         ctx.logits_shape, ctx.logits_dtype, target_shape = logits.shape, logits.dtype, target.shape
         logits, target = _as_rows(logits, target)  # (N, C), (N,)
         N, C = logits.shape
@@ -139,12 +162,16 @@ class _CrossEntropy(torch.autograd.Function):
             valid, safe, n_valid = None, target.unsqueeze(1), N
         shifted, e, s = _shifted_exp(logits, 1)  # (N, C), (N, C), (N, 1)
         eps = label_smoothing
+        if weight is not None:
+            return _weighted_forward(ctx, shifted, e, s, safe, valid, weight.to(shifted.dtype), reduction, eps,
+                                     target_shape)
         if eps > 0.0:
             # -mean over classes of log p = lse - mean(shifted)
             smooth = shifted.mean(1, keepdim=True)  # (N, 1), taken before lse below
         lse = s.log()  # (N, 1) log-sum-exp of the shifted logits
         nll = lse - shifted.gather(1, safe)  # (N, 1) -log p[target]
-        loss = torch.lerp(nll, lse.sub_(smooth), eps) if eps > 0.0 else nll  # (1 - eps) nll + eps smooth
+        # (1 - eps) nll + eps smooth (not lerp: nll + eps (smooth - nll) is NaN when both are inf)
+        loss = nll.mul(1.0 - eps).add_(lse.sub_(smooth), alpha=eps) if eps > 0.0 else nll
         # grad = probs - q, q = (1 - eps) onehot + eps / C: the loss's gradient per row, made
         # in place in e. It is the one big tensor kept (PyTorch keeps its log-softmax output,
         # the same size).
@@ -152,8 +179,8 @@ class _CrossEntropy(torch.autograd.Function):
         if eps > 0.0:
             grad.sub_(eps / C)
         grad.scatter_(1, safe, eps - 1.0, reduce="add")  # -(1 - eps) at each row's target
-        if valid is not None:
-            loss = loss * valid.unsqueeze(1)
+        if valid is not None:  # ignored rows count for nothing, even when their logits are NaN or inf
+            loss = torch.where(valid.unsqueeze(1), loss, 0.0)
             grad.mul_(valid.unsqueeze(1))  # ignored rows get no gradient
         # loss is (N, 1) here
         if reduction == "mean":  # over the rows that count (0/0 = nan if all are ignored, as PyTorch)
@@ -166,7 +193,7 @@ class _CrossEntropy(torch.autograd.Function):
             ctx.save_for_backward(grad)
         else:
             ctx.save_for_backward(grad, n_valid)
-        ctx.reduction, ctx.n = reduction, N
+        ctx.reduction, ctx.n, ctx.weighted = reduction, N, False
         return out if out.dtype == ctx.logits_dtype else out.to(ctx.logits_dtype)
 
     @staticmethod
@@ -177,6 +204,8 @@ class _CrossEntropy(torch.autograd.Function):
         # dlogits = (probs - q) * dloss, dloss the gradient reaching each row's loss
         if ctx.reduction == "none":
             dlogits = grad * dout.reshape(-1, 1)  # (N, C) * (N, 1)
+        elif ctx.reduction == "mean" and ctx.weighted:  # divided by the rows' total weight
+            dlogits = grad * (dout / torch.where(n_valid[0] == 0, 1.0, n_valid[0]))
         elif ctx.reduction == "mean":
             dlogits = grad * (dout / (n_valid[0].clamp_min(1) if n_valid else ctx.n))
         else:
@@ -188,7 +217,44 @@ class _CrossEntropy(torch.autograd.Function):
             dlogits = dlogits.view(shape[0], *shape[2:], shape[1]).movedim(-1, 1)
         if dlogits.dtype != ctx.logits_dtype:
             dlogits = dlogits.to(ctx.logits_dtype)
-        return dlogits, None, None, None, None, None
+        return dlogits, None, None, None, None, None, None
+
+
+def _weighted_forward(ctx, shifted, e, s, safe, valid, w, reduction, eps, target_shape):
+    """_CrossEntropy's forward with class weights w (C,), as PyTorch weighs (module docstring):
+    q = (1 - eps) w[y] onehot + (eps / C) w; loss = -sum_c q_c log p_c; grad = (sum_c q_c) p - q;
+    "mean" divides by W = the sum of w[y] over the rows that count."""
+    N, C = shifted.shape
+    wy = w.gather(0, safe.view(-1)).unsqueeze(1)  # (N, 1) each row's target weight
+    if valid is not None:
+        wy = wy * valid.unsqueeze(1)  # ignored rows weigh nothing
+    lse = s.log()  # (N, 1)
+    loss = wy * (lse - shifted.gather(1, safe))  # (N, 1) w[y] * -log p[y]
+    if valid is not None:  # ignored rows count for nothing, even when their logits are NaN or inf
+        loss = torch.where(valid.unsqueeze(1), loss, 0.0)
+    total = wy.sum()  # W
+    sum_q = wy * (1.0 - eps)  # (N, 1)
+    if eps > 0.0:
+        smooth = (lse * w.sum() - shifted @ w.unsqueeze(1)) * (eps / C)  # (N, 1) (eps/C) sum_c w_c (-log p_c)
+        if valid is not None:
+            smooth = torch.where(valid.unsqueeze(1), smooth, 0.0)
+        loss = loss * (1.0 - eps) + smooth
+        sum_q = sum_q + (eps / C) * w.sum()
+    grad = e.div_(s).mul_(sum_q)  # (N, C): (sum_c q_c) p
+    if eps > 0.0:
+        grad.sub_(w * (eps / C))
+    grad.scatter_add_(1, safe, wy * (eps - 1.0))  # -(1 - eps) w[y] at each row's target
+    if valid is not None:
+        grad.mul_(valid.unsqueeze(1))  # ignored rows get no gradient
+    if reduction == "mean":
+        out = loss.sum() / total
+    elif reduction == "sum":
+        out = loss.sum()
+    else:
+        out = loss.view(target_shape)
+    ctx.save_for_backward(grad, total)
+    ctx.reduction, ctx.n, ctx.weighted = reduction, N, True
+    return out if out.dtype == ctx.logits_dtype else out.to(ctx.logits_dtype)
 
 
 def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -213,26 +279,56 @@ def cross_entropy(
     ignore_index: int = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Cross-entropy of class-index targets, as ``F.cross_entropy``.
+    """Cross-entropy, as ``F.cross_entropy`` (``weight`` comes last here, so that the existing
+    positional calls keep working; pass it by name).
 
     logits (N, C) with target (N,), or logits (N, C, d1, ...) with target (N, d1, ...) (classes
-    on dimension 1), or logits (C,) with a 0-d target. Targets equal to ``ignore_index`` count
-    for nothing; ``reduction="mean"`` divides by the number of the others.
+    on dimension 1), or logits (C,) with a 0-d target: class indices. Targets equal to
+    ``ignore_index`` count for nothing; ``reduction="mean"`` divides by the number of the others,
+    or, with ``weight`` (C,), by the sum of their targets' weights (PyTorch's weighted mean).
+    A floating-point target of the logits' own shape holds class probabilities instead
+    (``cross_entropy_soft.py``; "mean" then divides by the number of predictions, and
+    ignore_index must stay -100). ``label_smoothing`` eps mixes eps / C into every class.
+    Ignored predictions count for nothing even with NaN or infinite logits. With no classes
+    (C == 0) the loss is PyTorch's constant (``no_classes_loss``) and the gradients are empty.
+
+    Refuses (ValueError): non-float logits; a bool or complex target; an integer target whose
+    shape is not logits' without dimension 1, or with a value outside [0, C) other than
+    ignore_index; a float target not of logits' shape or dtype, or with an ignore_index other
+    than -100 (PyTorch refuses it too); a weight that is not a (C,)
+    tensor of logits' dtype; an unknown reduction; label_smoothing outside [0, 1].
     """
     check_tensor(logits, "logits")
     check_tensor(target, "target")
     check_float(logits, "logits")
-    if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
-        raise ValueError(
-            f"target must hold integer class indices, got dtype {target.dtype} "
-            "(class-probability targets are not supported)"
-        )
+    if target.dtype.is_complex or target.dtype == torch.bool:
+        raise ValueError(f"target must hold integer class indices or float class probabilities, got dtype {target.dtype}")
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
-    if logits.dim() == 0 or logits.dim() == 1 and target.dim() != 0 or logits.dim() >= 2 and (
+    if logits.dim() == 0:
+        raise ValueError("logits must have at least 1 dimension (the classes), got a 0-d tensor")
+    C = logits.shape[0] if logits.dim() == 1 else logits.shape[1]
+    if weight is not None:
+        check_tensor(weight, "weight")
+        if weight.shape != (C,) or weight.dtype != logits.dtype:
+            raise ValueError(f"weight must be a ({C},) tensor of dtype {logits.dtype} for logits {tuple(logits.shape)}, "
+                             f"got shape {tuple(weight.shape)} and dtype {weight.dtype}")
+    if target.dtype.is_floating_point:  # class probabilities
+        if target.shape != logits.shape or target.dtype != logits.dtype:
+            raise ValueError(f"a floating-point target holds class probabilities and must have the logits' shape "
+                             f"{tuple(logits.shape)} and dtype {logits.dtype}, got {tuple(target.shape)} and {target.dtype}")
+        if ignore_index != -100:
+            raise ValueError(f"ignore_index does not apply to class-probability targets (as in PyTorch), "
+                             f"got ignore_index={ignore_index}")
+        if C == 0:
+            loss = no_classes_loss(logits, target, reduction, 0.0, soft=True)
+            return NoClassesCrossEntropy.apply(logits, target, loss)
+        return SoftCrossEntropy.apply(logits, target, weight, reduction, float(label_smoothing))
+    if logits.dim() == 1 and target.dim() != 0 or logits.dim() >= 2 and (
         target.shape != logits.shape[:1] + logits.shape[2:]
     ):
         want = "()" if logits.dim() == 1 else str(tuple(logits.shape[:1] + logits.shape[2:]))
@@ -240,7 +336,6 @@ def cross_entropy(
             f"target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}: "
             f"expected target of shape {want} (logits carry the classes on dimension 1)"
         )
-    C = logits.shape[0] if logits.dim() == 1 else logits.shape[1]
     may_ignore = False
     if target.numel() > 0:
         lo, hi = (int(v) for v in torch.aminmax(target))  # one pass, one sync
@@ -252,7 +347,10 @@ def cross_entropy(
                     f"{tuple(logits.shape)}, got {bad[:5].tolist()}"
                 )
         may_ignore = lo <= ignore_index <= hi
-    out = _CrossEntropy.apply(logits, target, ignore_index, reduction, float(label_smoothing), may_ignore)
+    if C == 0:  # no classes: every target (if any) is ignore_index, checked above
+        loss = no_classes_loss(logits, target, reduction, label_smoothing, soft=False)
+        return NoClassesCrossEntropy.apply(logits, None, loss)
+    out = _CrossEntropy.apply(logits, target, ignore_index, reduction, float(label_smoothing), may_ignore, weight)
     return out
 
 

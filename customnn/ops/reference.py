@@ -11,8 +11,10 @@ backward (tests/test_reference.py, and the "reference" rows of ``customnn check`
 
 Each reference sits in its layer's file, just above the fast version:
 
-    conv.py        pad2d_reference, conv2d_reference (a loop over output pixels)
-    pool.py        max_pool2d_reference, avg_pool2d_reference (loops over output pixels)
+    pad.py         pad2d_reference (an index per output position)
+    conv.py        conv2d_reference (a loop over output pixels and groups)
+    pool.py        max_pool2d_reference (a loop over output pixels, in _pool_geometry.py)
+    avg_pool.py    avg_pool2d_reference (the same loop, and each window's divisor by its definition)
     activation.py  relu_reference, gelu_reference
     linear.py      linear_reference, flatten_reference, embedding_reference (one-hot @ table)
     loss.py        softmax_reference, log_softmax_reference, cross_entropy_reference
