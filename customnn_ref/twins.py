@@ -4,7 +4,10 @@
 with them. The twins follow the reference implementations the models cite: the CNN is the
 same stack of ``nn.Conv2d`` / ``nn.BatchNorm2d`` / ``F.max_pool2d`` / ``nn.Linear``, the GPT is
 nanoGPT's ``model.py`` (``nn.Embedding``, ``nn.LayerNorm``, ``nn.Linear``,
-``F.scaled_dot_product_attention``, exact ``F.gelu``, a head tied to the token embedding).
+``F.scaled_dot_product_attention``, exact ``F.gelu``, a head tied to the token embedding). The
+GPT's options use PyTorch's layers too: ``nn.RMSNorm`` (``norm="rmsnorm"``, ``qk_norm``),
+``F.silu`` (``mlp="swiglu"``), and RoPE (``pos="rope"``) written plainly in Hugging Face's
+``rotate_half`` form (``apply_rope``; PyTorch has no rotary layer).
 
 Each twin keeps our models' parameter names (``blocks.0.attn.c_attn.weight``, ``stages.1.bn``,
 ``fc.weight``...), so copying is by name; the one difference in layout is the linear weight,
@@ -80,6 +83,25 @@ class TwinCNN(nn.Module):
 
 
 # --- GPT (nanoGPT's model.py) ----------------------------------------------------------------
+def rope_cos_sin(T: int, hs: int, base: float = 10000.0, device=None, dtype=torch.float32):
+    """RoPE's cos and sin of t * base^(-2i / hs), (T, hs / 2) each, formed in float64."""
+    inv_freq = 1.0 / base ** (torch.arange(0, hs, 2, dtype=torch.float64) / hs)  # (hs / 2,)
+    angles = torch.arange(T, dtype=torch.float64)[:, None] * inv_freq[None, :]  # (T, hs / 2)
+    return angles.cos().to(device=device, dtype=dtype), angles.sin().to(device=device, dtype=dtype)
+
+
+def apply_rope(x, cos, sin):
+    """Rotary embedding, halves convention, as Hugging Face's Llama: x * cos + rotate_half(x) * sin
+    with the (T, hs / 2) tables repeated to (T, hs) and rotate_half(x) = [-x2, x1]."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = torch.cat([cos, cos], dim=-1), torch.cat([sin, sin], dim=-1)  # (T, hs)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+def twin_norm(cfg: GPTConfig, n: int) -> nn.Module:
+    return nn.RMSNorm(n) if cfg.norm == "rmsnorm" else nn.LayerNorm(n, bias=cfg.bias)
+
+
 class TwinAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -87,11 +109,20 @@ class TwinAttention(nn.Module):
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.n_head, self.dropout = cfg.n_head, cfg.dropout
         self.resid_drop = nn.Dropout(cfg.dropout)
+        hs = cfg.n_embd // cfg.n_head
+        self.q_norm = nn.RMSNorm(hs) if cfg.qk_norm else None
+        self.k_norm = nn.RMSNorm(hs) if cfg.qk_norm else None
+        self.rope = cfg.pos == "rope"
 
     def forward(self, x):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rope:
+            cos, sin = rope_cos_sin(T, C // self.n_head, device=x.device, dtype=x.dtype)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # (B, nh, T, hs)
         return self.resid_drop(self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C)))
@@ -100,20 +131,25 @@ class TwinAttention(nn.Module):
 class TwinMLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
-        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.swiglu = cfg.mlp == "swiglu"
+        hidden = cfg.swiglu_hidden() if self.swiglu else 4 * cfg.n_embd
+        self.c_fc = nn.Linear(cfg.n_embd, 2 * hidden if self.swiglu else hidden, bias=cfg.bias)
+        self.c_proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x):
+        if self.swiglu:
+            gate, up = self.c_fc(x).chunk(2, dim=-1)
+            return self.drop(self.c_proj(F.silu(gate) * up))
         return self.drop(self.c_proj(F.gelu(self.c_fc(x))))
 
 
 class TwinBlock(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln_1 = twin_norm(cfg, cfg.n_embd)
         self.attn = TwinAttention(cfg)
-        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln_2 = twin_norm(cfg, cfg.n_embd)
         self.mlp = TwinMLP(cfg)
 
     def forward(self, x):
@@ -128,10 +164,10 @@ class TwinGPT(nn.Module):
         super().__init__()
         self.config = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(TwinBlock(cfg) for _ in range(cfg.n_layer))
-        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.ln_f = twin_norm(cfg, cfg.n_embd)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
             self.lm_head.weight = self.wte.weight  # weight tying (Press & Wolf 2017)
@@ -139,7 +175,7 @@ class TwinGPT(nn.Module):
     def forward(self, idx, targets=None):
         T = idx.shape[1]
         pos = torch.arange(T, device=idx.device)  # (T,)
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        x = self.drop(self.wte(idx) + (self.wpe(pos) if self.wpe is not None else 0))  # (B, T, C)
         for block in self.blocks:
             x = block(x)
         logits = self.lm_head(self.ln_f(x))  # (B, T, V)

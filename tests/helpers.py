@@ -37,7 +37,8 @@ def assert_same_gradients(model, twin, transposed_names, rtol, atol) -> None:
 def gpt_linear_weights(model) -> set[str]:
     """The names of a GPT's linear weights (``blocks.0.attn.c_attn.weight``, ... and an untied
     ``lm_head``): the ones stored transposed in its twin."""
-    names = {n for n, _ in model.named_parameters() if n.endswith(".weight") and "ln" not in n}
+    names = {n for n, _ in model.named_parameters()
+             if n.endswith(".weight") and "ln" not in n and "_norm" not in n}  # not a norm's gain
     return names | {"lm_head"}
 
 

@@ -184,3 +184,113 @@ def test_dropout_only_in_training_mode():
     model.train()
     c, _ = model(idx)
     assert not torch.allclose(a, c)
+
+
+# --- the architecture options: RMSNorm, RoPE, SwiGLU, QK-norm -------------------------------------
+OPTION_SETS = {
+    "rmsnorm": dict(norm="rmsnorm"),
+    "rope": dict(pos="rope"),
+    "swiglu": dict(mlp="swiglu"),
+    "qk_norm": dict(qk_norm=True),
+    "all": dict(norm="rmsnorm", pos="rope", mlp="swiglu", qk_norm=True),
+}
+
+
+@pytest.mark.parametrize("bias,tie", [(True, True), (False, False)])
+@pytest.mark.parametrize("name", OPTION_SETS)
+def test_each_option_matches_the_torch_nn_twin_float64(name, bias, tie):
+    compare(GPTConfig(**SMALL, **OPTION_SETS[name], bias=bias, tie_weights=tie), torch.float64, TIGHT, TIGHT_GRADS)
+
+
+def test_all_options_match_the_twin_float32_and_on_shorter_sequences():
+    cfg = GPTConfig(vocab_size=65, block_size=64, n_layer=2, n_head=4, n_embd=64, **OPTION_SETS["all"])
+    compare(cfg, torch.float32, dict(rtol=1e-4, atol=2e-5), B=2)
+    compare(GPTConfig(**SMALL, **OPTION_SETS["all"]), torch.float64, TIGHT, TIGHT_GRADS, T=5)
+
+
+@pytest.mark.parametrize("name", ["rope", "all"])
+def test_cached_forward_equals_full_forward_with_rope(name):
+    """With RoPE the new token's query and key are rotated for position cache.length."""
+    cfg = GPTConfig(**SMALL, **OPTION_SETS[name])
+    model = GPT(cfg, seed=5).to(dtype=torch.float64).eval()
+    idx = torch.randint(cfg.vocab_size, (2, cfg.block_size))
+    full, _ = model(idx)
+    cache = model.new_cache(batch_size=2)
+    with torch.no_grad():
+        outs = [model(idx[:, :6], cache=cache)[0]]
+        outs += [model(idx[:, t:t + 1], cache=cache)[0] for t in range(6, cfg.block_size)]
+    torch.testing.assert_close(torch.cat(outs, dim=1), full.detach(), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["rope", "all"])
+def test_generation_with_the_cache_equals_generation_without_it_with_rope(name):
+    from customnn.models.sampling import generate
+
+    cfg = GPTConfig(vocab_size=13, block_size=16, n_layer=2, n_head=2, n_embd=16, **OPTION_SETS[name])
+    model = GPT(cfg, seed=4).to(dtype=torch.float64)
+    for prompt_len, keep in ((3, None), (3, 1), (40, 16)):
+        prompt = torch.randint(13, (prompt_len,), generator=torch.Generator().manual_seed(1)).tolist()
+        outs = [generate(model, prompt, 50, generator=torch.Generator().manual_seed(123), use_cache=use_cache,
+                         keep=keep) for use_cache in (True, False)]
+        assert outs[0] == outs[1] and len(outs[0]) == 50
+
+
+def test_rope_model_has_no_position_table_and_each_option_its_tensors():
+    shapes = GPTConfig(**SMALL, **OPTION_SETS["all"]).state_shapes()  # on the meta device
+    assert "wpe" not in shapes and shapes["wte"] == (11, 16)
+    assert shapes["blocks.0.attn.q_norm.weight"] == shapes["blocks.0.attn.k_norm.weight"] == (8,)
+    assert shapes["blocks.0.mlp.c_fc.weight"] == (16, 2 * 43) and shapes["blocks.0.mlp.c_proj.weight"] == (43, 16)
+    assert "blocks.0.ln_1.bias" not in shapes and shapes["ln_f.weight"] == (16,)  # RMSNorm: a gain only
+    model = GPT(GPTConfig(**SMALL, **OPTION_SETS["all"]))
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == shapes
+    assert set(GPTConfig(**SMALL).state_shapes()) == set(GPT(GPTConfig(**SMALL)).state_dict())
+
+
+def test_swiglu_keeps_about_the_parameters_of_the_gelu_mlp():
+    for C in (64, 128, 384):
+        cfg = GPTConfig(n_embd=C, n_head=4, bias=False)
+        assert cfg.swiglu_hidden() == round(8 * C / 3)
+        gelu = GPT(GPTConfig(n_embd=C, n_head=4, bias=False)).num_parameters()
+        swiglu = GPT(GPTConfig(n_embd=C, n_head=4, bias=False, mlp="swiglu")).num_parameters()
+        assert abs(swiglu - gelu) / gelu < 0.005
+
+
+def test_defaults_are_the_original_model_and_its_configuration():
+    """A configuration without the option keys (every checkpoint written before them) is the
+    original model, and ``to_dict`` writes no option key while it has its default."""
+    old = dict(vocab_size=11, block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.0, bias=True, tie_weights=True)
+    cfg = GPTConfig(**old)
+    assert cfg.to_dict() == old
+    assert (cfg.norm, cfg.pos, cfg.mlp, cfg.qk_norm) == ("layernorm", "learned", "gelu", False)
+    a, b = GPT(cfg, seed=3), GPT(GPTConfig(**old, norm="layernorm", pos="learned", mlp="gelu", qk_norm=False), seed=3)
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(p, q), name
+    new = GPTConfig(**old, pos="rope", qk_norm=True)
+    assert new.to_dict() == {**old, "pos": "rope", "qk_norm": True}
+    assert GPTConfig(**new.to_dict()) == new
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(norm="batchnorm"), "norm must be one of 'layernorm', 'rmsnorm'"),
+    (dict(pos="alibi"), "pos must be one of"),
+    (dict(mlp="relu"), "mlp must be one of"),
+    (dict(qk_norm="yes"), "qk_norm must be True or False"),
+    (dict(pos="rope", n_embd=6, n_head=2), "even head size"),
+])
+def test_option_values_are_checked(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GPTConfig(**kwargs)
+
+
+def test_a_checkpoint_of_a_model_with_every_option_loads_back(tmp_path):
+    from customnn.checkpoint import load_checkpoint, save_checkpoint
+    from customnn.train.loading import gpt_from_checkpoint
+
+    cfg = GPTConfig(vocab_size=5, block_size=8, n_layer=2, n_head=2, n_embd=8, **OPTION_SETS["all"])
+    model = GPT(cfg, seed=2)
+    path = tmp_path / "gpt.safetensors"
+    save_checkpoint(path, model.state_dict(), {"model": "gpt", "config": cfg.to_dict(), "vocab": "abcde", "step": 0})
+    loaded, vocab = gpt_from_checkpoint(load_checkpoint(path), path)
+    assert loaded.config == cfg and vocab.chars == "abcde"
+    idx = torch.randint(5, (2, 8))
+    torch.testing.assert_close(loaded(idx)[0], model.eval()(idx)[0], rtol=0, atol=0)

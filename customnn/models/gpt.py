@@ -12,13 +12,28 @@ embedding (Press & Wolf 2017). Initialisation as GPT-2: every weight normal(0, 0
 zero, and the projections that write into the residual stream normal(0, 0.02 / sqrt(2 *
 n_layer)), so the residual's variance does not grow with depth.
 
-Every layer is one of ``customnn.ops``; only reshapes, splits and residual additions are
-plain tensor operations. Weights of linear layers are ``(in_features, out_features)``.
+Options of ``GPTConfig``, each off by default (the defaults are the model above, bit for bit):
+
+- ``norm="rmsnorm"``: RMSNorm (Zhang & Sennrich 2019, ``ops.rms_norm``) with a gain and no bias
+  for ln_1, ln_2 and ln_f, instead of layer norm;
+- ``pos="rope"``: rotary position embedding (Su et al. 2021, RoFormer; ``ops.rope``, halves
+  convention) applied to q and k in every attention layer, and no position table ``wpe``;
+- ``mlp="swiglu"``: the SwiGLU feed-forward network (Shazeer 2020, "GLU Variants Improve
+  Transformer"): c_fc C -> 2H split into gate and up, silu(gate) * up, c_proj H -> C, with
+  H = round(8C / 3) so that its 3CH weights are about the 8C^2 of the 4C GELU MLP;
+- ``qk_norm=True``: RMSNorm of q and of k over each head (a gain (hs,) each, shared by the
+  heads of a layer) before RoPE and attention (QK-norm: Dehghani et al. 2023, "Scaling Vision
+  Transformers to 22 Billion Parameters", with RMSNorm as in OLMo 2 and Qwen3).
+
+Every layer is one of ``customnn.ops``; only reshapes, splits, residual additions and SwiGLU's
+gating product are plain tensor operations. Weights of linear layers are ``(in_features,
+out_features)``.
 
 Generation uses a key/value cache (``KVCache``): the prompt is run once (a prefill), then
 each new token runs one position through the network, its query attending to every cached
-key. Positions are absolute (learned position embeddings), so a cache holds at most
-``block_size`` positions; what to do when it is full is the sampler's choice
+key (with RoPE, the new query and key are rotated for position ``cache.length``). A cache
+holds at most ``block_size`` positions (the length of the position table and of the RoPE
+tables); what to do when it is full is the sampler's choice
 (``customnn.models.sampling.generate`` rebuilds the cache from the last tokens).
 
 Dimension letters: B batch, T sequence length, C n_embd, nh n_head, hs head size C / nh,
@@ -39,6 +54,11 @@ from customnn import ops
 from customnn.module import Module
 
 
+# The architecture options and their defaults (the GPT-2 model), and the values each may take.
+OPTIONS = {"norm": "layernorm", "pos": "learned", "mlp": "gelu", "qk_norm": False}
+CHOICES = {"norm": ("layernorm", "rmsnorm"), "pos": ("learned", "rope"), "mlp": ("gelu", "swiglu")}
+
+
 @dataclass
 class GPTConfig:
     vocab_size: int = 65  # characters in Tiny Shakespeare; set from the corpus at training time
@@ -49,6 +69,12 @@ class GPTConfig:
     dropout: float = 0.0  # off: small models trained for a few thousand steps do not overfit
     bias: bool = True  # biases in linear layers and layer norms, as GPT-2
     tie_weights: bool = True  # the output projection reuses the token embedding (GPT-2, nanoGPT)
+    # The options below are written into a checkpoint's configuration only when they are not
+    # the default (``to_dict``), so the original model's configuration has no such keys.
+    norm: str = "layernorm"  # "layernorm" (GPT-2) or "rmsnorm" (a gain, no bias)
+    pos: str = "learned"  # "learned" position table (GPT-2) or "rope" (rotary q and k, no table)
+    mlp: str = "gelu"  # "gelu" (C -> 4C -> C) or "swiglu" (hidden width round(8C / 3))
+    qk_norm: bool = False  # RMSNorm of q and k over each head before attention
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -60,12 +86,24 @@ class GPTConfig:
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
                 or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig.dropout must be a number in [0, 1), got {self.dropout!r}")
-        for name in ("bias", "tie_weights"):
+        for name in ("bias", "tie_weights", "qk_norm"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"GPTConfig.{name} must be True or False, got {getattr(self, name)!r}")
+        for name, choices in CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"GPTConfig.{name} must be one of {', '.join(map(repr, choices))}, "
+                                 f"got {getattr(self, name)!r}")
+        if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"pos='rope' needs an even head size, got n_embd / n_head = {self.n_embd // self.n_head}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Every field, but the options (``OPTIONS``) that have their default value: a checkpoint
+        of the original model keeps the configuration it always had."""
+        return {k: v for k, v in asdict(self).items() if not (k in OPTIONS and v == OPTIONS[k])}
+
+    def swiglu_hidden(self) -> int:
+        """H of the SwiGLU MLP: round(8C / 3), so that its 3CH weights are about the 4C GELU MLP's 8C^2."""
+        return round(8 * self.n_embd / 3)
 
     def state_shapes(self) -> dict[str, tuple[int, ...]]:
         """The name and shape of every tensor in ``GPT(self).state_dict()``: what a checkpoint is
@@ -117,6 +155,21 @@ class LayerNorm(Module):
         return ops.layer_norm(x, self.weight, self.bias)
 
 
+class RMSNorm(Module):
+    """RMSNorm over the last dimension with a gain (ones) and no bias, as ``ops.rms_norm``."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.weight = torch.ones(n).requires_grad_()
+
+    def forward(self, x):
+        return ops.rms_norm(x, self.weight)
+
+
+def make_norm(config: GPTConfig) -> Module:
+    return RMSNorm(config.n_embd) if config.norm == "rmsnorm" else LayerNorm(config.n_embd, config.bias)
+
+
 class KVCache:
     """Keys and values of every layer for the positions seen so far, for one batch of sequences.
 
@@ -154,17 +207,27 @@ class CausalSelfAttention(Module):
         self.layer = layer  # index into a KVCache
         self.c_attn = Linear(C, 3 * C, config.bias, 0.02, g)  # (C, 3C): q, k, v side by side
         self.c_proj = Linear(C, C, config.bias, 0.02 / math.sqrt(2 * config.n_layer), g)  # into the residual
+        hs = C // config.n_head
+        self.q_norm = RMSNorm(hs) if config.qk_norm else None  # (hs,) gains, shared by the heads
+        self.k_norm = RMSNorm(hs) if config.qk_norm else None
 
-    def forward(self, x, cache: KVCache | None = None):
+    def forward(self, x, cache: KVCache | None = None, rope: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """``rope``: the (cos, sin) tables (T, hs / 2) of this call's positions, or None."""
         B, T, C = x.shape
         nh, hs = self.n_head, C // self.n_head
         qkv = self.c_attn(x).view(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hs): q, k, v
         q, k, v = qkv.unbind(0)  # (B, nh, T, hs) each
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = ops.rope(q, *rope), ops.rope(k, *rope)
         causal = True
         if cache is not None:
             # A prefill starts at position 0, where SDPA's top-left causal mask is right; a
             # single new token attends to every cached key, so it needs no mask.
-            k, v = cache.store(self.layer, qkv[1:])  # (B, nh, S, hs)
+            changed = self.q_norm is not None or rope is not None  # k is no longer a view of qkv
+            kv = torch.stack((k, v)) if changed else qkv[1:]  # (2, B, nh, T, hs)
+            k, v = cache.store(self.layer, kv)  # (B, nh, S, hs)
             causal = T > 1
         p = self.dropout if self.training else 0.0
         y = ops.attention(q, k, v, causal=causal, dropout_p=p)  # (B, nh, T, hs)
@@ -176,17 +239,24 @@ class CausalSelfAttention(Module):
 
 
 class MLP(Module):
-    """Linear C -> 4C, GELU, linear 4C -> C (the position-wise feed-forward network)."""
+    """The position-wise feed-forward network: linear C -> 4C, GELU, linear 4C -> C; or SwiGLU:
+    linear C -> 2H (gate | up), silu(gate) * up, linear H -> C."""
 
     def __init__(self, config: GPTConfig, g: torch.Generator):
         super().__init__()
         C = config.n_embd
         self.dropout = config.dropout
-        self.c_fc = Linear(C, 4 * C, config.bias, 0.02, g)  # (C, 4C)
-        self.c_proj = Linear(4 * C, C, config.bias, 0.02 / math.sqrt(2 * config.n_layer), g)  # into the residual
+        self.hidden = config.swiglu_hidden() if config.mlp == "swiglu" else None  # H, or None for GELU
+        n_fc, n_in = (2 * self.hidden, self.hidden) if self.hidden else (4 * C, 4 * C)
+        self.c_fc = Linear(C, n_fc, config.bias, 0.02, g)  # (C, 4C), or (C, 2H): gate and up side by side
+        self.c_proj = Linear(n_in, C, config.bias, 0.02 / math.sqrt(2 * config.n_layer), g)  # into the residual
 
     def forward(self, x):
-        y = self.c_proj(ops.gelu(self.c_fc(x)))
+        if self.hidden:
+            gate, up = self.c_fc(x).split(self.hidden, dim=-1)  # (B, T, H) each
+            y = self.c_proj(ops.silu(gate) * up)
+        else:
+            y = self.c_proj(ops.gelu(self.c_fc(x)))
         if self.dropout > 0.0 and self.training:
             y = ops.dropout(y, self.dropout, self.training)
         return y
@@ -197,13 +267,13 @@ class Block(Module):
 
     def __init__(self, config: GPTConfig, layer: int, g: torch.Generator):
         super().__init__()
-        self.ln_1 = LayerNorm(config.n_embd, config.bias)
+        self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config, layer, g)
-        self.ln_2 = LayerNorm(config.n_embd, config.bias)
+        self.ln_2 = make_norm(config)
         self.mlp = MLP(config, g)
 
-    def forward(self, x, cache: KVCache | None = None):
-        x = x + self.attn(self.ln_1(x), cache)
+    def forward(self, x, cache: KVCache | None = None, rope=None):
+        x = x + self.attn(self.ln_1(x), cache, rope)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -217,9 +287,11 @@ class GPT(Module):
         g = torch.Generator().manual_seed(seed)  # initialisation is reproducible on its own
         C = config.n_embd
         self.wte = _normal((config.vocab_size, C), 0.02, g)  # (V, C) token embedding
-        self.wpe = _normal((config.block_size, C), 0.02, g)  # (block_size, C) position embedding
+        # (block_size, C) position embedding; none with RoPE, whose tables are built on first use
+        self.wpe = _normal((config.block_size, C), 0.02, g) if config.pos == "learned" else None
+        self._rope_tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # (device, dtype) -> (cos, sin)
         self.blocks = [Block(config, i, g) for i in range(config.n_layer)]
-        self.ln_f = LayerNorm(C, config.bias)
+        self.ln_f = make_norm(config)
         # Untied: a separate (C, V) projection. Tied: the head is wte itself, used as wte^T.
         self.lm_head = None if config.tie_weights else _normal((C, config.vocab_size), 0.02, g)
 
@@ -241,12 +313,18 @@ class GPT(Module):
                              f"{self.config.block_size}")
         if cache is not None and T > 1 and start > 0:
             raise ValueError("a cached forward takes either a prefill into an empty cache or one token")
-        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
-        x = ops.embedding(idx, self.wte) + ops.embedding(pos, self.wpe)  # (B, T, C)
+        rope = None
+        if self.wpe is not None:
+            pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+            x = ops.embedding(idx, self.wte) + ops.embedding(pos, self.wpe)  # (B, T, C)
+        else:
+            x = ops.embedding(idx, self.wte)  # (B, T, C)
+            cos, sin = self.rope_tables()
+            rope = (cos[start:start + T], sin[start:start + T])  # (T, hs / 2) each: positions start..
         if self.config.dropout > 0.0 and self.training:
             x = ops.dropout(x, self.config.dropout, self.training)
         for block in self.blocks:
-            x = block(x, cache)
+            x = block(x, cache, rope)
         if cache is not None:
             cache.length += T
         x = self.ln_f(x)  # (B, T, C)
@@ -257,6 +335,16 @@ class GPT(Module):
         if targets is not None:
             loss = ops.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
         return logits, loss
+
+    def rope_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE's (cos, sin), each (block_size, hs / 2), in the weights' dtype and device; built
+        once for each dtype and device."""
+        key = (self.wte.device, self.wte.dtype)
+        if key not in self._rope_tables:
+            hs = self.config.n_embd // self.config.n_head
+            with torch.inference_mode(False):  # built once, maybe during an evaluation: usable by training too
+                self._rope_tables[key] = ops.rope_tables(self.config.block_size, hs, device=key[0], dtype=key[1])
+        return self._rope_tables[key]
 
     def new_cache(self, batch_size: int = 1) -> KVCache:
         return KVCache(self.config, batch_size, self.wte.device, self.wte.dtype)
