@@ -11,14 +11,22 @@
 
 Each command lives in its own module (``customnn/commands/``), which provides
 ``add_arguments(parser)`` (``add_arguments(parser, model)`` for ``train MODEL``) and
-``run(args) -> int``; this file only builds the parser and turns user errors into one line
-on stderr with exit code 2 (never a traceback).
+``run(args) -> int``; this file builds the parser, applies the argument checks every command
+shares (``customnn/validate.py``), and turns whatever ends a command into an exit code:
+
+- a user error (``UserError``, a file-system error, memory exhausted): one line on stderr, exit 2;
+- standard output closed before the command starts: one line, exit 2; a reader that goes away
+  (``customnn generate ... | head -c 10``): quiet, exit 141 as a Unix tool killed by SIGPIPE;
+- Ctrl-C outside a training loop: ``customnn: interrupted``, exit 130;
+- anything else (a bug): one line naming it and a file holding the full traceback, exit 70
+  (``EX_SOFTWARE``); ``--debug`` (or ``CUSTOMNN_DEBUG=1``) shows the traceback on the terminal.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from customnn.errors import UserError
@@ -36,6 +44,8 @@ COMMANDS = [
 ]
 
 
+EXIT_USAGE, EXIT_INTERRUPTED, EXIT_SOFTWARE, EXIT_PIPE = 2, 130, 70, 141
+
 # Every character str.splitlines() breaks at, written as its escape (\n -> "\\n").
 _ESCAPE_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
 
@@ -50,6 +60,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="customnn", description="Deep learning built by hand from basic tensor operations.")
     parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--debug", action="store_true", default=False,
+                        help="show the full traceback of an unexpected error (also: CUSTOMNN_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     groups: dict[str, argparse._SubParsersAction] = {}
@@ -65,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(_module=module_name)
         module = importlib.import_module(module_name)
         module.add_arguments(p, *words[1:])  # `train cnn`: the model's flags
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the full traceback of an unexpected error")
     return parser
 
 
@@ -74,27 +88,98 @@ def _version() -> str:
     return f"customnn {__version__}"
 
 
+def _say(message: str) -> None:
+    """One line on stderr (nothing if stderr is closed)."""
+    if sys.stderr is None:
+        return
+    from customnn.validate import shown
+
+    try:
+        print(f"customnn: {shown(message).translate(_ESCAPE_LINE_BREAKS)}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # stderr closed or a broken pipe too: nothing more to say
+        pass
+
+
+def _quiet_stdout() -> None:
+    """After a broken pipe: point stdout at /dev/null, so that the interpreter's last flush at exit
+    does not fail again (the way Python's documentation handles SIGPIPE)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # captured or replaced in-process: nothing to redirect
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def _crash_report(args, words: str) -> int:
+    """The last line of defence: an exception no command anticipated becomes one line naming it and
+    a file with the traceback (the run's log folder is not known here: a temporary file)."""
+    import tempfile
+    import traceback
+
+    exc = sys.exc_info()[1]
+    what = f"{type(exc).__name__}: {exc}"
+    if len(what) > 300:
+        what = what[:297] + "..."
+    if getattr(args, "debug", False) or os.environ.get("CUSTOMNN_DEBUG"):
+        traceback.print_exc()
+        _say(f"internal error in `customnn {words}`: {what}")
+        return EXIT_SOFTWARE
+    try:
+        fd, name = tempfile.mkstemp(prefix="customnn-crash-", suffix=".txt")
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as f:
+            f.write(f"customnn {words}\nargv: {sys.argv!r}\n\n{traceback.format_exc()}")
+        where = f"the traceback is in {name}"
+    except OSError:
+        where = "the traceback could not be saved"
+    _say(f"internal error in `customnn {words}`: {what}; {where}; run again with --debug to see it here, "
+         "and please report it")
+    return EXIT_SOFTWARE
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    module = importlib.import_module(args._module)
+    words = " ".join(w for w in (args.command, getattr(args, "model", None)) if w)
     from customnn.runtime import tune_allocator
 
-    tune_allocator()  # fewer page faults per training step; see its docstring
     try:
+        if sys.stdout is None:  # started with its standard output closed (`customnn ... >&-`)
+            raise UserError("standard output is closed: nothing to write the results to")
+        from customnn.validate import check_args
+
+        check_args(args)  # the checks every command shares (seed, device, threads, paths, text)
+        module = importlib.import_module(args._module)
+        tune_allocator()  # fewer page faults per training step; see its docstring
         return int(module.run(args) or 0)
     except UserError as e:
-        message = str(e).translate(_ESCAPE_LINE_BREAKS)  # one line, even with a file name holding a line break
-        print(f"customnn: error: {message}", file=sys.stderr)
+        _say(f"error: {e}")  # one line, even with a file name holding a line break
         return e.exit_code
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
+        _quiet_stdout()
+        return EXIT_PIPE
     except OSError as e:  # a file-system error no command anticipated: still one line, not a traceback
         where = f"{e.filename}: " if e.filename else ""
-        message = f"{where}{e.strerror or e}".translate(_ESCAPE_LINE_BREAKS)
-        print(f"customnn: error: {message}", file=sys.stderr)
-        return 2
+        _say(f"error: {where}{e.strerror or e}")
+        return EXIT_USAGE
+    except UnicodeEncodeError as e:  # a terminal or PYTHONIOENCODING that cannot write a character
+        _say(f"error: cannot write {e.object[e.start:e.end]!r} in the {e.encoding} encoding of the output; "
+             "set PYTHONIOENCODING=utf-8 or use a UTF-8 locale")
+        return EXIT_USAGE
+    except MemoryError:
+        _say("error: out of memory; use smaller sizes (a smaller batch, model or image)")
+        return EXIT_USAGE
     except KeyboardInterrupt:
-        print("customnn: interrupted", file=sys.stderr)
-        return 130
+        _say("interrupted")
+        return EXIT_INTERRUPTED
+    except Exception:  # noqa: BLE001 - the net under every other class of failure
+        import torch
+
+        if isinstance(sys.exc_info()[1], torch.OutOfMemoryError):
+            _say(f"error: out of memory on the GPU ({str(sys.exc_info()[1]).splitlines()[0]}); use smaller sizes")
+            return EXIT_USAGE
+        return _crash_report(args, words)
 
 
 if __name__ == "__main__":

@@ -346,7 +346,7 @@ def bad_checkpoints(folder: Path, runs, model: str) -> dict[str, tuple[Path, str
     def extra(t):
         t["model.backdoor"] = torch.zeros(3)
 
-    for name, change, message in (("reshaped", reshape, "shape"), ("float64", widen, "dtype torch.float64"),
+    for name, change, message in (("reshaped", reshape, "shape"), ("float64", widen, "dtype torch.float"),
                                   ("missing-tensor", drop, "missing"), ("extra-tensor", extra, "unexpected")):
         cases[name] = (forge(good, folder / f"{name}.safetensors", tensors=change), message)
 

@@ -108,3 +108,15 @@ def test_an_unexpected_os_error_in_a_command_is_one_line(capsys, monkeypatch):
     assert cli.main(["eval", "whatever"]) == 2
     err = capsys.readouterr().err
     assert err == "customnn: error: /tmp/somewhere: No space left on device\n"
+
+
+def test_the_corpus_encoder_equals_encode_and_names_an_unknown_character():
+    """``Vocab.encode_tensor`` (a table by code point: a few bytes a character, not a list of ints)
+    gives ``encode``'s ids, astral characters included, and the same error."""
+    text = "a\u00e9\U0001F600 b\n" * 50 + "z"
+    vocab = Vocab.from_text(text)
+    assert vocab.encode_tensor(text).tolist() == vocab.encode(text)
+    with pytest.raises(UserError, match=r"character 'q' \(U\+0071\) at position 3 is not in the model's vocabulary"):
+        vocab.encode_tensor("ab q\U0001F600")
+    with pytest.raises(ValueError, match="lone surrogate"):
+        Vocab("ab\udc80")

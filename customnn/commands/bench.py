@@ -19,9 +19,12 @@ import runpy
 import sys
 from pathlib import Path
 
+from customnn import validate
 from customnn.errors import UserError
 
 BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
+GROUPS = ("cnn", "gpt", "attention", "conv", "reference", "generate", "memory", "layers")
+MAX_REPS = 10_000
 
 
 def add_arguments(p) -> None:
@@ -36,7 +39,25 @@ def add_arguments(p) -> None:
     p.add_argument("--reps", type=int, default=None, help="alternating samples per side (default 5 quick, 15 full)")
 
 
+def check_args(args) -> None:
+    """Every flag checked here, before the benchmarks start (``customnn/validate.py``)."""
+    validate.device(args.device)
+    if args.threads is not None:
+        validate.threads(args.threads)
+    if args.reps is not None:
+        validate.count(args.reps, "--reps", 1, MAX_REPS)
+    if args.json is not None:
+        validate.output_file(validate.text(args.json, "--json"), "--json")
+    if args.only is not None:
+        groups = [g.strip() for g in validate.text(args.only, "--only").split(",") if g.strip()]
+        unknown = [g for g in groups if g not in GROUPS]
+        if unknown or not groups:
+            raise UserError(f"--only: unknown group(s) {', '.join(map(repr, unknown)) or repr(args.only)}; "
+                            f"choose from {', '.join(GROUPS)}")
+
+
 def run(args) -> int:
+    check_args(args)
     script = BENCH_DIR / "bench.py"
     if not script.is_file():
         raise UserError(f"customnn bench needs a source checkout: {script} not found")

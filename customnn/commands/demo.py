@@ -37,9 +37,10 @@ from pathlib import Path
 
 import torch
 
+from customnn import validate
+from customnn.data.text import default_prompt
 from customnn.errors import UserError
 from customnn.fileio import atomic_write_bytes, atomic_write_text
-from customnn.runtime import resolve_device
 from customnn.train.rundir import RunDir
 
 BANNER = "=========="
@@ -133,7 +134,16 @@ def train_timed(title: str, what: str, train, cfg, quiet: bool) -> tuple[dict, f
     it says where the interrupted run is (the caller then stops the demo)."""
     banner(title)
     t0 = time.perf_counter()
-    result = train(cfg, quiet=quiet)
+    try:
+        result = train(cfg, quiet=quiet)
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once; say where the run is and how to resume
+        from customnn.commands.train import newest_run, interrupted_at_once
+
+        import sys
+
+        print(interrupted_at_once(what.lower(), newest_run(Path(cfg.out), what.lower(), set())), file=sys.stderr,
+              flush=True)
+        raise
     seconds = time.perf_counter() - t0
     if result["interrupted"]:
         print(f"demo interrupted; the {what} run is in {result['run_dir']}")
@@ -148,8 +158,18 @@ def run(args) -> int:
         raise UserError("choose one of --tiny and --seed-setting")
     if args.sample_tokens < 0:
         raise UserError(f"--sample-tokens must be >= 0, got {args.sample_tokens}")
-    device = resolve_device(args.device)
+    validate.count(args.sample_tokens, "--sample-tokens", 0, 10**7)
+    for flag in ("cnn_epochs", "cnn_train_samples", "gpt_max_iters"):
+        if getattr(args, flag) is not None:
+            validate.count(getattr(args, flag), "--" + flag.replace("_", "-"), 1, 10**9)
+    validate.output_folder(args.out, "--out")
+    device = validate.device(args.device)
     name, cnn_cfg, gpt_cfg = settings(args)
+    cnn_cfg.resolved()  # every setting checked before the demo folder is made and anything is trained
+    from customnn.memory import check_training_memory
+
+    check_training_memory("cnn", cnn_cfg.resolved(), device)
+    check_training_memory("gpt", gpt_cfg, device)
     demo = RunDir.create("demo", args.out)
     cnn_cfg.out = str(demo.path)
     gpt_cfg.out = str(demo.path)
@@ -164,7 +184,7 @@ def run(args) -> int:
     if gpt["interrupted"]:
         return 130
     vocab = gpt["vocab"]
-    prompt = "ROMEO:" if all(c in vocab.stoi for c in "ROMEO:") else vocab.chars[0]
+    prompt = "ROMEO:" if all(c in vocab.stoi for c in "ROMEO:") else default_prompt(vocab)
     sample = gpt_train.sample_text(gpt["model"], vocab, prompt, args.sample_tokens, seed=gpt_cfg.seed)
     banner("Generated sample")
     print(sample, flush=True)

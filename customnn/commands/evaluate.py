@@ -10,14 +10,26 @@ the checkpoint's metadata, so a checkpoint file works as well as a run folder.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from customnn.data.mnist import SIZES, load_mnist
 from customnn.data.text import load_corpus
 from customnn.errors import UserError
-from customnn.runtime import resolve_device
+from customnn.memory import check_memory, cnn_bytes, gpt_bytes
 from customnn.train import cnn, gpt
 from customnn.train.loading import MAX_BATCH_SIZE, MAX_EVAL_ITERS, load_model, stored_train_config
+from customnn.validate import device as resolve_device
+
+
+def finite_results(result: dict, path) -> dict:
+    """``result`` if every figure in it is a finite number; no NaN is printed as an answer."""
+    bad = [k for k, v in result.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise UserError(f"{path}: the evaluation's {bad[0].replace('_', ' ')} is {result[bad[0]]}: the checkpoint's "
+                        "weights overflow on this data, so it has no figure to report")
+    return result
 
 
 def add_arguments(p) -> None:
@@ -37,9 +49,10 @@ def run(args) -> int:
     device = resolve_device(args.device)
     model, vocab, path, ckpt = load_model(args.run, prefer=args.checkpoint, device=device)
     if vocab is None:
-        print(cnn.test_line(evaluate_cnn(args, model, device)))
+        print(cnn.test_line(finite_results(evaluate_cnn(args, model, device), path)))
     else:
-        print(gpt.eval_line(ckpt.meta["step"], evaluate_gpt(args, model, vocab, path, ckpt, device)))
+        losses = finite_results(evaluate_gpt(args, model, vocab, path, ckpt, device), path)
+        print(gpt.eval_line(ckpt.meta["step"], losses))
     return 0
 
 
@@ -49,8 +62,12 @@ def evaluate_cnn(args, model, device) -> dict:
         raise UserError(f"--test-samples must be between 1 and {SIZES['test']}, got {args.test_samples}")
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    batch = min(args.batch_size or 1000, args.test_samples or SIZES["test"])
+    check_memory(cnn_bytes(model.arch, model.width, batch, training=False),
+                 f"evaluating a {model.arch} CNN of width {model.width} on batches of {batch}", device,
+                 "use a smaller --batch-size")
     x, y = load_mnist("test", args.data_dir, args.test_samples)
-    return cnn.evaluate(model, x.to(device), y.to(device), args.batch_size or 1000, args.quiet)
+    return cnn.evaluate(model, x.to(device), y.to(device), batch, args.quiet)
 
 
 def evaluate_gpt(args, model, vocab, path, ckpt, device) -> dict:
@@ -64,6 +81,10 @@ def evaluate_gpt(args, model, vocab, path, ckpt, device) -> dict:
         raise UserError(f"--batch-size must be between 1 and {MAX_BATCH_SIZE}, got {batch_size}")
     if not 1 <= eval_iters <= MAX_EVAL_ITERS:
         raise UserError(f"--eval-iters must be between 1 and {MAX_EVAL_ITERS}, got {eval_iters}")
+    c = model.config
+    check_memory(gpt_bytes(c.vocab_size, c.block_size, c.n_layer, c.n_head, c.n_embd, batch_size, training=False),
+                 f"evaluating the GPT ({c.n_layer} layers, width {c.n_embd}, context {c.block_size}) on batches "
+                 f"of {batch_size}", device, "use a smaller --batch-size")
     corpus = load_corpus(text, data_dir, model.config.block_size, vocab=vocab)
     # A run with --nanogpt-rng drew its evaluation batches from its one generator: the state it
     # had then is in the checkpoint, so the same batches are drawn again (None otherwise).

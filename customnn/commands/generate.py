@@ -14,17 +14,21 @@ import sys
 
 import torch
 
+from customnn import validate
+from customnn.data.text import default_prompt
 from customnn.errors import UserError
 from customnn.models.sampling import generate
-from customnn.runtime import check_seed, resolve_device
 from customnn.train.loading import load_model
+
+MAX_NEW_TOKENS = 10**9  # a billion characters: days of generation, far past any use
 
 
 def add_arguments(p) -> None:
     p.add_argument("run", metavar="RUN_OR_CHECKPOINT", help="a GPT run folder or a .safetensors checkpoint")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best",
                    help="which checkpoint of a run folder (default: best, else last)")
-    p.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    p.add_argument("--prompt", default=None,
+                   help="text to continue (default: a newline, or the model's first character if it has none)")
     p.add_argument("--max-new-tokens", type=int, default=500, help="characters to generate (default 500)")
     p.add_argument("--temperature", type=float, default=0.8,
                    help="divide the logits by this; 0 is greedy (default 0.8)")
@@ -37,30 +41,38 @@ def add_arguments(p) -> None:
 
 
 def check_sampling_args(max_new_tokens: int, temperature: float, top_k, top_p) -> None:
-    if max_new_tokens < 0:
+    """Every sampling setting in its range (``customnn/validate.py``), or a one-line error.
+
+    Every accepted value is well defined in the sampler: a temperature so small that the
+    logits overflow is greedy decoding, a top-p that would keep nothing keeps the most likely
+    token, a top-k above the vocabulary keeps it all."""
+    if isinstance(max_new_tokens, int) and max_new_tokens < 0:
         raise UserError(f"--max-new-tokens must be >= 0, got {max_new_tokens}")
-    if not temperature >= 0 or temperature == float("inf"):
-        raise UserError(f"--temperature must be a finite number >= 0, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise UserError(f"--top-k must be >= 1, got {top_k}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise UserError(f"--top-p must be in (0, 1], got {top_p}")
+    validate.count(max_new_tokens, "--max-new-tokens", 0, MAX_NEW_TOKENS)
+    validate.number(temperature, "--temperature", 0.0)
+    if top_k is not None:
+        validate.count(top_k, "--top-k", 1)
+    if top_p is not None:
+        validate.probability(top_p, "--top-p")
 
 
 def run(args) -> int:
     check_sampling_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p)
-    check_seed(args.seed)
-    if args.prompt == "":
-        raise UserError("--prompt is empty: give at least one character to start from")
-    device = resolve_device(args.device)
+    validate.seed(args.seed)
+    if args.prompt is not None:
+        validate.text(args.prompt, "--prompt")
+        if args.prompt == "":
+            raise UserError("--prompt is empty: give at least one character to start from")
+    device = validate.device(args.device)
     model, vocab, path, ckpt = load_model(args.run, prefer=args.checkpoint, device=device, kind="gpt")
     meta = ckpt.meta
-    ids = vocab.encode(args.prompt)  # a character outside the vocabulary: UserError naming it
+    prompt = args.prompt if args.prompt is not None else default_prompt(vocab)
+    ids = vocab.encode(prompt)  # a character outside the vocabulary: UserError naming it
     print(f"generating {args.max_new_tokens} characters with {path} (step {meta.get('step')}) on {device}",
           file=sys.stderr, flush=True)
     g = torch.Generator(device=device).manual_seed(args.seed)
     out = sys.stdout
-    out.write(args.prompt)
+    out.write(prompt)
     out.flush()
 
     def emit(tok: int) -> None:

@@ -15,8 +15,10 @@ import torch
 from customnn import ops
 from customnn.data.images import load_image, to_mnist
 from customnn.data.mnist import MEAN, STD
-from customnn.runtime import resolve_device
+from customnn.errors import UserError
 from customnn.train.loading import load_model
+from customnn.validate import device as resolve_device
+from customnn.validate import shown
 
 
 def add_arguments(p) -> None:
@@ -36,7 +38,11 @@ def run(args) -> int:
     with torch.no_grad():
         logits, _ = model(x)
         probs = ops.softmax(logits, dim=1)  # (N, 10)
+    bad = (~torch.isfinite(probs).all(dim=1)).nonzero().flatten().tolist()
+    if bad:  # no NaN is printed as an answer
+        raise UserError(f"the model's output for {shown(args.images[bad[0]])} is not a number (NaN): its weights "
+                        "overflow on this picture, so it has no answer; use another checkpoint")
     best, digit = probs.max(dim=1)
     for name, d, pr in zip(args.images, digit.tolist(), best.tolist()):
-        print(f"{name}: {d} ({100 * pr:.1f}%)")
+        print(f"{shown(name)}: {d} ({100 * pr:.1f}%)")
     return 0

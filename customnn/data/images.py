@@ -26,32 +26,113 @@ import numpy as np
 from customnn.errors import UserError
 
 INK_THRESHOLD = 0.1  # after contrast stretching, pixels above this count as ink for the crop
+MAX_PIXELS = 2**28  # 268 megapixels (16384 x 16384): larger pictures are refused before decoding
+MAX_SIDE = 2048  # a picture is reduced to at most this many pixels a side before any float copy is made
+# Bytes per pixel of a decoded picture in Pillow's memory, by mode (4 for the others).
+_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "La": 2, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+_ALPHA = ("RGBA", "RGBa", "LA", "La", "PA")
+_SIXTEEN = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """The picture at ``path`` as grayscale floats in [0, 1], shape (H, W); ``UserError`` if unreadable."""
+    """The picture at ``path`` as grayscale floats in [0, 1], shape (H, W), at most ``MAX_SIDE`` a
+    side; ``UserError`` if unreadable, too large or not finite.
+
+    The file is opened lazily (only its header is read), its size checked against
+    ``MAX_PIXELS`` and the memory its decoding needs against what the machine has, before a pixel
+    is decoded; a JPEG is decoded at a reduced scale (``draft``); a large picture is reduced in
+    its own mode. Every mode Pillow reads is scaled by its own range: 8-bit modes by 255, 16-bit
+    greyscale (``I;16``) by 65535, 32-bit (``I``, ``F``) by the range their values use.
+    """
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
+    from customnn.memory import check_memory
+    from customnn.validate import shown
+
     path = Path(path)
+    name = shown(path)
     if not path.is_file():
-        raise UserError(f"image not found: {path}")
+        raise UserError(f"image not found: {name}")
+    old_limit = Image.MAX_IMAGE_PIXELS
     try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                im = im.convert("RGBA")
-                rgba = np.asarray(im, dtype=np.float32) / 255.0  # (H, W, 4)
-                gray = rgba[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-                alpha = rgba[..., 3]
-                opaque = alpha > 0.5
-                ink_is_dark = gray[opaque].mean() < 0.5 if opaque.any() else True
-                fill = 1.0 if ink_is_dark else 0.0  # a background the ink stands out against
-                return gray * alpha + fill * (1 - alpha)
-            return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+        Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own limit: it refuses at twice this
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our limit is checked below
+            with Image.open(path) as im:  # lazy: the header only
+                w, h = im.size
+                if w * h > MAX_PIXELS:
+                    raise UserError(f"{name} is {w} x {h} pixels ({w * h / 1e6:.0f} megapixels), more than the "
+                                    f"{MAX_PIXELS / 1e6:.0f} megapixels customnn reads; make it smaller first")
+                if im.format == "JPEG":
+                    im.draft("L", (min(w, MAX_SIDE), min(h, MAX_SIDE)))  # decoded at 1/2, 1/4 or 1/8 scale
+                    w, h = im.size
+                check_memory(w * h * (_BYTES.get(im.mode, 4) + 2), f"decoding {name} ({w} x {h} pixels)", "cpu",
+                             "make the picture smaller first")
+                im.load()
+                return _gray(_reduced(_small_mode(im)), name)
+    except Image.DecompressionBombError as e:
+        raise UserError(f"{name} is too large to decode safely ({e})") from None
     except UnidentifiedImageError:
-        raise UserError(f"{path} is not an image Pillow can read (PNG, JPEG, ...)") from None
-    except (OSError, ValueError, SyntaxError) as e:  # truncated or damaged image data
-        raise UserError(f"cannot read image {path}: {e}") from None
+        raise UserError(f"{name} is not an image Pillow can read (PNG, JPEG, ...)") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:  # truncated or damaged image data
+        raise UserError(f"cannot read image {name}: {e}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = old_limit
+
+
+def _small_mode(im):
+    """The picture in the smallest mode that keeps what ``_gray`` needs: greyscale (``L``), with
+    alpha (``LA``), or its own 16/32-bit greyscale (``I;16``, ``I``, ``F``)."""
+    if im.mode in ("L", "LA", "I", "F", "La") or im.mode in _SIXTEEN:
+        return im  # already small: no copy
+    if im.mode == "LAB":
+        return im.getchannel("L")  # lightness
+    if im.mode in _ALPHA or (im.mode == "P" and "transparency" in im.info):
+        return im.convert("LA")
+    return im.convert("L")  # 1, L, P, RGB, CMYK, YCbCr, HSV, RGBX, ...
+
+
+def _reduced(im):
+    """At most ``MAX_SIDE`` pixels a side (area averaging), in the picture's own mode."""
+    w, h = im.size
+    f = -(-max(w, h) // MAX_SIDE)
+    if f <= 1:
+        return im
+    from PIL import Image
+
+    return im.resize((max(1, -(-w // f)), max(1, -(-h // f))), Image.Resampling.BOX)
+
+
+def _gray(im, name: str) -> np.ndarray:
+    """Grayscale floats in [0, 1] (a transparent background filled with the colour opposite the ink)."""
+    a = np.asarray(im)
+    if im.mode in ("LA", "La"):
+        gray, alpha = a[..., 0].astype(np.float32) / 255.0, a[..., 1].astype(np.float32) / 255.0
+        if im.mode == "La":  # premultiplied by alpha
+            gray = np.divide(gray, alpha, out=np.zeros_like(gray), where=alpha > 0)
+        opaque = alpha > 0.5
+        ink_is_dark = gray[opaque].mean() < 0.5 if opaque.any() else True
+        fill = 1.0 if ink_is_dark else 0.0  # a background the ink stands out against
+        return gray * alpha + fill * (1 - alpha)
+    if im.mode == "L":
+        return a.astype(np.float32) / 255.0
+    a = a.astype(np.float64)
+    if im.mode in _SIXTEEN:
+        return (a / 65535.0).astype(np.float32)
+    if not np.isfinite(a).all():
+        raise UserError(f"{name}: some of its pixels are not numbers (NaN or infinite)")
+    low, high = float(a.min()), float(a.max())
+    if low >= 0 and high <= 1 and im.mode == "F":
+        scale = 1.0  # floats in [0, 1]
+    elif low >= 0 and high <= 255:
+        scale = 255.0  # 8-bit values in a 32-bit mode
+    elif low >= 0 and high <= 65535:
+        scale = 65535.0  # 16-bit values (how older Pillow opens a 16-bit PNG)
+    else:  # any other range: its own
+        return ((a - low) / (high - low if high > low else 1.0)).astype(np.float32)
+    return (a / scale).astype(np.float32)
 
 
 def to_mnist(gray: np.ndarray, name: str = "image") -> np.ndarray:

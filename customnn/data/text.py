@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 
 from customnn.errors import UserError
+from customnn.memory import check_memory
+from customnn.validate import vocabulary
 
 DEFAULT_TEXT = "tinyshakespeare/input.txt"  # relative to the data directory
 TRAIN_FRACTION = 0.9  # nanoGPT's split: first 90% train, last 10% validation
@@ -34,11 +36,7 @@ class Vocab:
     """A character vocabulary: ``encode`` text to token ids and ``decode`` them back."""
 
     def __init__(self, chars: str):
-        if not chars:
-            raise ValueError("a vocabulary needs at least one character")
-        if len(set(chars)) != len(chars):
-            raise ValueError("vocabulary characters must be distinct")
-        self.chars = chars
+        self.chars = vocabulary(chars)  # distinct characters that UTF-8 can write (ValueError otherwise)
         self.stoi = {c: i for i, c in enumerate(chars)}
 
     @classmethod
@@ -57,8 +55,31 @@ class Vocab:
             raise UserError(f"character {c!r} (U+{ord(c):04X}) at position {text.index(c)} is not in the "
                             f"model's vocabulary of {len(self)} characters") from None
 
+    def encode_tensor(self, text: str) -> torch.Tensor:
+        """``encode`` as one (N,) int64 tensor, through a table indexed by code point (a few bytes
+        per character, where a list of ints costs dozens)."""
+        import numpy as np
+
+        codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)  # (N,)
+        table = np.full(max(map(ord, self.chars)) + 1, -1, dtype=np.int64)
+        table[[ord(c) for c in self.chars]] = np.arange(len(self.chars))
+        ids = table[np.minimum(codes, len(table) - 1)]
+        ids[codes >= len(table)] = -1
+        unknown = np.flatnonzero(ids < 0)
+        if len(unknown):
+            i = int(unknown[0])
+            raise UserError(f"character {text[i]!r} (U+{ord(text[i]):04X}) at position {i} is not in the "
+                            f"model's vocabulary of {len(self)} characters")
+        return torch.from_numpy(ids)
+
     def decode(self, ids) -> str:
         return "".join(self.chars[int(i)] for i in ids)
+
+
+def default_prompt(vocab: Vocab) -> str:
+    """Where a sample starts when no prompt is given: a newline (the start of a line), or, for a
+    text without one, the vocabulary's first character, so that any trained model can sample."""
+    return "\n" if "\n" in vocab.stoi else vocab.chars[0]
 
 
 @dataclass
@@ -108,10 +129,16 @@ def load_corpus(text: str | Path | None, data_dir: str | Path | None, block_size
     one block of ``block_size + 1`` characters.
     """
     path = text_path(text, data_dir)
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = 0  # read_text says what is wrong
+    # the bytes, the text (up to 4 bytes a character), its UTF-32 codes and the int64 token ids
+    check_memory(17 * size, f"reading the text {path} ({size:,} bytes)", "cpu", "use a smaller text file")
     content = read_text(path)
     vocab = vocab if vocab is not None else Vocab.from_text(content)
     try:
-        ids = torch.tensor(vocab.encode(content), dtype=torch.int64)  # (N,)
+        ids = vocab.encode_tensor(content)  # (N,)
     except UserError as e:
         raise UserError(f"{path}: {e}") from None
     n = int(TRAIN_FRACTION * len(ids))

@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from customnn import ops
+from customnn.errors import UserError
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
@@ -34,11 +35,28 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
 
     ``temperature == 0`` is greedy (argmax). ``top_k`` keeps the k most likely tokens;
     ``top_p`` keeps the smallest set of most likely tokens whose probability reaches p.
+
+    Defined for every temperature >= 0, every ``top_k >= 1`` and every ``top_p`` in (0, 1]:
+    a temperature so small that the scaled logits overflow float32 is the limit it tends to,
+    greedy decoding (so is a row with a +inf logit); a ``top_p`` so small that it keeps nothing
+    (it may round to 0 in float32) keeps the most likely token; a ``top_k`` at or above the
+    vocabulary keeps every token. Logits that are NaN are a ``UserError`` (the model's weights
+    overflow), never a NaN probability.
     """
     logits = logits.float()
+    if torch.isnan(logits).any():
+        raise UserError("the model's output is not a number (NaN): its weights overflow, so it cannot sample; "
+                        "use another checkpoint")
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits / temperature  # (B, V)
+    scaled = logits / temperature  # (B, V)
+    overflow = torch.isinf(scaled).any(dim=-1) | torch.isnan(scaled).any(dim=-1)  # (B,)
+    if bool(overflow.any()):  # a vanishing temperature: its limit, the argmax
+        greedy = logits.argmax(dim=-1)
+        if bool(overflow.all()):
+            return greedy
+        scaled = torch.where(overflow[:, None], torch.zeros_like(scaled), scaled)
+    logits = scaled
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1) the k-th largest
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -46,11 +64,15 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V)
         sorted_probs = ops.softmax(sorted_logits, dim=-1)
         before = sorted_probs.cumsum(dim=-1) - sorted_probs  # probability of the tokens ranked above
-        drop_sorted = before >= top_p  # the most likely token always stays (before = 0)
+        drop_sorted = before >= top_p
+        drop_sorted[:, 0] = False  # the most likely token always stays, even if top_p rounds to 0
         drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     probs = ops.softmax(logits, dim=-1)  # (B, V)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+    tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+    if bool(overflow.any()):
+        tokens = torch.where(overflow, greedy, tokens)
+    return tokens
 
 
 @torch.inference_mode()
