@@ -439,17 +439,17 @@ def resolve_device(name: str) -> torch.device:
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = resolve_device(args.device)
-    old_threads, old_tf32 = torch.get_num_threads(), torch.backends.cudnn.allow_tf32
+    old_threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
     # Same arithmetic on both sides: cuDNN convolutions would otherwise round through TF32
-    # (PyTorch's default) while ours are float32 matrix products.
-    torch.backends.cudnn.allow_tf32 = False
+    # (PyTorch's default) while ours are float32 matrix products. The context manager puts the
+    # caller's setting back (`customnn bench` runs in-process).
     try:
-        return run(args, device)
-    finally:  # `customnn bench` runs in-process: leave the caller's settings as they were
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
+            return run(args, device)
+    finally:
         torch.set_num_threads(old_threads)
-        torch.backends.cudnn.allow_tf32 = old_tf32
 
 
 def run(args: argparse.Namespace, device: torch.device) -> int:

@@ -186,7 +186,7 @@ def test_cli_train_eval_and_errors(tmp_path, capsys):
         (("--preset", "tiny", "--text", tmp_path / "none.txt"), "text file not found"),
         (("--resume", tmp_path / "nothing"), "run folder not found"),
         (("--resume", run, "--n-layer", "3"), "--n-layer cannot change when resuming"),
-        (("--preset", "tiny", "--device", "tpu"), "--device must be auto, cpu or cuda"),
+        (("--preset", "tiny", "--device", "tpu"), "--device must be auto, cpu, cuda"),
         (("--preset", "tiny", "--time-budget", "-3"), "--time-budget must be a number of seconds > 0"),
         (("--preset", "tiny", "--lr", "1e6", "--warmup-iters", "0"), "lower --lr"),
     ]:

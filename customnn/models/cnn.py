@@ -75,10 +75,11 @@ class BatchNorm2d(Module):
         self.bias = init.zeros((channels,))
         self.register_buffer("running_mean", torch.zeros(channels))
         self.register_buffer("running_var", torch.ones(channels))
+        self.reduce = None  # data-parallel training: sums a tensor over the ranks (whole-batch statistics)
 
     def forward(self, x):
         return ops.batch_norm(x, self.weight, self.bias, self.running_mean, self.running_var,
-                              self.training, self.momentum, self.eps)
+                              self.training, self.momentum, self.eps, reduce=self.reduce)
 
 
 class ConvStage(Module):
@@ -104,6 +105,9 @@ class CustomCNN(Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.arch, self.width = arch, width
         self.generator: torch.Generator | None = None  # dropout masks; None: the global RNG
+        # Data-parallel training: this process's rows of the global batch, (rows, total), so that
+        # its dropout masks are those rows of the whole batch's (customnn/train/distributed.py).
+        self.batch: tuple[slice, int] | None = None
         g = torch.Generator().manual_seed(seed)
         if arch == "seed":
             self.conv1 = Conv2d(1, 6, 5, padding=0, generator=g)
@@ -127,7 +131,8 @@ class CustomCNN(Module):
         else:
             for stage in self.stages:
                 x = stage(x)  # (N, w, 14, 14), (N, 2w, 7, 7), (N, 4w, 3, 3)
-            x = ops.dropout(ops.flatten(x), self.dropout, self.training, generator=self.generator)  # (N, 36w)
+            x = ops.dropout(ops.flatten(x), self.dropout, self.training, generator=self.generator,
+                            batch=self.batch)  # (N, 36w)
             logits = self.fc(x)  # (N, 10)
         loss = None if targets is None else ops.cross_entropy(logits, targets)
         return logits, loss

@@ -36,12 +36,14 @@ import torch
 from customnn import ops
 from customnn.data.mnist import MEAN, SIZES, STD, load_mnist
 from customnn.errors import UserError
+from customnn.memory import check_training_memory
 from customnn.models.cnn import ARCHS, CustomCNN
 from customnn.optim import SGD, AdamW, constant_lr, cosine_lr, decay_groups
 from customnn.runtime import seed_all
 from customnn.train.config import TrainConfig, setting
-from customnn.train.engine import Trainer, progress_bar, train_with
-from customnn.train.loading import MAX_WIDTH
+from customnn.train.engine import progress_bar, train_with
+from customnn.train.loading import MAX_WIDTH, check_weights
+from customnn.train.trainer import Trainer
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
@@ -189,10 +191,11 @@ class CNNTrainer(Trainer):
 
     def setup(self, device, ckpt) -> None:
         cfg = self.cfg
+        check_training_memory("cnn", cfg, device, mnist_sizes=(SIZES["train"], SIZES["test"]))  # one line, not OOM
         x_train, y_train = load_mnist("train", cfg.data_dir, cfg.train_samples)
         x_test, y_test = load_mnist("test", cfg.data_dir, cfg.test_samples)
-        self.x_train, self.y_train = x_train.to(device), y_train.to(device)
-        self.x_test, self.y_test = x_test.to(device), y_test.to(device)
+        self.x_train, self.y_train = x_train.to(device, cfg.torch_dtype), y_train.to(device)
+        self.x_test, self.y_test = x_test.to(device, cfg.torch_dtype), y_test.to(device)
         self.device = device
         self.n_train = len(x_train)
         self.batches = math.ceil(self.n_train / cfg.batch_size)  # per epoch
@@ -200,8 +203,9 @@ class CNNTrainer(Trainer):
         self.total_steps = cfg.epochs * self.batches
         self.warmup_steps = cfg.warmup_steps
         seed_all(cfg.seed)
-        self.model = build_model(asdict(cfg)).to(device)
+        self.model = build_model(asdict(cfg)).to(device, cfg.torch_dtype)
         if ckpt is not None:
+            check_weights(ckpt.model_state, ckpt.path)  # no NaN or inf weight is trained on
             try:
                 self.model.load_state_dict(ckpt.model_state)
             except ValueError as e:
@@ -214,6 +218,10 @@ class CNNTrainer(Trainer):
         self.optimizer = (AdamW(groups, lr=cfg.lr) if cfg.optimizer == "adamw"
                           else SGD(groups, lr=cfg.lr, momentum=cfg.momentum))
         self.order, self.order_epoch = None, 0  # this epoch's permutation of the training set
+        if self.dist.active:  # batch norm's statistics are those of the whole batch, over every rank
+            for m in self.model.modules():
+                if hasattr(m, "reduce"):
+                    m.reduce = self.dist.sum_
 
     def schedule(self, total_steps: int):
         cfg = self.cfg
@@ -236,9 +244,15 @@ class CNNTrainer(Trainer):
         _, batch = self.epoch_of(step)
         idx = self.order[batch * cfg.batch_size:(batch + 1) * cfg.batch_size].to(self.device)
         xb, yb = self.x_train[idx], self.y_train[idx]  # (B, 1, 28, 28), (B,)
-        if cfg.shift:
+        if cfg.shift:  # drawn for the whole batch, as one process draws them
             xb = random_shift(xb, cfg.shift, self.generators["shift"])
+        if self.dist.active:  # this process's rows; dropout draws the whole batch's masks and keeps these
+            rows = self.dist.rows(len(idx))
+            xb, yb = xb[rows], yb[rows]
+            self.model.batch = (rows, len(idx))
         _, loss = self.model(xb, yb)
+        if self.dist.active:  # its share of the batch's mean loss: the ranks' shares sum to it
+            loss = loss * (len(yb) / len(idx))
         loss.backward()
         return loss
 

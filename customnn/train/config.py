@@ -57,6 +57,8 @@ class TrainConfig:
     grad_clip: float = setting(0.0, "clip the global gradient norm to this (0: off)")  # off unless a model wants it
     seed: int = setting(1, "random seed")
     device: str = setting("auto", "auto, cpu or cuda", resume="free")  # CUDA when there is a GPU
+    dtype: str = setting("float32", "float32, or float64 to check results to the last bits",
+                         choices=("float32", "float64"))  # float32: fast, and what the figures use
     data_dir: str | None = setting(None, "data directory (default: $CUSTOMNN_DATA, else ~/.cache/customnn)",
                                    resume="free")
     out: str = setting("runs", "folder for run folders", resume="free")  # run folders go to <out>/<model>-<time>
@@ -76,6 +78,14 @@ class TrainConfig:
         if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
             raise UserError(f"--grad-clip must be a finite number >= 0, got {self.grad_clip}")
         check_seed(self.seed)
+        if self.dtype not in ("float32", "float64"):
+            raise UserError(f"--dtype must be float32 or float64, got {self.dtype!r}")
+
+    @property
+    def torch_dtype(self):
+        import torch
+
+        return getattr(torch, self.dtype)
 
 
 def flag_name(name: str) -> str:
@@ -101,7 +111,9 @@ def add_flags(parser, config_cls, shown_defaults: dict | None = None) -> None:
     ``shown_defaults`` overrides the defaults written in the help (e.g. a preset's values).
     """
     shown = shown_defaults or {}
-    for f in fields(config_cls):
+    common = {f.name for f in fields(TrainConfig)}
+    ordered = sorted(fields(config_cls), key=lambda f: f.name in common)  # the model's own flags first
+    for f in ordered:
         if not f.metadata.get("flag", True):
             continue
         kind = _kind(f)

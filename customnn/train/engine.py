@@ -43,7 +43,9 @@ from customnn.optim import clip_grad_norm_, grads_are_finite, set_lr
 from customnn.runtime import InterruptFlag, release_free_memory, rng_state, set_rng_state
 from customnn.train.budget import StepPlanner
 from customnn.train.config import open_for_resume
-from customnn.train.rundir import RunDir, plot_curves
+from customnn.train.distributed import Dist, GradSync, PeerLost
+from customnn.train.rundir import FollowerRunDir, RunDir, plot_curves
+from customnn.train.trainer import Trainer
 
 # Cross-entropy starts near ln(classes): 2.3 for 10 digits, 4.2 for 65 characters. A batch loss
 # above this means the run has blown up even while the numbers are still finite (Adam's bounded
@@ -64,106 +66,18 @@ def progress_bar(total: int, desc: str, quiet: bool = False, initial: int = 0):
                 dynamic_ncols=True, disable=quiet or not sys.stderr.isatty())
 
 
-class Trainer:
-    """What a model brings to the engine. Subclasses set ``name`` and fill in the hooks.
-
-    After ``setup`` a trainer has ``model``, ``optimizer``, ``generators`` (name ->
-    ``torch.Generator``, saved in every checkpoint), ``total_steps`` (the plan, without a time
-    budget), ``eval_interval`` and ``warmup_steps``.
-    """
-
-    name = "model"  # run folders <out>/<name>-<time>; ``customnn train <name>``
-    eval_at_start = True  # evaluate at step 0 too
-    best_metric, best_mode = "loss", "min"  # best.safetensors: the evaluation with the best of this
-    plot_series: dict[str, str] = {"eval loss": "loss"}  # eval curves in loss.png: label -> metrics key
-
-    def __init__(self, cfg):
-        self.cfg = cfg
-
-    @classmethod
-    def prepare_config(cls, cfg):
-        """``cfg`` with its defaults filled in and checked (one-line ``UserError``s)."""
-        cfg.check()
-        return cfg
-
-    # --- what a model must supply ---------------------------------------------------------
-    def setup(self, device: torch.device, ckpt) -> None:
-        """Load the data, build the model, optimizer and generators; ``ckpt`` is the checkpoint
-        being resumed (its weights are loaded here, after checking they fit) or None."""
-        raise NotImplementedError
-
-    def schedule(self, total_steps: int):
-        """The learning rate as a function of the step, for a run of ``total_steps`` steps."""
-        raise NotImplementedError
-
-    def train_step(self, step: int) -> torch.Tensor:
-        """Forward and backward of one batch; returns the loss (a scalar tensor)."""
-        raise NotImplementedError
-
-    def evaluate(self, step: int) -> dict:
-        """The model's figures at this step (they go into the metrics row and the report)."""
-        raise NotImplementedError
-
-    def eval_line(self, step: int, result: dict) -> str:
-        raise NotImplementedError
-
-    def checkpoint_meta(self, step: int) -> dict:
-        """The JSON header of a checkpoint: what loading the model needs (``customnn/train/loading.py``)."""
-        raise NotImplementedError
-
-    # --- what a model may override --------------------------------------------------------
-    def run_config(self) -> dict:
-        """What config.json holds."""
-        from dataclasses import asdict
-
-        return {"model": self.name, **asdict(self.cfg)}
-
-    def intro_line(self, run: RunDir) -> str:
-        return f"run folder: {run.path}"
-
-    def before_step(self, step: int) -> None:
-        """Called before each step and its evaluation (a model draws its next batch here)."""
-
-    def train_row(self, step: int, loss: torch.Tensor, lr: float) -> tuple[dict | None, str | None]:
-        """After step ``step`` (0-based): a training row for metrics.jsonl and a log line, or None."""
-        if (step + 1) % self.cfg.log_interval:
-            return None, None
-        return {"step": step + 1, "loss": loss.item(), "lr": lr}, None
-
-    def progress(self, step: int) -> str:
-        return f"train {self.name}"
-
-    def where(self, n: int) -> str:
-        """Where the ``n``-th step (counting from 1) is, for messages: the CNN says its epoch and batch."""
-        return ""
-
-    def plot_title(self) -> str:
-        return self.name
-
-    def extra_state(self, step: int) -> dict:
-        """What the model keeps beyond its weights, optimizer and generators (data position, ...)."""
-        return {}
-
-    def load_extra_state(self, state: dict, step: int) -> None:
-        pass
-
-    def check_resume(self, step: int, total: int) -> None:
-        pass
-
-    def report(self, run: RunDir, evals: list[dict], step: int, seconds: float, finished: bool) -> list[str]:
-        """The model's part of report.md (markdown lines)."""
-        return []
-
-    def result(self) -> dict:
-        return {}
-
-
 class Engine:
     """Runs one training run of a ``Trainer`` (see the module docstring)."""
 
-    def __init__(self, trainer: Trainer, quiet: bool = False, run: RunDir | None = None, ckpt=None):
-        self.t, self.cfg, self.quiet = trainer, trainer.cfg, quiet
+    def __init__(self, trainer: Trainer, quiet: bool = False, run: RunDir | None = None, ckpt=None,
+                 dist: Dist | None = None):
+        self.dist = dist or Dist()
+        self.main = self.dist.is_main  # rank 0 writes the run folder; the others only train
+        self.t, self.cfg, self.quiet = trainer, trainer.cfg, quiet or not self.main
         self.run_dir, self.ckpt = run, ckpt
+        if run is not None and not self.main:
+            self.run_dir = FollowerRunDir(run.path)
+        self.sync: GradSync | None = None
         self.step, self.evaluated_at, self.best, self.elapsed, self.train_time = 0, -1, None, 0.0, 0.0
         self.evals: list[dict] = []
         self.bar = None
@@ -189,7 +103,8 @@ class Engine:
                             "evals": self.evals},
                  "optimizer": t.optimizer.state_dict(), "rng": rng_state(t.generators), "trainer": t.extra_state(self.step)}
         path = self.run_dir.checkpoint(name)
-        save_checkpoint(path, t.model.state_dict(), t.checkpoint_meta(self.step), state)
+        if self.main:
+            save_checkpoint(path, t.model.state_dict(), t.checkpoint_meta(self.step), state)
         return path
 
     def restore(self, ckpt) -> None:
@@ -224,6 +139,15 @@ class Engine:
         self.step, self.total, self.evaluated_at, self.best = step, total, evaluated_at, e["best"]
         self.elapsed, self.train_time, self.evals = elapsed, train_time, e["evals"]
 
+    def replan(self, planner: StepPlanner, step: int) -> bool:
+        """The time budget's plan: rank 0's clock decides, and every rank follows it."""
+        changed = planner.update(step, self.clock())
+        if self.dist.active and self.cfg.time_budget is not None:
+            total = torch.tensor([planner.total], dtype=torch.int64, device=self.dist.collective_device)
+            self.dist.broadcast_([total])
+            changed, planner.total = int(total.item()) != self.total, int(total.item())
+        return changed
+
     def is_better(self, result: dict) -> bool:
         value = result[self.t.best_metric]
         if self.best is None:
@@ -232,14 +156,25 @@ class Engine:
 
     # --- the run --------------------------------------------------------------------------
     def run(self, device: torch.device) -> dict:
-        t, cfg = self.t, self.cfg
+        t, cfg, dist = self.t, self.cfg, self.dist
         self.t_start = time.perf_counter()
-        t.setup(device, self.ckpt)
+        t.dist = dist
+        t.setup(dist.device(device), self.ckpt)
+        if dist.active:  # every rank starts from rank 0's weights, and sums gradients with the others
+            dist.broadcast_([*t.model.parameters(), *(b for _, b in t.model.named_buffers())])
+            self.sync = GradSync(t.model.parameters(), dist)
         self.total = t.total_steps
         if self.ckpt is None:  # the folder is made only once the data and the model are known to be good
-            self.run_dir = RunDir.create(t.name, cfg.out)
-            self.run_dir.write_config(t.run_config())
-            self.run_dir.log(t.intro_line(self.run_dir), echo=not self.quiet)
+            path = None
+            if self.main:
+                self.run_dir = RunDir.create(t.name, cfg.out)
+                self.run_dir.write_config(t.run_config())
+                self.run_dir.log(t.intro_line(self.run_dir), echo=not self.quiet)
+                path = str(self.run_dir.path)
+            if not self.main:
+                self.run_dir = FollowerRunDir(dist.broadcast_object(path))
+            else:
+                dist.broadcast_object(path)
         else:
             self.restore(self.ckpt)
             # The plan: the configured steps (--max-iters may grow on resume), or, with a time
@@ -256,51 +191,62 @@ class Engine:
         self.bar = progress_bar(self.total, t.progress(self.step), self.quiet, initial=self.step)
         last_save = time.perf_counter()
         t.model.train()
-        with InterruptFlag() as flag:
-            while True:
-                step = self.step
-                t.before_step(step)
-                due = step % t.eval_interval == 0 and (step > 0 or t.eval_at_start)
-                if (due or step == self.total) and self.evaluated_at != step:
-                    t_eval = self.clock()
-                    self.evaluate(step)
-                    planner.timed_eval(self.clock() - t_eval)
-                    last_save = time.perf_counter()
-                if step < self.total and planner.update(step, self.clock()):
-                    self.total = planner.total
-                    lr_at = t.schedule(self.total)
-                    self.bar.total = self.total
-                    self.bar.refresh()
-                    self.run_dir.log(f"time budget {cfg.time_budget:g} s: {self.total} steps planned at step {step}",
-                                     echo=not announced and not self.quiet)
-                    announced = True
-                if step >= self.total:
-                    break
-                if flag.requested or (cfg.max_steps is not None and step >= cfg.max_steps):
-                    stopped = "interrupted" if flag.requested else f"stopped by --max-steps {cfg.max_steps}"
-                    break
-                t0 = time.perf_counter()
-                lr = lr_at(step)
-                set_lr(t.optimizer, lr)
-                loss = t.train_step(step)
-                self.check_finite(step, loss, lr)
-                t.optimizer.step()
-                t.optimizer.zero_grad()
-                self.step = step + 1
-                self.train_time += time.perf_counter() - t0
-                self.bar.update(1)
-                row, line = t.train_row(step, loss, lr)
-                if line is not None:
-                    self.log(line)
-                if row is not None:
-                    self.run_dir.log_metrics(kind="train", **row)
-                    self.bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
-                if self.step != self.total:
-                    self.bar.set_description(t.progress(self.step), refresh=False)
-                if cfg.save_interval is not None and time.perf_counter() - last_save >= cfg.save_interval:
-                    self.save("last")
-                    release_free_memory()  # the save's buffers; see its docstring
-                    last_save = time.perf_counter()
+        try:
+            with InterruptFlag() as flag:
+                while True:
+                    step = self.step
+                    t.before_step(step)
+                    due = step % t.eval_interval == 0 and (step > 0 or t.eval_at_start)
+                    if (due or step == self.total) and self.evaluated_at != step:
+                        t_eval = self.clock()
+                        self.evaluate(step)
+                        planner.timed_eval(self.clock() - t_eval)
+                        last_save = time.perf_counter()
+                    if step < self.total and self.replan(planner, step):
+                        self.total = planner.total
+                        lr_at = t.schedule(self.total)
+                        self.bar.total = self.total
+                        self.bar.refresh()
+                        self.run_dir.log(f"time budget {cfg.time_budget:g} s: {self.total} steps planned at step {step}",
+                                         echo=not announced and not self.quiet)
+                        announced = True
+                    if step >= self.total:
+                        break
+                    requested = dist.agree(flag.requested)  # Ctrl-C on any rank stops every rank
+                    if requested or (cfg.max_steps is not None and step >= cfg.max_steps):
+                        stopped = "interrupted" if requested else f"stopped by --max-steps {cfg.max_steps}"
+                        break
+                    t0 = time.perf_counter()
+                    lr = lr_at(step)
+                    set_lr(t.optimizer, lr)
+                    if self.sync is not None:
+                        self.sync.start()
+                    loss = t.train_step(step)  # this rank's share of the batch's mean loss
+                    if self.sync is not None:
+                        self.sync.finish()  # every rank now holds the gradients of the whole batch
+                        loss = dist.sum_(loss.detach().clone())  # and its loss
+                    self.check_finite(step, loss, lr)
+                    t.optimizer.step()
+                    t.optimizer.zero_grad()
+                    self.step = step + 1
+                    self.train_time += time.perf_counter() - t0
+                    self.bar.update(1)
+                    row, line = t.train_row(step, loss, lr)
+                    if line is not None:
+                        self.log(line)
+                    if row is not None:
+                        self.run_dir.log_metrics(kind="train", **row)
+                        self.bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
+                    if self.step != self.total:
+                        self.bar.set_description(t.progress(self.step), refresh=False)
+                    if cfg.save_interval is not None and time.perf_counter() - last_save >= cfg.save_interval:
+                        self.save("last")
+                        release_free_memory()  # the save's buffers; see its docstring
+                        last_save = time.perf_counter()
+        except PeerLost as e:  # a process of the run died: the others stop, the checkpoint stays
+            last = self.run_dir.checkpoint("last")
+            raise PeerLost(f"{e}; the last checkpoint {last} (step {max(self.evaluated_at, 0)}) is intact; "
+                           f"resume with: customnn train {t.name} --resume {self.run_dir.path}") from None
         self.bar.close()
         self.bar = None
         finished = stopped is None
@@ -309,16 +255,21 @@ class Engine:
             message = (f"{stopped} at step {self.step}{t.where(self.step)}; saved {path}. "
                        f"Resume with: customnn train {t.name} --resume {self.run_dir.path}")
             self.run_dir.log(message, echo=False)
-            print(message, file=sys.stderr, flush=True)
-        self.write_outputs(finished)
+            if self.main:
+                print(message, file=sys.stderr, flush=True)
+        if self.main:
+            self.write_outputs(finished)
         return {"run_dir": self.run_dir.path, "step": self.step, "time_s": self.clock(), "finished": finished,
                 "interrupted": stopped == "interrupted", "evals": self.evals, "model": t.model,
                 "config": t.run_config(), **t.result()}
 
     def evaluate(self, step: int) -> None:
         """Evaluate, log the line and the row, save best (if it is) and last."""
-        t = self.t
-        result = t.evaluate(step)
+        t, dist = self.t, self.dist
+        result = t.evaluate(step) if self.main else None  # once, on rank 0; the others wait for its figures
+        if dist.active:
+            result = dist.broadcast_object(result)
+            dist.sync_generators(t.generators)  # an evaluation may draw from a shared stream (nanoGPT's)
         self.evaluated_at = step
         row = {"step": step, "time": round(self.clock(), 3), "train_time": round(self.train_time, 3), **result}
         self.evals.append(row)
@@ -387,6 +338,16 @@ def train_with(trainer_cls, cfg, quiet: bool = False, given: dict | None = None)
         run, ckpt, cfg = open_for_resume(trainer_cls, cfg, given)
     cfg = trainer_cls.prepare_config(cfg)
     device = resolve_device(cfg.device)
-    return Engine(trainer_cls(cfg), quiet, run, ckpt).run(device)
+    dist = Dist.from_env(cfg.device)
+    try:
+        if dist.active and cfg.batch_size % dist.world:
+            raise UserError(f"--batch-size {cfg.batch_size} is the global batch: it must be divisible by the "
+                            f"{dist.world} processes")
+        result = Engine(trainer_cls(cfg), quiet, run, ckpt, dist).run(device)
+    except BaseException:
+        dist.close(wait=False)
+        raise
+    dist.close()
+    return result
 
 

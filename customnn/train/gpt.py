@@ -35,16 +35,19 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from customnn.data.text import Corpus, blocks_at, get_batch, load_corpus, random_offsets
+from customnn.data.text import Corpus, blocks_at, default_prompt, get_batch, load_corpus, random_offsets
 from customnn.errors import UserError
+from customnn.memory import check_training_memory
 from customnn.models.gpt import GPT, GPTConfig
 from customnn.models.sampling import generate
+from customnn.muon import Muon, muon_groups, state_keys
 from customnn.optim import AdamW, cosine_lr, decay_groups
 from customnn.runtime import seed_all
 from customnn.train.config import TrainConfig, setting
-from customnn.train.engine import Trainer, train_with
+from customnn.train.engine import train_with
 from customnn.train.loading import MAX_BATCH_SIZE, MAX_EVAL_ITERS, check_optimizer_state, gpt_from_checkpoint
 from customnn.train.nanogpt_rng import init_like_nanogpt_
+from customnn.train.trainer import Trainer
 
 
 @dataclass
@@ -61,6 +64,11 @@ class GPTTrainConfig(TrainConfig):
     dropout: float = setting(0.0, "dropout probability")  # ten minutes do not overfit a 0.8M model
     bias: bool = setting(False, "biases in linear layers and layer norms")  # nanoGPT's setting
     tie_weights: bool = setting(True, "output projection = token embedding")  # fewer parameters
+    # today's layers (customnn/models/gpt.py); the defaults are GPT-2's, as nanoGPT
+    norm: str = setting("layernorm", "normalisation: layernorm, or rmsnorm", choices=("layernorm", "rmsnorm"))
+    pos: str = setting("learned", "positions: a learned table, or rope (rotary)", choices=("learned", "rope"))
+    mlp: str = setting("gelu", "feed-forward: gelu (4C), or swiglu (8C/3, gated)", choices=("gelu", "swiglu"))
+    qk_norm: bool = setting(False, "RMSNorm of queries and keys per head before attention")
     # data
     text: str | None = setting(None, "a UTF-8 text file (default: Tiny Shakespeare from the data directory)",
                                resume="free")
@@ -74,6 +82,10 @@ class GPTTrainConfig(TrainConfig):
     beta1: float = setting(0.9, "AdamW beta1")  # the usual value
     beta2: float = setting(0.99, "AdamW beta2")  # nanoGPT's for small batches (its default 0.95 is for large)
     weight_decay: float = setting(0.1, "AdamW weight decay on matrices")
+    optimizer: str = setting("adamw", "adamw, or muon (orthogonalised momentum for the blocks' matrices, "
+                             "AdamW for the rest)", choices=("adamw", "muon"))
+    muon_lr: float = setting(0.02, "Muon's learning rate at the schedule's peak (scaled by the schedule "
+                             "as --lr is)")  # the published recipe's
     decay_embeddings: bool = setting(False, "weight decay on the embedding tables too, as nanoGPT")
     grad_clip: float = setting(1.0, "clip the global gradient norm to this (0: off)")
     # evaluation and logging
@@ -89,7 +101,8 @@ class GPTTrainConfig(TrainConfig):
     def model_config(self, vocab_size: int) -> GPTConfig:
         return GPTConfig(vocab_size=vocab_size, block_size=self.block_size, n_layer=self.n_layer,
                          n_head=self.n_head, n_embd=self.n_embd, dropout=self.dropout, bias=self.bias,
-                         tie_weights=self.tie_weights)
+                         tie_weights=self.tie_weights, norm=self.norm, pos=self.pos, mlp=self.mlp,
+                         qk_norm=self.qk_norm)
 
     @property
     def decay_iters(self) -> int:
@@ -125,6 +138,20 @@ class GPTTrainConfig(TrainConfig):
                 raise UserError(f"{flag(name)} must be in [0, 1), got {getattr(self, name)}")
         if self.warmup_iters < 0:
             raise UserError(f"--warmup-iters must be >= 0, got {self.warmup_iters}")
+        if self.optimizer not in ("adamw", "muon"):
+            raise UserError(f"--optimizer must be adamw or muon, got {self.optimizer!r}")
+        if not (self.muon_lr > 0 and math.isfinite(self.muon_lr)):
+            raise UserError(f"--muon-lr must be a finite number > 0, got {self.muon_lr}")
+        changed = [f"--{k.replace('_', '-')}" for k, v in (("norm", "layernorm"), ("pos", "learned"),
+                                                           ("mlp", "gelu"), ("qk_norm", False))
+                   if getattr(self, k) != v]
+        if self.nanogpt_rng and changed:
+            raise UserError(f"--nanogpt-rng replays nanoGPT's GPT-2 model; it cannot be combined with "
+                            f"{', '.join(changed)} (add --no-nanogpt-rng)")
+        try:
+            self.model_config(65)  # its own checks (e.g. rope needs an even head size)
+        except ValueError as e:
+            raise UserError(str(e)) from None
         if self.decay_iters <= self.warmup_iters:
             raise UserError(f"--lr-decay-iters ({self.decay_iters}) must be larger than --warmup-iters "
                             f"({self.warmup_iters})")
@@ -182,7 +209,7 @@ def estimate_loss(model: GPT, corpus: Corpus, batch_size: int, eval_iters: int, 
     for i, split in enumerate(("train", "val")):
         g = generator if generator is not None else torch.Generator().manual_seed(seed + i)
         data = corpus.train if split == "train" else corpus.val
-        total = torch.zeros((), device=device)
+        total = torch.zeros((), device=device, dtype=model.wte.dtype)  # the model's precision
         for _ in range(eval_iters):
             x, y = get_batch(data, block, batch_size, g, device)
             total += model(x, y)[1]
@@ -195,8 +222,10 @@ def eval_line(step: int, losses: dict) -> str:
     return f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
 
 
-def sample_text(model: GPT, vocab, prompt: str = "\n", n: int = 300, seed: int = 1337,
+def sample_text(model: GPT, vocab, prompt: str | None = None, n: int = 300, seed: int = 1337,
                 temperature: float = 0.8) -> str:
+    """``n`` characters sampled from ``prompt`` (None: a newline, or the text's first character)."""
+    prompt = default_prompt(vocab) if prompt is None else prompt
     g = torch.Generator(device=model.wte.device).manual_seed(seed)
     ids = generate(model, vocab.encode(prompt), n, temperature=temperature, generator=g)
     return prompt + vocab.decode(ids)
@@ -214,6 +243,9 @@ class GPTTrainer(Trainer):
         if ckpt is not None:  # the stored model is checked before any use
             _, stored_vocab = gpt_from_checkpoint(ckpt, ckpt.path)
         self.corpus = corpus = load_corpus(cfg.text, cfg.data_dir, cfg.block_size, vocab=stored_vocab)
+        # refused in one line, before anything is allocated, if it cannot fit (this process's rows)
+        check_training_memory("gpt", replace(cfg, batch_size=max(1, cfg.batch_size // self.dist.world)), device,
+                              vocab_size=len(corpus.vocab))
         if ckpt is not None and ckpt.meta["config"] != cfg.model_config(len(corpus.vocab)).to_dict():
             raise UserError(f"{ckpt.path} was trained with a different model configuration")
         self.device = device
@@ -222,11 +254,16 @@ class GPTTrainer(Trainer):
         self.batch_gen = torch.Generator().manual_seed(cfg.seed)
         if cfg.nanogpt_rng:  # nanoGPT's one stream: its initialisation draws, then batches and evaluations
             init_like_nanogpt_(model, self.batch_gen)
-        self.model = model.to(device=device)
+        self.model = model.to(device=device, dtype=cfg.torch_dtype)
         if ckpt is not None:
             self.model.load_state_dict({k: v.to(device) for k, v in ckpt.model_state.items()})
-        self.optimizer = AdamW(param_groups(model, cfg.weight_decay, cfg.decay_embeddings), lr=cfg.lr,
-                               betas=(cfg.beta1, cfg.beta2))
+        if cfg.optimizer == "muon":  # Muon for the blocks' matrices, AdamW for embeddings, gains and head
+            groups = muon_groups(model.named_parameters(), lr=cfg.lr, muon_lr=cfg.muon_lr,
+                                 weight_decay=cfg.weight_decay)
+            self.optimizer = Muon(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        else:
+            self.optimizer = AdamW(param_groups(model, cfg.weight_decay, cfg.decay_embeddings), lr=cfg.lr,
+                                   betas=(cfg.beta1, cfg.beta2))
         self.generators = {"train": self.batch_gen}
         self.total_steps, self.eval_interval, self.warmup_steps = cfg.max_iters, cfg.eval_interval, cfg.warmup_iters
         # The offsets of the next training batch, drawn before that step's evaluation as nanoGPT
@@ -247,9 +284,12 @@ class GPTTrainer(Trainer):
                                           self.batch_gen)  # (B,)
 
     def train_step(self, step: int) -> torch.Tensor:
-        x, y = blocks_at(self.corpus.train, self.next_ix, self.cfg.block_size, self.device)  # (B, T), (B, T)
+        ix, rows = self.next_ix, self.dist.rows(len(self.next_ix))  # this process's rows of the batch
+        x, y = blocks_at(self.corpus.train, ix[rows], self.cfg.block_size, self.device)  # (b, T), (b, T)
         self.next_ix = None
         _, loss = self.model(x, y)
+        if self.dist.active:  # its share of the batch's mean loss: the ranks' shares sum to it
+            loss = loss * ((rows.stop - rows.start) / len(ix))
         loss.backward()
         return loss
 
@@ -298,7 +338,9 @@ class GPTTrainer(Trainer):
         return {"next_batch": self.next_ix, "eval_rng": self.eval_state if self.eval_step == step else None}
 
     def load_extra_state(self, state: dict, step: int) -> None:
-        check_optimizer_state(self.optimizer, {"step", "exp_avg", "exp_avg_sq"})
+        for group in self.optimizer.param_groups:  # each parameter's state has its optimizer's keys
+            keys = state_keys(group) if self.cfg.optimizer == "muon" else {"step", "exp_avg", "exp_avg_sq"}
+            check_optimizer_state(group["params"], self.optimizer.state, keys)
         next_ix, n = state["next_batch"], len(self.corpus.train)
         if next_ix is not None:  # (B,) offsets into the training text, each leaving room for a block
             if not (isinstance(next_ix, torch.Tensor) and next_ix.dtype == torch.int64
@@ -321,8 +363,9 @@ class GPTTrainer(Trainer):
         lines.append("")
         if finished:  # a sample; none after Ctrl-C: stop fast
             last = evals[-1]["step"] if evals else 0
-            text = sample_text(self.model, self.corpus.vocab, "\n", 300, seed=cfg.seed)
-            lines += [f"A sample of the model at step {last} (temperature 0.8, from a newline):", "", "```",
+            prompt = default_prompt(self.corpus.vocab)
+            text = sample_text(self.model, self.corpus.vocab, prompt, 300, seed=cfg.seed)
+            lines += [f"A sample of the model at step {last} (temperature 0.8, from {prompt!r}):", "", "```",
                       text.strip("\n"), "```", ""]
         return lines
 

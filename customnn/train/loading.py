@@ -6,7 +6,10 @@ For either model, ``<model>_from_checkpoint(ckpt, path, device)``:
    forged size is a one-line ``UserError``, never a multi-gigabyte allocation;
 2. checks the stored tensors' names and shapes against the model that configuration makes
    (``state_mismatch``; the shapes come from the model itself);
-3. builds the model and loads the weights (the dtypes are checked there), in eval mode.
+3. checks that every stored weight is a finite number (``non_finite``: a NaN or an infinity
+   would make every output NaN), naming the first tensor that is not;
+4. checks that the model fits in the memory the device has (``customnn/memory.py``);
+5. builds the model and loads the weights (the dtypes are checked there), in eval mode.
 
 ``load_model(run_or_path)`` finds the checkpoint of a run folder, reads it
 (``customnn/checkpoint.py``) and dispatches on the model kind in its header; ``eval``,
@@ -15,6 +18,7 @@ For either model, ``<model>_from_checkpoint(ckpt, path, device)``:
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -22,6 +26,7 @@ import torch
 from customnn.checkpoint import load_checkpoint, resolve_checkpoint
 from customnn.data.text import Vocab
 from customnn.errors import UserError
+from customnn.memory import FLOAT, check_memory
 from customnn.models.cnn import ARCHS, CustomCNN
 from customnn.models.gpt import GPT, GPTConfig
 from customnn.runtime import SEED_MAX, SEED_MIN
@@ -36,6 +41,11 @@ def is_int(value, low: int, high: int | None = None) -> bool:
     """``value`` is an int (not a bool) in ``low..high``."""
     return (isinstance(value, int) and not isinstance(value, bool) and value >= low
             and (high is None or value <= high))
+
+
+def saved_dtype(state: dict) -> torch.dtype:
+    """The floating dtype a model was saved in (``--dtype``): float32, or float64 where it is."""
+    return torch.float64 if any(v.dtype == torch.float64 for v in state.values()) else torch.float32
 
 
 def state_mismatch(want: dict[str, tuple], state: dict) -> str | None:
@@ -57,6 +67,25 @@ def state_mismatch(want: dict[str, tuple], state: dict) -> str | None:
     return "; ".join(problems) or None
 
 
+def non_finite(state: dict) -> str | None:
+    """What in ``state`` (name -> tensor) is not a finite number: ``"fc.weight holds NaN"``, or None."""
+    for name, t in state.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            if bool(torch.isnan(t).any()):
+                return f"{name} holds NaN values"
+            if bool(torch.isinf(t).any()):
+                return f"{name} holds infinite values"
+    return None
+
+
+def check_weights(state: dict, path) -> None:
+    """A one-line ``UserError`` naming the first stored weight that is not finite."""
+    problem = non_finite(state)
+    if problem:
+        raise UserError(f"{path}: checkpoint is damaged: {problem}; a model with such weights gives only NaN "
+                        "(was it saved from a run that diverged?)")
+
+
 # --- the CNN ------------------------------------------------------------------------------------
 def cnn_from_checkpoint(ckpt, path, device="cpu") -> CustomCNN:
     """The CustomCNN stored in checkpoint ``ckpt`` (read from ``path``), in eval mode on ``device``."""
@@ -69,6 +98,7 @@ def cnn_from_checkpoint(ckpt, path, device="cpu") -> CustomCNN:
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise UserError(f"{path}: checkpoint is damaged: dropout {dropout!r} is not a number in [0, 1)")
     model = CustomCNN(cfg["arch"], seed=0, dropout=dropout, width=width)  # small: bounded by MAX_WIDTH
+    model.to(dtype=saved_dtype(ckpt.model_state))
     problem = state_mismatch({k: tuple(v.shape) for k, v in model.state_dict().items()}, ckpt.model_state)
     try:
         if problem:
@@ -76,6 +106,7 @@ def cnn_from_checkpoint(ckpt, path, device="cpu") -> CustomCNN:
         model.load_state_dict(ckpt.model_state)  # the dtypes are checked here
     except ValueError as e:
         raise UserError(f"{path}: checkpoint does not fit a {cfg['arch']} CustomCNN: {e}") from None
+    check_weights(ckpt.model_state, path)
     return model.to(device).eval()
 
 
@@ -100,10 +131,15 @@ def gpt_from_checkpoint(ckpt, path, device="cpu") -> tuple[GPT, Vocab]:
         if len(blocks) != config.n_layer:  # first: n_layer bounds the work of state_shapes()
             raise ValueError(f"its tensors do not match its configuration: n_layer {config.n_layer}, "
                              f"but tensors of {len(blocks)} blocks")
-        problem = state_mismatch(config.state_shapes(), ckpt.model_state)
+        shapes = config.state_shapes()
+        problem = state_mismatch(shapes, ckpt.model_state)
         if problem:
             raise ValueError(f"its tensors do not match its configuration: {problem}")
-        model = GPT(config)
+        check_weights(ckpt.model_state, path)
+        need = FLOAT * sum(math.prod(shape) for shape in shapes.values())
+        for where in {"cpu", str(device)}:  # built on the CPU, then moved
+            check_memory(need, f"the GPT of {path} ({need // FLOAT:,} parameters)", where)
+        model = GPT(config).to(dtype=saved_dtype(ckpt.model_state))
         model.load_state_dict(ckpt.model_state)  # the dtypes are checked here
     except (TypeError, ValueError) as e:
         raise UserError(f"{path}: the checkpoint does not describe a valid GPT ({e})") from None
@@ -150,10 +186,13 @@ def load_model(run_or_path, prefer: str = "best", device="cpu", kind: str | None
     return model, vocab, Path(path), ckpt
 
 
-def check_optimizer_state(optimizer, keys: set[str]) -> None:
-    """Each parameter's restored optimizer state has exactly ``keys``, a step count and tensors
-    (``ValueError`` otherwise: a damaged or forged checkpoint)."""
-    for s in optimizer.state.values():
+def check_optimizer_state(params, state: dict, keys: set[str]) -> None:
+    """Each of ``params``' restored optimizer state (in ``state``) has exactly ``keys``, a step count
+    and tensors (``ValueError`` otherwise: a damaged or forged checkpoint)."""
+    for p in params:
+        s = state.get(p)
+        if s is None:
+            continue
         if set(s) != keys or ("step" in s and not is_int(s["step"], 0)) \
                 or not all(isinstance(v, torch.Tensor) for k, v in s.items() if k != "step"):
             raise ValueError("optimizer state")

@@ -122,3 +122,20 @@ def plot_curves(path: str | Path, series: dict[str, tuple[list, list]], xlabel: 
     fig.savefig(buf, format="png")
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
+
+
+class FollowerRunDir(RunDir):
+    """The run folder as the ranks other than 0 of a data-parallel run see it: the same paths,
+    and every write left to rank 0 (one run, not N)."""
+
+    def write_config(self, config: dict) -> None:
+        pass
+
+    def log(self, line: str, echo: bool = True) -> None:
+        pass
+
+    def log_metrics(self, **row) -> None:
+        pass
+
+    def truncate_metrics(self, keep) -> None:
+        pass

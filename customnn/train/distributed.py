@@ -1,0 +1,254 @@
+"""Data-parallel training over processes: torchrun starts N, each trains on its slice of the batch.
+
+    torchrun --standalone --nproc-per-node 2 -m customnn train gpt --batch-size 24
+    torchrun --nnodes 2 --node-rank R --rdzv-endpoint HOST:PORT --nproc-per-node 2 -m customnn train cnn
+
+``Dist.from_env()`` reads torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+``MASTER_ADDR``/``MASTER_PORT``) and starts the process group: gloo for CPU tensors, NCCL for
+CUDA (``cuda:LOCAL_RANK``). Without it, training is one process and nothing here does any work.
+
+The same training, more processes. ``--batch-size`` stays the global batch B. Every rank draws
+the whole batch from the same seeded generators, exactly as one process would, and keeps its
+own rows (``rows``): rank r of N takes rows [r B / N, (r + 1) B / N). Each rank's loss is the
+sum over its rows divided by B, so the gradients summed over ranks are the gradient of the
+global batch's mean loss, for any split, and N processes train what one process trains.
+
+The gradient exchange, by hand (``GradSync``). Parameters are broadcast from rank 0 at the
+start. During backward each parameter's gradient, once accumulated, is copied into a bucket
+(``register_post_accumulate_grad_hook``); a bucket whose parameters are all in is all-reduced
+(SUM) asynchronously while backward goes on with earlier layers; ``finish`` waits for the
+buckets and writes the summed gradients back. Buckets are filled in the order backward
+produces gradients (the reverse of the parameters' order). Clipping and the finiteness check
+come after the exchange, so every rank sees the same gradients and makes the same decision.
+
+One run, not N: rank 0 alone writes the run folder, logs and checkpoints, and evaluates; the
+others wait at the evaluation's broadcast. Decisions that end or reshape a run (Ctrl-C or
+SIGTERM on any rank, the time budget's plan) are agreed by all ranks every step (``agree``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import torch
+
+from customnn.errors import UserError
+
+BUCKET_BYTES = 4 * 2**20  # all-reduce in pieces of about this size, overlapping with backward
+
+
+class PeerLost(UserError):
+    """A collective failed: another process of the run stopped or cannot be reached."""
+
+
+def _guarded(f):
+    """Turn a failed collective (gloo's "Connection reset by peer", NCCL's errors) into ``PeerLost``."""
+    import functools
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        try:
+            return f(*args, **kwargs)
+        except RuntimeError as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise PeerLost(f"another process of this run stopped or cannot be reached ({first[:160]})") from None
+    return wrapper
+
+
+class Dist:
+    """This process's place among the ranks of a run (rank 0 of 1 without torchrun)."""
+
+    def __init__(self, rank: int = 0, world: int = 1, local_rank: int = 0, group=None):
+        self.rank, self.world, self.local_rank, self.group = rank, world, local_rank, group
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls, device_name: str) -> Dist:
+        """The process group torchrun's environment describes, or a single process without one."""
+        if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+            return cls()
+        import torch.distributed as dist
+
+        try:
+            rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+            local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        except ValueError:
+            raise UserError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (they come from torchrun)") from None
+        cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
+        backend = "nccl" if cuda else "gloo"
+        if not dist.is_initialized():
+            timeout = datetime.timedelta(seconds=float(os.environ.get("CUSTOMNN_DIST_TIMEOUT", "300")))
+            try:
+                dist.init_process_group(backend, rank=rank, world_size=world, timeout=timeout)
+            except (RuntimeError, ValueError) as e:
+                raise UserError(f"could not start the process group ({backend}, rank {rank} of {world}): "
+                                f"{str(e).splitlines()[0]}") from None
+        if cuda:
+            torch.cuda.set_device(local_rank)
+        return cls(rank, world, local_rank, dist.group.WORLD)
+
+    def device(self, resolved: torch.device) -> torch.device:
+        """Each rank's device: ``cuda:LOCAL_RANK`` on GPUs, the CPU otherwise."""
+        if self.active and resolved.type == "cuda":
+            return torch.device("cuda", self.local_rank)
+        return resolved
+
+    # --- the batch ------------------------------------------------------------------------
+    def rows(self, n: int) -> slice:
+        """This rank's rows of a global batch of ``n`` rows (the first ranks take one more when
+        N does not divide n, as at the end of an epoch)."""
+        base, extra = divmod(n, self.world)
+        start = self.rank * base + min(self.rank, extra)
+        return slice(start, start + base + (1 if self.rank < extra else 0))
+
+    # --- collectives ----------------------------------------------------------------------
+    @_guarded
+    def sum_(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` summed over the ranks, in place (unchanged for one process)."""
+        if self.active:
+            import torch.distributed as dist
+
+            dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
+        return t
+
+    @_guarded
+    def agree(self, flag: bool) -> bool:
+        """True on every rank when it is true on any (a Ctrl-C on one rank stops them all)."""
+        if not self.active:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.collective_device)
+        return bool(self.sum_(t).item() > 0)
+
+    @_guarded
+    def broadcast_object(self, obj):
+        """Rank 0's ``obj`` on every rank."""
+        if not self.active:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, group=self.group)
+        return box[0]
+
+    @_guarded
+    def broadcast_(self, tensors) -> None:
+        """Rank 0's values of ``tensors`` copied into every rank's, in place."""
+        if not self.active:
+            return
+        import torch.distributed as dist
+
+        with torch.no_grad():
+            for t in tensors:
+                dist.broadcast(t, src=0, group=self.group)
+
+    @_guarded
+    def sync_generators(self, generators: dict) -> None:
+        """Every generator set to rank 0's state (a CPU state is a byte tensor; a CUDA one too)."""
+        if not self.active:
+            return
+        states = self.broadcast_object({k: g.get_state() for k, g in generators.items()})
+        for k, g in generators.items():
+            g.set_state(states[k])
+
+    collective_device = property(lambda self: torch.device("cuda", self.local_rank)
+                                 if self.active and torch.distributed.get_backend(self.group) == "nccl"
+                                 else torch.device("cpu"))
+
+    def close(self, wait: bool = True) -> None:
+        """Leave the process group; with ``wait``, once every rank is done (rank 0 writes the
+        run's outputs after the last step: the others must not tear the group down under it)."""
+        if self.active:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                if wait:
+                    dist.barrier(group=self.group)
+                dist.destroy_process_group()
+
+
+class GradSync:
+    """All-reduce the gradients in buckets as backward produces them (see the module docstring).
+
+    ``start()`` before a step's backward; ``finish()`` after it: every parameter's ``.grad`` is
+    then the sum over the ranks.
+    """
+
+    def __init__(self, params: list[torch.Tensor], dist: Dist, bucket_bytes: int = BUCKET_BYTES):
+        self.dist = dist
+        self.buckets: list[list[torch.Tensor]] = []  # in the order backward fills them
+        size = 0
+        for p in reversed(params):
+            if not self.buckets or size + p.numel() * p.element_size() > bucket_bytes:
+                self.buckets.append([])
+                size = 0
+            self.buckets[-1].append(p)
+            size += p.numel() * p.element_size()
+        self.bucket_of = {id(p): i for i, b in enumerate(self.buckets) for p in b}
+        self.flat = [torch.empty(sum(p.numel() for p in b), dtype=b[0].dtype, device=b[0].device)
+                     for b in self.buckets]
+        self.offsets = [{id(p): o for p, o in zip(b, _cumsum([p.numel() for p in b]))} for b in self.buckets]
+        self.hooks = [p.register_post_accumulate_grad_hook(self._ready) for p in params]
+        self.pending: list[int] = []
+        self.works: list = []
+
+    def start(self) -> None:
+        self.pending = [len(b) for b in self.buckets]
+        self.works = [None] * len(self.buckets)
+
+    @_guarded
+    def _ready(self, p: torch.Tensor) -> None:
+        if not self.pending:  # a backward outside a training step (none happens in the engine)
+            return
+        i = self.bucket_of[id(p)]
+        o = self.offsets[i][id(p)]
+        self.flat[i][o:o + p.numel()].copy_(p.grad.reshape(-1))
+        self.pending[i] -= 1
+        if self.pending[i] == 0:
+            import torch.distributed as dist
+
+            self.works[i] = dist.all_reduce(self.flat[i], op=dist.ReduceOp.SUM, group=self.dist.group,
+                                            async_op=True)
+
+    @_guarded
+    def finish(self) -> None:
+        """Wait for every bucket and write the sums back into the gradients."""
+        import torch.distributed as dist
+
+        for i, bucket in enumerate(self.buckets):
+            if self.works[i] is None:  # a parameter without a gradient this step: reduce what there is
+                for p in bucket:
+                    o = self.offsets[i][id(p)]
+                    if p.grad is None:
+                        self.flat[i][o:o + p.numel()].zero_()
+                self.works[i] = dist.all_reduce(self.flat[i], op=dist.ReduceOp.SUM, group=self.dist.group,
+                                                async_op=True)
+        for i, bucket in enumerate(self.buckets):
+            self.works[i].wait()
+            for p in bucket:
+                o = self.offsets[i][id(p)]
+                summed = self.flat[i][o:o + p.numel()].view_as(p)
+                if p.grad is None:
+                    p.grad = summed.clone()
+                else:
+                    p.grad.copy_(summed)
+        self.pending = []
+
+    def remove(self) -> None:
+        for h in self.hooks:
+            h.remove()
+
+
+def _cumsum(sizes: list[int]) -> list[int]:
+    out, total = [], 0
+    for s in sizes:
+        out.append(total)
+        total += s
+    return out

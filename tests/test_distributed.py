@@ -1,0 +1,186 @@
+"""Data-parallel training: 2 gloo processes on the CPU, started by torchrun as a user starts them,
+train what 1 process trains (float64, 1e-10), write one run folder, resume each other's
+checkpoints at another process count, and stop together on Ctrl-C.
+
+Every torchrun is started with ``--standalone`` (a free port, no fixed one) and a timeout, so a
+hang fails the test instead of blocking the suite.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from customnn.checkpoint import load_checkpoint
+from helpers import REPO, customnn_env, run_customnn
+
+TIMEOUT = 240
+GPT = ["train", "gpt", "--preset", "tiny", "--dtype", "float64", "--max-iters", 16, "--lr-decay-iters", 16,
+       "--eval-interval", 8, "--log-interval", 1, "--device", "cpu", "--quiet"]
+CNN = ["train", "cnn", "--arch", "default", "--width", 4, "--train-samples", 200, "--test-samples", 100, "--epochs", 2,
+       "--batch-size", 32, "--dtype", "float64", "--log-interval", 1, "--device", "cpu", "--quiet"]
+
+
+def torchrun(*args, nproc: int = 2, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "customnn", *map(str, args)]
+    return subprocess.run(cmd, cwd=REPO, env=customnn_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def rows(run: Path) -> list[dict]:
+    """metrics.jsonl without its wall-clock times."""
+    return [{k: v for k, v in json.loads(line).items() if k not in ("time", "train_time")}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_rows(a: list[dict], b: list[dict], tol: float = 1e-10) -> None:
+    assert [(r["kind"], r["step"]) for r in a] == [(r["kind"], r["step"]) for r in b]
+    for x, y in zip(a, b):
+        for k, v in x.items():
+            if isinstance(v, float):
+                assert abs(v - y[k]) <= tol * max(1.0, abs(v)), (x, y)
+            else:
+                assert v == y[k], (k, x, y)
+
+
+def only_run(folder: Path) -> Path:
+    (run,) = folder.iterdir()  # one run folder, whatever the number of processes
+    return run
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> dict[str, Path]:
+    """The 1-process runs the 2-process ones must equal."""
+    out = tmp_path_factory.mktemp("one")
+    runs = {}
+    for name, args in (("gpt", GPT), ("cnn", CNN)):
+        p = run_customnn(*args, "--out", out / name, timeout=TIMEOUT)
+        assert p.returncode == 0, p.stderr
+        runs[name] = only_run(out / name)
+    return runs
+
+
+@pytest.mark.parametrize("model", ["gpt", "cnn"])
+def test_two_processes_train_what_one_process_trains(tmp_path, one_process, model):
+    """The GPT, and the default CNN (batch norm over both ranks, dropout, random shifts,
+    a last batch of 8 split 4 + 4): every loss, evaluation and weight as in one process."""
+    p = torchrun(*(GPT if model == "gpt" else CNN), "--out", tmp_path)
+    assert p.returncode == 0, p.stderr
+    run = only_run(tmp_path)
+    assert_same_rows(rows(run), rows(one_process[model]))
+    a = load_checkpoint(run / "last.safetensors").model_state
+    b = load_checkpoint(one_process[model] / "last.safetensors").model_state
+    for k in a:  # Adam's normalised steps carry the last bits of tiny gradients a little further
+        assert (a[k] - b[k]).abs().max().item() <= 1e-8, k
+
+
+@pytest.mark.parametrize("first, then", [(2, 1), (1, 2)])
+def test_a_checkpoint_resumes_at_another_process_count(tmp_path, one_process, first, then):
+    def start(nproc, *args):
+        if nproc == 1:
+            return run_customnn(*args, timeout=TIMEOUT)
+        return torchrun(*args, nproc=nproc)
+
+    p = start(first, *GPT, "--max-steps", 5, "--out", tmp_path)
+    assert p.returncode == 0, p.stderr
+    run = only_run(tmp_path)
+    assert load_checkpoint(run / "last.safetensors").meta["step"] == 5
+    p = start(then, "train", "gpt", "--resume", run, "--quiet")
+    assert p.returncode == 0, p.stderr
+    assert_same_rows([r for r in rows(run)], rows(one_process["gpt"]))
+
+
+def test_ctrl_c_stops_every_rank_with_a_checkpoint(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "customnn",
+           "train", "gpt", "--preset", "tiny", "--max-iters", 100000, "--eval-interval", 20, "--device", "cpu",
+           "--quiet", "--out", tmp_path]
+    proc = subprocess.Popen([str(c) for c in cmd], cwd=REPO, env=customnn_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:  # until training is under way
+            found = list(tmp_path.glob("*/metrics.jsonl"))
+            if found and len(found[0].read_text().splitlines()) >= 6:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("training did not start")
+        proc.send_signal(signal.SIGINT)  # torchrun passes it on to both ranks
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    run = only_run(tmp_path)
+    step = load_checkpoint(run / "last.safetensors").meta["step"]
+    assert step >= 20  # saved where it stopped (the message below names that step)
+    assert f"interrupted at step {step}" in err and f"customnn train gpt --resume {run}" in err
+    assert err.count("interrupted at step") == 1  # one message: rank 0's
+    p = run_customnn("train", "gpt", "--resume", run, "--max-iters", step + 3, "--quiet", timeout=TIMEOUT)
+    assert p.returncode == 0, p.stderr
+    assert load_checkpoint(run / "last.safetensors").meta["step"] == step + 3
+
+
+def test_a_batch_the_processes_do_not_divide_is_a_one_line_error(tmp_path):
+    p = torchrun(*GPT, "--batch-size", 7, "--out", tmp_path)
+    assert p.returncode != 0
+    ours = [line for line in p.stderr.splitlines() if line.startswith("customnn: error:")]
+    assert ours and all("--batch-size 7 is the global batch: it must be divisible by the 2 processes" in line
+                        for line in ours)  # one line from each rank; torchrun then reports their exit codes
+    assert not any(tmp_path.iterdir())  # no run folder was made
+
+
+def test_two_nodes_meet_at_a_rendezvous_endpoint(tmp_path, one_process):
+    """The multi-machine launch (``--nnodes 2 --rdzv-endpoint HOST:PORT``), both "machines" on
+    this one, each with one process: one run, the same losses."""
+    import socket
+
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node-rank={r}",
+                               "--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
+                               "-m", "customnn", *map(str, GPT), "--out", str(tmp_path)],
+                              cwd=REPO, env=customnn_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r in (0, 1)]
+    try:
+        codes = [p.wait(timeout=TIMEOUT) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert codes == [0, 0], [p.stderr.read() for p in procs]
+    assert_same_rows(rows(only_run(tmp_path)), rows(one_process["gpt"]))
+
+
+def test_a_process_that_dies_stops_the_others_with_one_line_and_the_checkpoint_intact(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "customnn",
+           "train", "gpt", "--preset", "tiny", "--max-iters", "100000", "--eval-interval", "20", "--device", "cpu",
+           "--quiet", "--out", str(tmp_path)]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=customnn_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not list(tmp_path.glob("*/best.safetensors")):
+            time.sleep(0.1)
+        time.sleep(1.0)  # training under way, a checkpoint saved
+        ranks = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert len(ranks) == 2, ranks
+        subprocess.run(["kill", "-9", ranks[-1]], check=True)  # one rank dies outright
+        out, err = proc.communicate(timeout=90)  # no hang: the others stop
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0
+    ours = [line for line in err.splitlines() if line.startswith("customnn: error:")]
+    assert len(ours) == 1 and "another process of this run stopped" in ours[0] and "is intact" in ours[0], err
+    run = only_run(tmp_path)
+    step = load_checkpoint(run / "last.safetensors").meta["step"]  # loads: intact
+    assert step % 20 == 0 and f"(step {step}) is intact" in ours[0]
