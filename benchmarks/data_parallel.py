@@ -49,7 +49,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--only", choices=("gpt", "cnn"), default=None, help="one model only")
     args = p.parse_args()
+    if args.only:
+        for m in [m for m in MODELS if not m.startswith(args.only)]:
+            del MODELS[m]
     results = {(m, c): [] for m in MODELS for c in CONFIGS}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):

@@ -153,12 +153,14 @@ class _BatchNorm(torch.autograd.Function):
         shape = [1, C] + [1] * (x.dim() - 2)  # (1, C, 1, 1) broadcasts a per-channel vector
         n = x.numel() // C  # values per channel (here; over every rank with ``reduce``)
         if training and reduce is not None:  # the statistics of the whole batch, held by several ranks
-            sums = reduce(torch.cat([x.sum(dims), x.new_tensor([n])]))  # (C + 1,): sum per channel, count
-            n = int(sums[C].item())
+            # One exchange: the sums and sums of squares per channel and the count, so that
+            # var = E[x^2] - mean^2 (one pass; one collective instead of two).
+            sums = reduce(torch.cat([x.sum(dims), (x * x).sum(dims), x.new_tensor([n])]))  # (2C + 1,)
+            n = int(sums[2 * C].item())
             mean = (sums[:C] / n).view(shape)  # (1, C, 1, 1)
+            var = (sums[C:2 * C] / n).view(shape) - mean * mean  # (1, C, 1, 1) biased variance
             xhat = x - mean
-            y = torch.mul(xhat, xhat)
-            var = (reduce(y.sum(dims)) / n).view(shape)  # (1, C, 1, 1) biased variance, two passes as below
+            y = torch.empty_like(xhat)  # becomes the output below
         elif training:
             mean = x.mean(dims, keepdim=True)  # (1, C, 1, 1)
             xhat = x - mean  # (N, C, H, W) centred now, normalised in place below
@@ -291,8 +293,8 @@ def batch_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor 
     running_mean / running_var in place (unbiased variance), as PyTorch does; eval mode
     normalises with the running statistics. ``reduce`` (a function summing a tensor over the
     ranks of a data-parallel run) makes the statistics, and the sums backward needs, those of
-    the whole batch: the sums per channel, the count, then the squared deviations (two passes,
-    as one process computes them).
+    the whole batch: the sums and sums of squares per channel and the count, in one exchange
+    (var = E[x^2] - mean^2, which differs from one process's two-pass variance in the last bits).
 
     An empty x (zero batch or spatial size) gives an empty output, leaves the running statistics
     as they are and gives weight and bias zero gradients, as PyTorch. Refuses (ValueError): x of
