@@ -12,6 +12,10 @@ import torch.nn.functional as F
 from customnn import ops
 from oracle import TOL, check_layer, max_rel_err
 
+# Small tensors: one thread is as fast, and on a busy shared machine much faster (two threads
+# wait on each other at every one of the tiled path's many small operations).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def sdpa(q, k, v, causal=True, dropout_p=0.0):
     return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal)
@@ -175,3 +179,233 @@ def test_gradcheck_with_dropout_not_causal_and_longer_keys():
         return ops.attention(q, k, v, causal=False, dropout_p=0.3, generator=g)
 
     assert torch.autograd.gradcheck(fn, (q, k, v))
+
+
+# --- the tiled path (online softmax forward, recomputing backward) ----------------------------
+# Small block sizes force the tiled path at small T, so that every case below has several
+# query and key blocks, partial last blocks and tiles that cross the diagonal.
+TIGHT = 1e-12  # float64: the tiled sums differ from SDPA's only in rounding
+
+TILED_CASES = [  # (B, nh, T, S, hs, block_q, block_k)
+    (2, 3, 37, 37, 5, 8, 8),  # T not a multiple of the block, odd head size
+    (1, 2, 37, 37, 4, 8, 16),  # batch 1; key blocks longer than query blocks
+    (2, 2, 37, 37, 3, 16, 4),  # query blocks longer: rows wholly masked inside a tile
+    (2, 2, 1, 1, 4, 4, 4),  # T = 1
+    (1, 1, 16, 16, 8, 4, 4),  # T a multiple of the block
+    (2, 2, 5, 13, 4, 4, 3),  # fewer queries than keys
+    (2, 2, 13, 5, 4, 3, 4),  # more queries than keys
+]
+
+
+def tiled(**blocks):
+    def run(q, k, v, **kw):
+        return ops.attention(q, k, v, **kw, **blocks)
+    return run
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("B,nh,T,S,hs,bq,bk", TILED_CASES)
+def test_tiled_matches_sdpa(B, nh, T, S, hs, bq, bk, causal, dtype):
+    tol = TIGHT if dtype == torch.float64 else None
+    errors = check_layer(tiled(block_q=bq, block_k=bk), sdpa, qkv(B, nh, T, hs, S=S, dtype=dtype),
+                         dict(causal=causal), tol=tol)
+    assert set(errors) == {"forward", "grad0", "grad1", "grad2"}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_tiled_kv_cache_shapes(dtype):
+    tol = TIGHT if dtype == torch.float64 else None
+    # generation: one new query against S cached keys, no mask
+    check_layer(tiled(block_q=4, block_k=8), sdpa, qkv(2, 4, 1, 8, S=37, dtype=dtype), dict(causal=False), tol=tol)
+    # a prefill from an empty cache: T = S, causal
+    check_layer(tiled(block_q=8, block_k=8), sdpa, qkv(2, 4, 21, 8, S=21, dtype=dtype), dict(causal=True), tol=tol)
+
+
+def test_tiled_through_the_gpt_cache():
+    # the cache's k and v are strided views into a (2, B, nh, block_size, hs) buffer
+    B, nh, T, hs, block_size = 2, 3, 19, 4, 32
+    q = torch.randn(B, nh, T, hs, dtype=torch.float64)
+    buf = torch.randn(2, B, nh, block_size, hs, dtype=torch.float64)
+    k, v = buf[0, :, :, :T], buf[1, :, :, :T]
+    assert not k.is_contiguous()
+    for causal in (True, False):
+        y = ops.attention(q, k, v, causal=causal, block_q=8, block_k=8)
+        assert max_rel_err(y, sdpa(q, k, v, causal)) <= TIGHT
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("T,S,bq,bk", [(7, 7, 3, 2), (4, 9, 2, 4), (9, 4, 4, 2)])
+def test_tiled_gradcheck(T, S, bq, bk, causal):
+    q, k, v = qkv(1, 2, T, 3, S=S)
+    assert torch.autograd.gradcheck(
+        lambda q, k, v: ops.attention(q, k, v, causal=causal, block_q=bq, block_k=bk), (q, k, v))
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_tiled_equals_loop_reference(causal):
+    q, k, v = qkv(2, 3, 21, 4)
+    check_layer(tiled(block_q=8, block_k=4), ops.attention_reference, [q, k, v], dict(causal=causal), tol=TIGHT)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("B,nh,T", [(8, 4, 200), (2, 4, 300)])
+def test_tiled_default_blocks_at_longer_contexts(B, nh, T, dtype):
+    # sizes where ops.attention tiles on its own, with its own block sizes: BLOCK_SHORT up to
+    # SHORT_T, BLOCK beyond
+    q, k, v = qkv(B, nh, T, 4, dtype=dtype)
+    assert type(ops.attention(q, k, v).grad_fn).__name__ == "TiledAttentionBackward"
+    check_layer(ops.attention, sdpa, [q, k, v], dict(causal=True), tol=TIGHT if dtype == torch.float64 else None)
+
+
+def test_which_path_runs():
+    def path(B, nh, T, S, **kw):
+        q, k, v = qkv(B, nh, T, 2, S=S, requires_grad=False)
+        q.requires_grad_(True)
+        return type(ops.attention(q, k, v, causal=False, **kw).grad_fn).__name__
+
+    assert path(12, 4, 128, 128) == "DenseAttentionBackward"  # T * S <= DENSE_MAX_T2
+    assert path(4, 4, 256, 256) == "DenseAttentionBackward"  # and B * nh * T * S <= DENSE_MAX
+    assert path(5, 4, 256, 256) == "TiledAttentionBackward"
+    assert path(1, 1, 257, 257) == "TiledAttentionBackward"  # T * S > DENSE_MAX_T2_FEW
+    assert path(1, 4, 1, 256) == "DenseAttentionBackward"  # the GPT's generation step
+    assert path(1, 1, 8, 8, block_q=4) == "TiledAttentionBackward"  # a block size asks for tiles
+    assert path(5, 4, 256, 256, dropout_p=0.1) == "DenseAttentionBackward"  # dropout: the full-matrix mask
+
+
+def test_tiled_skips_key_blocks_above_the_diagonal(monkeypatch):
+    # 4 x 4 blocks: causal visits the 10 tiles on and below the diagonal, not 16. Counted are
+    # the products whose second factor is (hs, b): q_i @ k_j^T in forward and backward, and
+    # dy_i @ v_j^T in backward.
+    hs, b = 3, 4
+    q, k, v = qkv(1, 1, 4 * b, hs)
+    products = []
+    bmm = torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda a, c: products.append(c.shape[1] == hs) or bmm(a, c))
+    for causal, tiles in ((True, 10), (False, 16)):
+        products.clear()
+        y = ops.attention(q, k, v, causal=causal, block_q=b, block_k=b)
+        assert sum(products) == tiles
+        y.sum().backward()
+        assert sum(products) == 3 * tiles
+
+
+def test_default_tile_sizes():
+    # the tile's side by T, B * nh and thread count (attention.py: _block_size)
+    import importlib
+
+    block_size = importlib.import_module("customnn.ops.attention")._block_size
+    assert (block_size(200, 32), block_size(1024, 4), block_size(1024, 24)) == (64, 128, 128)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # fewer, larger tiles where B * nh is small
+        assert (block_size(256, 48), block_size(1024, 4), block_size(1024, 24)) == (64, 256, 128)
+    finally:
+        torch.set_num_threads(threads)
+    # and the tiled path runs with it: its backward node keeps (causal, block_q, block_k, scale)
+    q, k, v = qkv(8, 4, 200, 2, requires_grad=False)
+    assert ops.attention(q.requires_grad_(True), k, v).grad_fn.config[1:3] == (64, 64)
+
+
+def test_tiled_saves_no_t_by_s_tensor():
+    # What backward keeps is linear in T: q, k, v, y and one log-sum-exp per row.
+    B, nh, T, hs = 1, 2, 64, 4
+    q, k, v = qkv(B, nh, T, hs)
+    y = ops.attention(q, k, v, causal=True, block_q=16, block_k=16)
+    saved = y.grad_fn.saved_tensors
+    assert max(t.numel() for t in saved) == B * nh * T * hs
+    assert sum(t.numel() for t in saved) == 4 * B * nh * T * hs + B * nh * T
+
+
+def test_tiled_online_softmax_rescales_when_a_later_tile_has_the_maximum():
+    # Scores grow along the keys, so every key block raises each row's running maximum; large
+    # enough that exp without the maximum would overflow float32 (exp(100) > 3.4e38).
+    T, hs = 24, 2
+    q = torch.full((1, 1, T, hs), 10.0, dtype=torch.float64)
+    k = torch.linspace(0.0, 15.0, T, dtype=torch.float64).view(1, 1, T, 1).expand(1, 1, T, hs).contiguous()
+    v = torch.randn(1, 1, T, hs, dtype=torch.float64)
+    for causal in (True, False):
+        q32, k32, v32 = (t.float().requires_grad_(True) for t in (q, k, v))
+        y = ops.attention(q32, k32, v32, causal=causal, block_q=8, block_k=4)
+        y.sum().backward()
+        assert torch.isfinite(y).all() and all(torch.isfinite(t.grad).all() for t in (q32, k32, v32))
+        check_layer(tiled(block_q=8, block_k=4), sdpa, [t.clone().requires_grad_(True) for t in (q, k, v)],
+                    dict(causal=causal))
+    # and in reverse: the first tile holds the maximum, later tiles underflow to 0
+    check_layer(tiled(block_q=8, block_k=4), sdpa, [t.clone().requires_grad_(True) for t in (q, k.flip(2), v)],
+                dict(causal=False))
+
+
+def test_tiled_input_without_requires_grad():
+    q, k, v = qkv(2, 2, 11, 4)
+    v.requires_grad_(False)
+    errors = check_layer(tiled(block_q=4, block_k=4), sdpa, [q, k, v], dict(causal=True), tol=TIGHT)
+    assert "grad2" not in errors and "grad0" in errors and "grad1" in errors
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_tiled_non_contiguous_views_as_in_a_gpt(dtype):
+    B, T, nh, hs = 2, 23, 3, 6
+    C = nh * hs
+
+    def heads(fn):
+        def run(qkv_proj, **kw):
+            q, k, v = qkv_proj.split(C, dim=2)
+            q, k, v = (t.view(B, T, nh, hs).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+            return fn(q, k, v, **kw)
+        return run
+
+    x = torch.randn(B, T, 3 * C, dtype=dtype, requires_grad=True)
+    check_layer(heads(tiled(block_q=8, block_k=8)), heads(sdpa), [x], dict(causal=True),
+                tol=TIGHT if dtype == torch.float64 else None)
+
+
+def test_tiled_bfloat16_runs_close_to_float32():
+    q, k, v = qkv(2, 2, 40, 8, dtype=torch.float32, requires_grad=False)
+    y = ops.attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), block_q=16, block_k=16)
+    assert y.dtype == torch.bfloat16
+    assert max_rel_err(y.float(), sdpa(q, k, v)) < 3e-2
+
+
+@pytest.mark.parametrize("block", [0, -1, 2.0, True])
+def test_block_size_value_errors(block):
+    q = torch.randn(1, 1, 4, 2)
+    with pytest.raises(ValueError, match="block_q"):
+        ops.attention(q, q, q, block_q=block)
+    with pytest.raises(ValueError, match="block_k"):
+        ops.attention(q, q, q, block_k=block)
+
+
+def test_gpt_trains_through_the_tiled_path_as_its_torch_nn_twin(monkeypatch):
+    # A GPT whose attention is large enough to tile on its own (B * nh * T * T > DENSE_MAX):
+    # logits, loss and every gradient as nanoGPT's model with SDPA, and a cached prefill
+    # giving the same logits.
+    import importlib
+
+    from customnn.models.gpt import GPT, GPTConfig
+    from customnn_ref.twins import gpt_twin
+    from helpers import assert_same_gradients, gpt_linear_weights
+
+    attention_module = importlib.import_module("customnn.ops.attention")  # ops.attention is the function
+    tiled_calls = []
+    apply = attention_module.TiledAttention.apply
+    monkeypatch.setattr(attention_module.TiledAttention, "apply",
+                        lambda *a: tiled_calls.append(a[0].shape) or apply(*a))
+    cfg = GPTConfig(vocab_size=11, block_size=144, n_layer=1, n_head=2, n_embd=8)
+    model = GPT(cfg, seed=7).to(dtype=torch.float64)
+    twin = gpt_twin(model)
+    B = 32
+    idx = torch.randint(cfg.vocab_size, (B, cfg.block_size))
+    targets = torch.randint(cfg.vocab_size, (B, cfg.block_size))
+    logits, loss = model(idx, targets)
+    assert tiled_calls == [(B, 2, 144, 4)]
+    tlogits, tloss = twin(idx, targets)
+    torch.testing.assert_close(logits, tlogits, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(loss, tloss, rtol=1e-12, atol=1e-12)
+    loss.backward()
+    tloss.backward()
+    assert_same_gradients(model, twin, gpt_linear_weights(model), rtol=1e-10, atol=1e-12)
+    with torch.no_grad():
+        cached, _ = model(idx, cache=model.new_cache(B))
+    assert len(tiled_calls) == 2
+    torch.testing.assert_close(cached, logits.detach(), rtol=1e-12, atol=1e-12)

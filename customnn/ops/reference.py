@@ -52,9 +52,11 @@ __all__ = [
 
 
 def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                        causal: bool = True, dropout_p: float = 0.0, *, generator=None) -> torch.Tensor:
+                        causal: bool = True, dropout_p: float = 0.0, *, generator=None, block_q=None,
+                        block_k=None) -> torch.Tensor:
     """Scaled dot-product attention, one query position at a time, as
-    ``F.scaled_dot_product_attention(q, k, v, is_causal=causal)``.
+    ``F.scaled_dot_product_attention(q, k, v, is_causal=causal)``. (``block_q`` and ``block_k``,
+    the fast version's tile sizes, change nothing here: they are taken so both have one signature.)
 
     q (B, nh, T, hs), k (B, nh, S, hs), v (B, nh, S, hv). Query t looks at keys 0..t when
     causal (the mask is aligned top-left, as PyTorch's is_causal), at all keys otherwise.
