@@ -87,33 +87,32 @@ from customnn.ops._checks import check_float, check_rank
 
 _LOG2E = math.log2(math.e)  # exp(z) = exp2(z * log2(e))
 
-# When each path runs, chosen by measurement (fwd+bwd time / SDPA's, 1 thread (CPU time) and
-# 2 threads; ``benchmarks/attention_long.py --sweep``, in benchmarks/results/
+# When each path runs, chosen by measurement: fwd+bwd time / SDPA's, at 1 thread (CPU time)
+# and 2 threads, from ``benchmarks/attention_long.py --sweep`` (benchmarks/results/
 # cpu-attention-long.txt). The dense path wins while its weight matrix is small:
 # (1) T * S <= DENSE_MAX_T2 entries per head: up to T = S = 128 a tiled pass is a few tiles,
 #     half of them masked waste, each paying Python's per-operation overhead (B=12, nh=4,
-#     T=128: dense 1.08x SDPA's time, tiled 1.30x);
+#     T=128: dense 0.99x SDPA's time, tiled 1.14x);
 # (2) T * S <= DENSE_MAX_T2_FEW and B * nh * T * S <= DENSE_MAX entries in all (4 MB in
-#     float32): up to T = S = 256 for a few sequences and heads the matrix stays in cache
-#     (B=1, nh=4, T=256: dense 1.10x, tiled 1.43x; B=4, nh=4, T=256: dense 1.38x, tiled 1.22x
-#     at 1 thread, 1.08x and 1.08x at 2), while for more of them the tiled pass is faster
-#     (B=12, nh=4, T=256: dense 1.59x, tiled 1.15x at 1 thread; 1.21x and 0.91x at 2).
-#     Past T = S = 256 the tiled pass wins (B=1, nh=4, T=512: dense 1.31x, tiled 1.06x at
-#     1 thread; at 2, 0.97x and 1.05x).
+#     float32): up to T = S = 256, for a few sequences and heads (B=1, nh=4, T=256: dense
+#     1.11x, tiled 1.37x; B=4, nh=4, T=256: dense 1.11x, tiled 1.12x at 1 thread, both 1.08x
+#     at 2); for more of them the tiled pass is faster (B=12, nh=4, T=256: dense 1.27x, tiled
+#     1.06x at 1 thread; 1.21x and 0.91x at 2). Past T = S = 256 the tiled pass wins or ties
+#     (B=1, nh=4, T=512: dense 1.30x, tiled 1.04x at 1 thread; 0.97x and 1.05x at 2).
 # These bounds keep the dense path's memory independent of how long T grows.
 DENSE_MAX_T2 = 128 * 128
 DENSE_MAX_T2_FEW = 256 * 256
 DENSE_MAX = 2**20
 # Tile sizes: square tiles of BLOCK_SHORT for T <= SHORT_T, else of BLOCK. A tile that crosses
 # the diagonal computes its masked upper half for nothing (a fraction block / T of the work),
-# and every tile costs about 20 tensor operations' Python overhead; at 1 thread 64 is the best
-# compromise where T <= 256 runs tiled (B=12, nh=4, T=256: 64 gives 1.15x SDPA's time, 128
-# 1.31x), 128 from T = 384 on (B=1, nh=4, T=1024: 128 gives 1.08x, 64 1.31x, 256 1.15x).
-# With more threads, every operation also splits its work across the thread team and waits
-# for all of it, so small tiles spend their time waiting: tiles double, up to BLOCK_MAX, while
-# they hold fewer than THREADED_TILE scores over all B * nh heads (2 threads, B=1, nh=4,
-# T=1024: 256 gives 1.03x, 128 1.23x; T=4096: 1.16x and 1.41x; B=12, nh=4, T=256 keeps 64:
-# 0.91x, 128 1.02x).
+# and every tile costs about 20 tensor operations' Python overhead. At 1 thread 64 is the best
+# compromise where T <= 256 runs tiled (B=12, nh=4, T=256: 64 gives 1.06x SDPA's time, 128
+# 1.16x), 128 from T = 384 on (B=1, nh=4, T=1024: 128 gives 1.06x, 64 1.36x, 256 1.14x;
+# T=4096: 128 1.14x, 256 1.23x). With more threads every operation also splits its work
+# across the thread team and waits for all of it, so small tiles spend their time waiting:
+# tiles double, up to BLOCK_MAX, while they hold fewer than THREADED_TILE scores over all
+# B * nh heads (2 threads, B=1, nh=4, T=1024: 256 gives 1.03x, 128 1.23x; T=4096: 1.16x and
+# 1.41x; B=12, nh=4, T=256 keeps 64: 0.91x, 128 1.02x).
 BLOCK = 128
 BLOCK_SHORT = 64
 SHORT_T = 256
