@@ -15,7 +15,6 @@ import os
 from pathlib import Path
 
 
-# --- atomic files --------------------------------------------------------------------------
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a flushed temporary file and an atomic rename."""
     path = Path(path)

@@ -45,22 +45,24 @@ def test_matches_sdpa(shape, causal, dtype):
     assert set(errors) == {"forward", "grad0", "grad1", "grad2"}
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_non_contiguous_views_as_in_a_gpt(dtype):
-    # q, k, v as a GPT makes them: one (B, T, 3C) projection, split, viewed as heads, transposed
-    B, T, nh, hs = 2, 11, 3, 6
+def gpt_heads(fn, B, T, nh, hs):
+    """``fn`` called on q, k, v as a GPT makes them from one (B, T, 3C) projection: split, viewed
+    as heads, transposed, so (B, nh, T, hs) views that are not contiguous."""
     C = nh * hs
 
-    def heads(fn):
-        def run(qkv_proj, **kw):
-            q, k, v = qkv_proj.split(C, dim=2)
-            q, k, v = (t.view(B, T, nh, hs).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-            assert not q.is_contiguous()
-            return fn(q, k, v, **kw)
-        return run
+    def run(qkv_proj, **kw):
+        q, k, v = qkv_proj.split(C, dim=2)
+        q, k, v = (t.view(B, T, nh, hs).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        assert not q.is_contiguous()
+        return fn(q, k, v, **kw)
+    return run
 
-    x = torch.randn(B, T, 3 * C, dtype=dtype, requires_grad=True)
-    check_layer(heads(ops.attention), heads(sdpa), [x], dict(causal=True))
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_non_contiguous_views_as_in_a_gpt(dtype):
+    B, T, nh, hs = 2, 11, 3, 6
+    x = torch.randn(B, T, 3 * nh * hs, dtype=dtype, requires_grad=True)
+    check_layer(gpt_heads(ops.attention, B, T, nh, hs), gpt_heads(sdpa, B, T, nh, hs), [x], dict(causal=True))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -346,18 +348,9 @@ def test_tiled_input_without_requires_grad():
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_tiled_non_contiguous_views_as_in_a_gpt(dtype):
     B, T, nh, hs = 2, 23, 3, 6
-    C = nh * hs
-
-    def heads(fn):
-        def run(qkv_proj, **kw):
-            q, k, v = qkv_proj.split(C, dim=2)
-            q, k, v = (t.view(B, T, nh, hs).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-            return fn(q, k, v, **kw)
-        return run
-
-    x = torch.randn(B, T, 3 * C, dtype=dtype, requires_grad=True)
-    check_layer(heads(tiled(block_q=8, block_k=8)), heads(sdpa), [x], dict(causal=True),
-                tol=TIGHT if dtype == torch.float64 else None)
+    x = torch.randn(B, T, 3 * nh * hs, dtype=dtype, requires_grad=True)
+    check_layer(gpt_heads(tiled(block_q=8, block_k=8), B, T, nh, hs), gpt_heads(sdpa, B, T, nh, hs), [x],
+                dict(causal=True), tol=TIGHT if dtype == torch.float64 else None)
 
 
 def test_tiled_bfloat16_runs_close_to_float32():

@@ -40,7 +40,7 @@ from customnn.memory import check_training_memory
 from customnn.models.cnn import ARCHS, CustomCNN
 from customnn.optim import SGD, AdamW, constant_lr, cosine_lr, decay_groups
 from customnn.runtime import seed_all
-from customnn.train.config import TrainConfig, setting
+from customnn.train.config import TrainConfig, flag_name, setting
 from customnn.train.engine import progress_bar, train_with
 from customnn.train.loading import MAX_WIDTH, check_weights
 from customnn.train.trainer import Trainer
@@ -106,7 +106,7 @@ class CNNTrainConfig(TrainConfig):
         for name in ("epochs", "batch_size", "width", "train_samples", "test_samples", "eval_batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+                raise UserError(f"{flag_name(name)} must be >= 1, got {value}")
         if self.width > MAX_WIDTH:
             raise UserError(f"--width must be <= {MAX_WIDTH}, got {self.width}")
         if not (math.isfinite(self.lr) and self.lr > 0):

@@ -171,10 +171,9 @@ class Engine:
                 self.run_dir.write_config(t.run_config())
                 self.run_dir.log(t.intro_line(self.run_dir), echo=not self.quiet)
                 path = str(self.run_dir.path)
+            path = dist.broadcast_object(path)  # rank 0's folder, for the others' messages
             if not self.main:
-                self.run_dir = FollowerRunDir(dist.broadcast_object(path))
-            else:
-                dist.broadcast_object(path)
+                self.run_dir = FollowerRunDir(path)
         else:
             self.restore(self.ckpt)
             # The plan: the configured steps (--max-iters may grow on resume), or, with a time
@@ -237,7 +236,7 @@ class Engine:
                     if row is not None:
                         self.run_dir.log_metrics(kind="train", **row)
                         self.bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
-                    if self.step != self.total:
+                    if not self.bar.disable and self.step != self.total:
                         self.bar.set_description(t.progress(self.step), refresh=False)
                     if cfg.save_interval is not None and time.perf_counter() - last_save >= cfg.save_interval:
                         self.save("last")

@@ -39,11 +39,12 @@ from customnn.data.text import Corpus, blocks_at, default_prompt, get_batch, loa
 from customnn.errors import UserError
 from customnn.memory import check_training_memory
 from customnn.models.gpt import GPT, GPTConfig
+from customnn.models.gpt import OPTIONS as GPT_OPTIONS  # the options' GPT-2 values
 from customnn.models.sampling import generate
 from customnn.muon import Muon, muon_groups, state_keys
 from customnn.optim import AdamW, cosine_lr, decay_groups
 from customnn.runtime import seed_all
-from customnn.train.config import TrainConfig, setting
+from customnn.train.config import TrainConfig, flag_name, setting
 from customnn.train.engine import train_with
 from customnn.train.loading import MAX_BATCH_SIZE, MAX_EVAL_ITERS, check_optimizer_state, gpt_from_checkpoint
 from customnn.train.nanogpt_rng import init_like_nanogpt_
@@ -111,14 +112,10 @@ class GPTTrainConfig(TrainConfig):
     def check(self) -> None:
         """Every value in range, or a one-line ``UserError`` naming the flag."""
         super().check()
-
-        def flag(name):
-            return "--" + name.replace("_", "-")
-
         for name in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "max_iters", "eval_interval",
                      "eval_iters"):
             if getattr(self, name) < 1:
-                raise UserError(f"{flag(name)} must be >= 1, got {getattr(self, name)}")
+                raise UserError(f"{flag_name(name)} must be >= 1, got {getattr(self, name)}")
         if self.batch_size > MAX_BATCH_SIZE:
             raise UserError(f"--batch-size must be <= {MAX_BATCH_SIZE}, got {self.batch_size}")
         if self.eval_iters > MAX_EVAL_ITERS:
@@ -128,23 +125,21 @@ class GPTTrainConfig(TrainConfig):
         for name in ("lr", "min_lr", "weight_decay"):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
-                raise UserError(f"{flag(name)} must be a finite number >= 0, got {value}")
+                raise UserError(f"{flag_name(name)} must be a finite number >= 0, got {value}")
         if self.lr == 0:
             raise UserError("--lr must be > 0")
         if not 0 <= self.dropout < 1:
             raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
-                raise UserError(f"{flag(name)} must be in [0, 1), got {getattr(self, name)}")
+                raise UserError(f"{flag_name(name)} must be in [0, 1), got {getattr(self, name)}")
         if self.warmup_iters < 0:
             raise UserError(f"--warmup-iters must be >= 0, got {self.warmup_iters}")
         if self.optimizer not in ("adamw", "muon"):
             raise UserError(f"--optimizer must be adamw or muon, got {self.optimizer!r}")
         if not (self.muon_lr > 0 and math.isfinite(self.muon_lr)):
             raise UserError(f"--muon-lr must be a finite number > 0, got {self.muon_lr}")
-        changed = [f"--{k.replace('_', '-')}" for k, v in (("norm", "layernorm"), ("pos", "learned"),
-                                                           ("mlp", "gelu"), ("qk_norm", False))
-                   if getattr(self, k) != v]
+        changed = [flag_name(k) for k, v in GPT_OPTIONS.items() if getattr(self, k) != v]
         if self.nanogpt_rng and changed:
             raise UserError(f"--nanogpt-rng replays nanoGPT's GPT-2 model; it cannot be combined with "
                             f"{', '.join(changed)} (add --no-nanogpt-rng)")
