@@ -75,6 +75,17 @@ class Row:
         return self.error is None and all(e <= tol for e in errs)  # NaN is not <= tol: FAIL
 
 
+SEED_MOD = 2**64  # a torch.Generator takes a seed as 64 bits: -2**63 <= seed < 2**64
+
+
+def trial_seed(seed: int, i: int) -> int:
+    """The seed of a row's i-th trial (its upstream gradient): ``seed + i`` taken modulo 2**64.
+    ``--seed`` is checked to fit in 64 bits, ``seed + i`` need not (a seed near 2**64 gave an
+    overflow in ``manual_seed`` from the second trial on); modulo 2**64 a seed that fits is
+    unchanged, as a Generator reads it (-1 and 2**64 - 1 are the same state)."""
+    return (seed + i) % SEED_MOD
+
+
 def run_trial(trial: Trial, seed: int) -> tuple[float, dict[str, float]]:
     """Forward and backward through both (oracle.compare); (forward error, gradient errors)."""
     values = [t.detach().requires_grad_(wants) if isinstance(t, torch.Tensor) else t for _, t, wants in trial.inputs]
@@ -102,7 +113,9 @@ def _pytorch_layers(F) -> dict[str, Callable]:
         "layer_norm": lambda x, w, b, eps=1e-5, normalized_shape=None: F.layer_norm(
             x, normalized_shape or (w.shape if w is not None else x.shape[-1:]), w, b, eps),
         "batch_norm": batch_norm,
-        "attention": lambda q, k, v, causal=True: F.scaled_dot_product_attention(q, k, v, is_causal=causal),
+        # block_q / block_k, our tile sizes, change nothing in the result: not passed on
+        "attention": lambda q, k, v, causal=True, attn_mask=None, block_q=None, block_k=None:
+            F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal),
         "rms_norm": lambda x, w=None, eps=None: F.rms_norm(x, x.shape[-1:], w, eps),
         "rope": apply_rope,  # PyTorch has no rotary layer: the twin's plain form (rotate_half)
         "silu": F.silu,
@@ -218,6 +231,28 @@ def _configs(make, integers) -> dict[str, tuple[str, Callable[[Callable, Callabl
                 Trial(ours, ref, [("q", make(3, 1, 5, 3), True), ("k", make(3, 1, 5, 3), True),
                                   ("v", make(3, 1, 5, 3), True)], dict(causal=True))]
 
+    def qkv(*lead, T, S, hs):
+        return [("q", make(*lead, T, hs), True), ("k", make(*lead, S, hs), True), ("v", make(*lead, S, hs), True)]
+
+    def attention_tiled(ours, ref):  # small tiles force the tiled path: partial blocks, the diagonal
+        return [Trial(ours, ref, qkv(2, 3, T=13, S=13, hs=5), dict(causal=True, block_q=4, block_k=3)),
+                Trial(ours, ref, qkv(1, 2, T=7, S=11, hs=4), dict(causal=False, block_q=3, block_k=4)),
+                Trial(ours, ref, qkv(2, T=9, S=9, hs=3), dict(causal=True, block_q=2, block_k=5))]  # unbatched
+
+    def attention_mask(ours, ref):  # boolean and float (with a gradient) masks, broadcast; dense and tiled
+        def masked(f, **tiles):
+            return lambda q, k, v, attn_mask: f(q, k, v, causal=False, attn_mask=attn_mask, **tiles)
+
+        keep = make(7, 9) > -0.5
+        keep[2] = False  # a query with every key masked: output and gradients 0, as SDPA's
+        bias = make(2, 1, 1, 9).masked_fill(make(2, 1, 1, 9) > 1.0, float("-inf"))  # (B, 1, 1, S) key padding
+        return [Trial(masked(ours), masked(ref), qkv(2, 3, T=7, S=9, hs=4) + [("attn_mask", keep, False)]),
+                Trial(masked(ours), masked(ref), qkv(2, 3, T=7, S=9, hs=4) + [("attn_mask", bias, True)]),
+                Trial(masked(ours, block_q=3, block_k=4), masked(ref),
+                      qkv(2, 3, T=7, S=9, hs=4) + [("attn_mask", make(3, 7, 9), True)]),
+                Trial(masked(ours, block_q=2, block_k=2), masked(ref),
+                      qkv(3, T=5, S=6, hs=4) + [("attn_mask", make(5, 6) > 0, False)])]  # unbatched, tiled
+
     options = option_trials(make, integers, Trial)  # the layers' options: customnn_ref/check_options.py
 
     def rms_norm(ours, ref):
@@ -260,6 +295,8 @@ def _configs(make, integers) -> dict[str, tuple[str, Callable[[Callable, Callabl
         "batch_norm (eval)": ("batch_norm", batch_norm(False)),
         "dropout": ("dropout", dropout),
         "attention": ("attention", attention),
+        "attention (tiled)": ("attention", attention_tiled),
+        "attention (attn_mask)": ("attention", attention_mask),
         "rms_norm": ("rms_norm", rms_norm),
         "rope": ("rope", rope),
         "silu": ("silu", elementwise()),
@@ -329,7 +366,7 @@ def check_layers(dtypes, device, seed: int = 0) -> list[Row]:
             row = Row(name, against, dtype)
             try:
                 for i, trial in enumerate(trials()):
-                    forward, grads = run_trial(trial, seed + i)
+                    forward, grads = run_trial(trial, trial_seed(seed, i))
                     row.forward = max(row.forward, forward)
                     for k, v in grads.items():
                         row.grads[k] = max(row.grads.get(k, 0.0), v)

@@ -1,5 +1,7 @@
 """Attention against F.scaled_dot_product_attention: forward and dq/dk/dv, on awkward shapes,
-float64 and float32, gradcheck, the loop reference, dropout's mask, and each ValueError."""
+float64 and float32, gradcheck, the loop reference, dropout's mask, and each ValueError; the
+dense and the tiled path; attn_mask (boolean, float with its gradient, broadcast shapes, rows
+with every key masked), unbatched and empty inputs."""
 
 from __future__ import annotations
 
@@ -145,7 +147,8 @@ def test_bfloat16_runs_close_to_float32(dtype):
 @pytest.mark.parametrize(
     "shapes,kwargs,match",
     [
-        (((2, 4, 8), (2, 2, 4, 8), (2, 2, 4, 8)), {}, "q must be 4-D"),
+        (((4, 8), (4, 8), (4, 8)), {}, "q must be 3-D or 4-D"),
+        (((2, 4, 8), (2, 2, 4, 8), (2, 2, 4, 8)), {}, "k must be 3-D"),  # SDPA broadcasts q; ours: one rank
         (((2, 2, 4, 8), (2, 2, 4), (2, 2, 4, 8)), {}, "k must be 4-D"),
         (((2, 2, 4, 8), (2, 2, 4, 8), (2, 2, 4, 8, 1)), {}, "v must be 4-D"),
         (((2, 2, 4, 8), (2, 2, 5, 8), (2, 2, 4, 8)), {}, "k and v must have the same shape"),
@@ -225,11 +228,11 @@ def test_tiled_kv_cache_shapes(dtype):
 
 
 def test_tiled_through_the_gpt_cache():
-    # the cache's k and v are strided views into a (2, B, nh, block_size, hs) buffer
+    # the cache's k and v are the first T positions of (B, nh, block_size, hs) buffers: strided views
     B, nh, T, hs, block_size = 2, 3, 19, 4, 32
     q = torch.randn(B, nh, T, hs, dtype=torch.float64)
-    buf = torch.randn(2, B, nh, block_size, hs, dtype=torch.float64)
-    k, v = buf[0, :, :, :T], buf[1, :, :, :T]
+    k_buf, v_buf = torch.randn(2, B, nh, block_size, hs, dtype=torch.float64).unbind(0)
+    k, v = k_buf[:, :, :T], v_buf[:, :, :T]
     assert not k.is_contiguous()
     for causal in (True, False):
         y = ops.attention(q, k, v, causal=causal, block_q=8, block_k=8)
@@ -402,3 +405,176 @@ def test_gpt_trains_through_the_tiled_path_as_its_torch_nn_twin(monkeypatch):
         cached, _ = model(idx, cache=model.new_cache(B))
     assert len(tiled_calls) == 2
     torch.testing.assert_close(cached, logits.detach(), rtol=1e-12, atol=1e-12)
+
+
+# --- attn_mask, unbatched inputs ---------------------------------------------------------------
+# attn_mask as SDPA's: boolean (True takes part) or float (added to the scores), broadcast over
+# batch and heads; on the dense path and on the tiled one (small tiles), against SDPA, float64
+# within 1e-10 and float32 within 1e-5, the float mask's gradient included.
+
+def sdpa_masked(q, k, v, attn_mask):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+
+
+def masked(**blocks):
+    def run(q, k, v, attn_mask):
+        return ops.attention(q, k, v, causal=False, attn_mask=attn_mask, **blocks)
+    return run
+
+
+def make_mask(kind, shape, dtype=torch.float64, requires_grad=True):
+    """A random mask of ``shape``: boolean with about 30% of the keys dropped, or float with
+    random values and -inf where the boolean one drops; the query row 1 (when there is one)
+    drops every key."""
+    keep = torch.rand(shape) > 0.3
+    if shape[-2] > 1:
+        keep[..., 1, :] = False
+    if kind == "bool":
+        return keep
+    return torch.randn(shape, dtype=dtype).masked_fill(~keep, float("-inf")).requires_grad_(requires_grad)
+
+
+MASK_SHAPES = [(7, 9), (1, 1, 7, 9), (2, 1, 7, 9), (2, 3, 7, 9), (2, 1, 1, 9), (3, 7, 9), (7, 1), (1, 9)]
+PATHS = {"dense": {}, "tiled": dict(block_q=3, block_k=4)}  # 7 queries, 9 keys: partial last blocks
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("path", sorted(PATHS))
+@pytest.mark.parametrize("kind", ["bool", "float"])
+@pytest.mark.parametrize("shape", MASK_SHAPES)
+def test_mask_matches_sdpa(shape, kind, path, dtype):
+    q, k, v = qkv(2, 3, 7, 5, S=9, dtype=dtype)  # odd T, S and head size
+    mask = make_mask(kind, shape, dtype)
+    errors = check_layer(masked(**PATHS[path]), sdpa_masked, [q, k, v, mask],
+                         tol=1e-10 if dtype == torch.float64 else None)
+    assert set(errors) == {"forward", "grad0", "grad1", "grad2"} | ({"grad3"} if kind == "float" else set())
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_mask_batch_one_and_a_float32_mask_on_float64_inputs(path):
+    # SDPA takes a float32 mask whatever q's dtype; its gradient comes back in float32
+    q, k, v = qkv(1, 2, 7, 3, S=9)
+    mask = make_mask("float", (1, 2, 7, 9)).detach().float().requires_grad_(True)
+    check_layer(masked(**PATHS[path]), sdpa_masked, [q, k, v, mask], tol=1e-10)
+    y = ops.attention(q, k, v, causal=False, attn_mask=mask, **PATHS[path])
+    y.sum().backward()
+    assert mask.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+@pytest.mark.parametrize("kind", ["bool", "float"])
+def test_a_query_with_every_key_masked_gets_zeros_as_sdpa(kind, path):
+    # SDPA on the CPU gives such a row the output 0 (not NaN), and ours its gradients 0. On the
+    # tiled path row 4 is masked in the first key blocks only, row 1 in all of them.
+    q, k, v = qkv(2, 2, 7, 4, S=9)
+    mask = make_mask(kind, (7, 9))
+    with torch.no_grad():
+        if kind == "bool":
+            mask[4, :5] = False
+        else:
+            mask[4, :5] = float("-inf")
+    y = ops.attention(q, k, v, causal=False, attn_mask=mask, **PATHS[path])
+    assert torch.equal(y[:, :, 1], torch.zeros_like(y[:, :, 1]))
+    assert torch.isfinite(y).all()
+    y.backward(torch.randn_like(y))
+    assert torch.equal(q.grad[:, :, 1], torch.zeros_like(q.grad[:, :, 1]))
+    if kind == "float":
+        assert torch.equal(mask.grad[1], torch.zeros(9, dtype=mask.dtype))
+    check_layer(masked(**PATHS[path]), sdpa_masked, [q, k, v, mask], tol=1e-10)
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+@pytest.mark.parametrize("shape", [(5, 6), (2, 1, 5, 6), (2, 1, 1, 6), (1, 6)])
+def test_mask_gradcheck(shape, path):
+    q, k, v = qkv(2, 2, 5, 3, S=6)
+    mask = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(masked(**PATHS[path]), (q, k, v, mask))
+
+
+def test_mask_with_dropout_uses_the_formula_with_the_same_dropout_mask():
+    B, nh, T, S, hs, p = 2, 2, 5, 6, 4, 0.3
+    q, k, v = qkv(B, nh, T, hs, S=S)
+    mask = torch.randn(B, 1, T, S, dtype=q.dtype).masked_fill(torch.rand(B, 1, T, S) < 0.3, float("-inf"))
+    mask[..., 0] = 0.0  # every query keeps a key: softmax below has no 0 / 0
+    mask.requires_grad_(True)
+    y = ops.attention(q, k, v, causal=False, dropout_p=p, attn_mask=mask, generator=torch.Generator().manual_seed(3))
+    keep = torch.rand(B, nh, T, S, generator=torch.Generator().manual_seed(3), dtype=q.dtype) >= p
+    q2, k2, v2, m2 = (t.detach().clone().requires_grad_(True) for t in (q, k, v, mask))
+    weights = torch.softmax(q2 @ k2.transpose(-2, -1) / math.sqrt(hs) + m2, dim=-1)
+    y2 = (weights * keep / (1 - p)) @ v2
+    assert max_rel_err(y, y2) <= 1e-12
+    dout = torch.randn_like(y)
+    y.backward(dout)
+    y2.backward(dout)
+    for ours, ref in ((q.grad, q2.grad), (k.grad, k2.grad), (v.grad, v2.grad), (mask.grad, m2.grad)):
+        assert max_rel_err(ours, ref) <= 1e-12
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("path", sorted(PATHS))
+@pytest.mark.parametrize("causal", [True, False])
+def test_unbatched_matches_sdpa(causal, path, dtype):
+    q, k, v = (t[0].detach().requires_grad_(True) for t in qkv(1, 3, 7, 5, S=7 if causal else 9, dtype=dtype))
+    y = ops.attention(q, k, v, causal=causal, **PATHS[path])
+    assert y.shape == (3, 7, 5)
+    check_layer(tiled(**PATHS[path]), sdpa, [q, k, v], dict(causal=causal),
+                tol=1e-10 if dtype == torch.float64 else None)
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_unbatched_with_masks(path):
+    q, k, v = (t[0].detach().requires_grad_(True) for t in qkv(1, 3, 7, 5, S=9))
+    for shape in ((7, 9), (3, 7, 9), (1, 1, 9)):
+        check_layer(masked(**PATHS[path]), sdpa_masked, [q, k, v, make_mask("float", shape)], tol=1e-10)
+    assert torch.autograd.gradcheck(masked(**PATHS[path]), (q, k, v, make_mask("float", (3, 1, 9))))
+
+
+def test_empty_inputs_give_empty_outputs_and_zero_gradients():
+    # no keys: the weighted sum over nothing is 0 (SDPA's value); no queries or a head size 0: empty
+    for (B, nh, T, S, hs) in ((2, 2, 3, 0, 4), (2, 2, 0, 3, 4), (2, 2, 3, 3, 0), (0, 2, 3, 3, 4), (2, 2, 0, 0, 4)):
+        q, k, v = qkv(B, nh, T, hs, S=S)
+        y = ops.attention(q, k, v, causal=False)
+        assert type(y.grad_fn).__name__ == "EmptyAttentionBackward"
+        assert y.shape == (B, nh, T, hs) and not y.any()
+        check_layer(ops.attention, sdpa, [q, k, v], dict(causal=True))
+        check_layer(masked(), sdpa_masked, [q, k, v, torch.randn(T, S, dtype=torch.float64) > 0])
+        mask = torch.randn(T, S, dtype=torch.float64, requires_grad=True)  # SDPA gives it no gradient: ours 0
+        ops.attention(q, k, v, causal=False, attn_mask=mask).sum().backward()
+        assert mask.grad.shape == (T, S) and not mask.grad.any()
+
+
+@pytest.mark.parametrize(
+    "mask,kwargs,match",
+    [
+        (torch.ones(4, 6, dtype=torch.bool), dict(causal=True), "attn_mask with causal=True"),
+        (torch.ones(4, 6, dtype=torch.long), {}, "attn_mask must be boolean, float32 or q's dtype"),
+        (torch.ones(4, 6, dtype=torch.float16), {}, "attn_mask must be boolean, float32 or q's dtype"),
+        (torch.ones(3, 6, dtype=torch.bool), {}, r"attn_mask of shape \(3, 6\) must broadcast .* \(2, 2, 4, 6\)"),
+        (torch.ones(6, dtype=torch.bool), {}, r"attn_mask of shape \(6,\) must broadcast"),
+        (torch.ones(1, 1, 1, 4, 6, dtype=torch.bool), {}, "attn_mask of shape"),
+        (torch.ones(3, 2, 4, 6, dtype=torch.bool), {}, "attn_mask of shape"),
+        ("not a tensor", {}, "attn_mask must be a torch.Tensor"),
+    ],
+)
+def test_mask_value_errors(mask, kwargs, match):
+    q = torch.randn(2, 2, 4, 8, dtype=torch.float64)
+    k = torch.randn(2, 2, 6, 8, dtype=torch.float64)
+    with pytest.raises(ValueError, match=match):
+        ops.attention(q, k, k, **{"causal": False, **kwargs}, attn_mask=mask)
+    if isinstance(mask, torch.Tensor) and not kwargs:  # PyTorch refuses them too
+        with pytest.raises((RuntimeError, IndexError)):
+            sdpa_masked(q, k, k, mask)
+
+
+def test_unbatched_mask_of_more_dims_than_q_is_refused():
+    q = torch.randn(2, 4, 8)
+    with pytest.raises(ValueError, match=r"attn_mask of shape \(1, 2, 4, 4\) must broadcast .* \(2, 4, 4\)"):
+        ops.attention(q, q, q, causal=False, attn_mask=torch.ones(1, 2, 4, 4, dtype=torch.bool))
+
+
+def test_the_reference_takes_masks_and_unbatched_inputs():
+    q, k, v = qkv(2, 3, 6, 4, S=8)
+    mask = make_mask("float", (2, 1, 6, 8))
+    check_layer(lambda *a: ops.attention_reference(*a[:3], causal=False, attn_mask=a[3]), sdpa_masked,
+                [q, k, v, mask])
+    check_layer(ops.attention_reference, sdpa, [t[0].detach().requires_grad_(True) for t in (q, k, v)], dict(causal=True))

@@ -14,7 +14,8 @@ from customnn_ref import check
 LAYERS = [
     "conv2d", "pad2d", "max_pool2d", "avg_pool2d", "relu", "gelu", "gelu (tanh)", "flatten", "linear",
     "embedding", "softmax", "log_softmax", "cross_entropy", "layer_norm", "batch_norm (train)",
-    "batch_norm (eval)", "dropout", "attention", "rms_norm", "rope", "silu",
+    "batch_norm (eval)", "dropout", "attention", "attention (tiled)", "attention (attn_mask)", "rms_norm", "rope",
+    "silu",
     # the option rows (customnn_ref/check_options.py)
     "conv2d (groups, same)", "max_pool2d (options)", "avg_pool2d (options)", "cross_entropy (weight)",
     "cross_entropy (probs)", "layer_norm (2 dims)",
@@ -121,6 +122,20 @@ def test_wrong_gradient_only_fails(capsys, monkeypatch):
     line = next(l for l in out.splitlines() if l.startswith("flatten "))
     assert line.split()[-1] == "FAIL" and " 0 " in line, line  # forward error 0, dx large
     assert code == 1
+
+
+@pytest.mark.parametrize("seed", [2**64 - 1, 2**64 - 3, -2**63])
+def test_seeds_at_the_ends_of_64_bits(capsys, seed):
+    # Each row's i-th trial draws its upstream gradient with seed + i, which passed 2**64 - 1
+    # (an overflow in manual_seed, so the rows with several trials, cross_entropy's first,
+    # failed); taken modulo 2**64, every row is OK.
+    assert [check.trial_seed(seed, i) for i in range(3)] == [(seed + i) % 2**64 for i in range(3)]
+    assert check.trial_seed(2**64 - 1, 1) == 0 and check.trial_seed(-1, 0) == 2**64 - 1  # the same Generator state as -1
+    code = check.run(parse(["--dtype", "float64", "--device", "cpu", "--seed", str(seed)]))
+    out = capsys.readouterr().out
+    rows = table_rows(out)
+    assert rows[("cross_entropy", "PyTorch", "float64")] == "OK", out
+    assert code == 0 and f"all {len(ROWS)} rows OK" in out, out
 
 
 @pytest.mark.parametrize("argv", [["--dtype", "float16"], ["--device", "tpu"]])

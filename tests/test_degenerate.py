@@ -1,6 +1,6 @@
 """Every layer on degenerate input (issue 14, class 6): empty tensors and non-finite values.
 
-Generated, layer by layer (every layer of ``ops.LAYERS`` but attention): each layer has a list
+Generated, layer by layer (every layer of ``ops.LAYERS``): each layer has a list
 of small input builders, and from them come the cases:
 
 - **zero sizes**: a zero-size batch, zero features / channels / classes / positions where the
@@ -39,7 +39,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 NAN, INF = float("nan"), float("inf")
 SPECIALS = {"nan": NAN, "inf": INF, "-inf": -INF}
 DTYPES = (torch.float64, torch.float32)
-COVERED = tuple(name for name in ops.LAYERS if name != "attention")
+COVERED = tuple(ops.LAYERS)
 
 
 class Case:
@@ -270,6 +270,38 @@ def _builders(dtype):
                               ("zero-head-size", (2, 3), 3, 0), ("no-lead", (), 3, 4), ("zero-lead", (0,), 0, 2)]:
         add("rope", name, ops.rope, apply_rope, [r(*lead, T, hs), r(T, hs // 2), r(T, hs // 2)])
 
+    # -- attention(q, k, v, causal, attn_mask=m) == F.scaled_dot_product_attention(q, k, v, m, is_causal=causal);
+    # "tiled": small blocks force the tiled path. Masks: boolean (not poisoned: no NaN to hold) or
+    # float requiring grad with -inf entries; both drop every key of query 1.
+    def att(causal, **blocks):
+        return (lambda q, k, v, m: ops.attention(q, k, v, causal, attn_mask=m, **blocks),
+                lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=causal))
+
+    def att_mask(kind, shape):
+        keep = torch.rand(shape, generator=g) > 0.3
+        keep[..., 1, :] = False
+        if kind == "bool":
+            return keep
+        return r(*shape).masked_fill(~keep, -INF)
+
+    tiles = dict(block_q=2, block_k=3)
+    for name, lead, T, S, hs, mask in [
+        ("base", (2, 2), 5, 5, 4, None), ("longer-keys", (1, 2), 4, 7, 3, None), ("unbatched", (2,), 5, 6, 4, None),
+        ("bool-mask", (2, 2), 5, 7, 4, ("bool", (5, 7))), ("float-mask", (2, 2), 5, 7, 4, ("float", (2, 1, 5, 7))),
+        ("unbatched-float-mask", (2,), 4, 5, 3, ("float", (4, 5))),
+        ("zero-batch", (0, 2), 5, 5, 4, None), ("zero-heads", (2, 0), 5, 5, 4, None),
+        ("zero-queries", (2, 2), 0, 5, 4, None), ("zero-keys", (2, 2), 5, 0, 4, None),
+        ("zero-head-size", (2, 2), 5, 5, 0, None), ("zero-both", (2, 2), 0, 0, 4, None),
+        ("unbatched-zero-queries", (2,), 0, 4, 3, None), ("zero-keys-float-mask", (2, 2), 3, 0, 4, ("float", (3, 0))),
+        ("zero-head-size-float-mask", (1, 2), 3, 4, 0, ("float", (3, 4))),
+    ]:
+        m = None if mask is None else att_mask(*mask)
+        for causal in ((False,) if mask else (True, False)):
+            for path, blocks in (("", {}), ("tiled-", tiles)):
+                ours, ref = att(causal, **blocks)
+                add("attention", f"{path}{name}-{'causal' if causal else 'full'}", ours, ref,
+                    [r(*lead, T, hs), r(*lead, S, hs), r(*lead, S, hs), m])
+
     return cases
 
 
@@ -375,6 +407,14 @@ def check(case, ref_dtype=None):
     return "equal"
 
 
+# Attention cases where PyTorch's default CPU kernel gives 0 for a row of NaN scores and ours NaN
+ATTENTION_FLASH_NAN_ROWS = (
+    r"^attention-(base-causal-.*/(in0-.*|in1-(one-(inf|nan)|row-.*))|"
+    r"longer-keys-causal-.*/(in0-.*|in1-(one-(nan|-inf)|row-.*))|"
+    r"base-full-.*/in0-(one-nan|row-(-inf|nan))|longer-keys-full-.*/in0-(one-nan|row-(inf|nan))|"
+    r"tiled-base-full-.*/in0-(one-nan|row-.*)|tiled-longer-keys-full-.*/in0-(one-nan|row-(-inf|nan)))$")
+
+
 # Where ours and PyTorch's knowingly differ: (pattern of the case id, why). Each such case must
 # still differ (strict xfail), so a change on either side is noticed.
 KNOWN = [  # (pattern, the exception the case raises, why)
@@ -388,6 +428,25 @@ KNOWN = [  # (pattern, the exception the case raises, why)
      "(0), ours multiplies (0 * NaN = NaN); a select costs 3-5x the multiply on CPU, and the gradient is NaN anyway"),
     (r"^cross_entropy-(?!zero-).*/dout-nonfinite$", AssertionError, "a NaN upstream gradient of the loss (the root of the graph): "
      "PyTorch composes nll_loss's and log_softmax's backwards, ours is one fused (p - q) * dloss, NaN in other places"),
+    # attention: the cases each pattern names are checked against SDPA's math kernel below
+    (ATTENTION_FLASH_NAN_ROWS, AssertionError, "a query whose scores hold a NaN (or inf - inf): PyTorch's default CPU kernel "
+     "(flash attention) returns 0 for its output, as for a fully masked row (its row maximum skips NaN), yet NaN "
+     "gradients; ours gives NaN, as the docstring's formula and PyTorch's own math kernel do"),
+    (r"^attention-tiled-(unbatched-causal-.*/(in[012]-.*|dout-nonfinite)|base-causal-.*/(in0-.*|in1-(one-(nan|inf)|row-.*)|"
+     r"in2-(one|row)-(-?inf)|dout-nonfinite)|longer-keys-causal-.*/(in[012]-.*|dout-nonfinite))$", AssertionError, "a NaN or infinite q, k, v or upstream gradient with causal=True on the tiled "
+     "path: it skips the key blocks above the diagonal, so the value reaches the gradients of later keys only through "
+     "the tiles it shares with them, where PyTorch multiplies it by their zero weights (0 * inf = NaN) everywhere"),
+    (r"^attention-(base-causal-.*/in1-one--inf|(unbatched|longer-keys)-causal-.*/in1-one-inf)$", AssertionError,
+     "an infinite k that makes every score of a query -inf, without a mask: PyTorch's safe softmax gives the row 0, "
+     "ours NaN (exp(-inf - (-inf))); the guard that gives masked rows 0 is left out of the maskless path, where its "
+     "two operations would cost a generation step 15%"),
+    (r"^attention-(tiled-)?zero-keys-.*/(in0-.*|dout-nonfinite)$", AssertionError, "no keys (S = 0) with a NaN or "
+     "infinite q or upstream gradient: PyTorch's output or dq is NaN over the head; the weighted sum over no keys is "
+     "0, and ours gives 0 and zero gradients whatever q and dout hold"),
+    (r"^attention-(tiled-)?unbatched-float-mask-full-.*/dout-nonfinite$", AssertionError, "a NaN or infinite "
+     "upstream gradient reaching a float mask's gradient: ours forms softmax's row sums as dout . y "
+     "(FlashAttention's form, attention.py's docstring), PyTorch's math kernel as sum(P * dP), so inf - inf gives "
+     "NaN elsewhere"),
 ]
 
 
@@ -419,7 +478,19 @@ def test_degenerate(cid, case):
     _check_any_dtype(cid, case)
 
 
-def test_every_layer_but_attention_has_zero_size_and_non_finite_cases():
+FLASH_NAN_ROWS = [(cid, c) for cid, c in CASES if re.search(ATTENTION_FLASH_NAN_ROWS, cid)]
+
+
+@pytest.mark.parametrize("cid,case", [pytest.param(cid, c, id=cid) for cid, c in FLASH_NAN_ROWS])
+def test_attention_on_nan_scores_equals_pytorchs_math_kernel(cid, case):
+    # The KNOWN reason for these cases: ours equals SDPA as its math kernel computes it.
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH):
+        check(case)
+
+
+def test_every_layer_has_zero_size_and_non_finite_cases():
     layers = {c.layer for _, c in CASES}
     assert layers == set(COVERED), set(COVERED) ^ layers
     for layer in COVERED:

@@ -6,9 +6,14 @@ and run through our layer and PyTorch's, in float64 and float32, once with conti
 and once with every tensor laid out non-contiguously (a stride-2 copy): the forward outputs
 (and extra outputs: indices, batch norm's running statistics) and the gradient of every input
 that requires grad (one seeded random upstream gradient) must agree, NaNs in the same places,
-within max |ours - theirs| <= tol * max(max |theirs|, 1), tol 1e-10 (float64) / 1e-5 (float32).
+within max |ours - theirs| <= tol * max(max |theirs|, 1), tol 1e-10 (float64) / 1e-5 (float32; attention 3e-5, see FLOAT32_TOL).
 Then each op's ``error_inputs`` (arguments PyTorch refuses) must be refused by ours too, with
 ValueError.
+
+``nn.functional.scaled_dot_product_attention``'s samples with ``dropout_p > 0`` cannot be
+replayed (SDPA draws its own dropout mask): ours, from a seeded generator, is checked against
+SDPA's docstring formula with the mask drawn again from the same generator state. It has no
+``error_inputs`` in torch 2.13.
 
 A sample either passes or is refused, for a reason listed in ``REFUSED`` (each reason is
 stated in the layer's docstring or, for translations, here): a ValueError from our layer
@@ -46,6 +51,11 @@ except Exception as exc:  # noqa: BLE001 - any failure of the private import is 
 
 DTYPES = (torch.float64, torch.float32)
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+# float32 tolerances of their own, with the reason. Attention's backward takes softmax's row sums
+# as dout . y, FlashAttention's form and that of SDPA's default CPU kernel (so that a model trains
+# step for step as with SDPA); y's rounding makes the float32 error of dq and dk reach 1.3e-5 of
+# the largest value on OpInfo's samples, whose values reach 9.
+FLOAT32_TOL = {"nn.functional.scaled_dot_product_attention": 3e-5}
 MAX_POOL_EVERY = 7
 
 
@@ -98,6 +108,15 @@ def _embedding(weight, args, kw):
     return ops.embedding(args[0], weight)
 
 
+def _sdpa(q, args, kw):
+    """F.scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
+    is_causal=False, ...) as ops.attention(q, k, v, causal, dropout_p, attn_mask=...)."""
+    k, v, *rest = args
+    names = ("attn_mask", "dropout_p", "is_causal")
+    kw = {**dict(zip(names, rest)), **kw}
+    return ops.attention(q, k, v, kw.pop("is_causal", False), kw.pop("dropout_p", 0.0), **kw)
+
+
 TRANSLATE = {
     "nn.functional.conv2d": lambda x, a, k: ops.conv2d(x, *a, **k),
     "nn.functional.max_pool2d": lambda x, a, k: ops.max_pool2d(x, *a, **k),
@@ -115,6 +134,7 @@ TRANSLATE = {
     "nn.functional.batch_norm": _batch_norm,
     "nn.functional.dropout": lambda x, a, k: ops.dropout(x, *a, **k),
     "nn.functional.pad": _pad,
+    "nn.functional.scaled_dot_product_attention": _sdpa,
 }
 NEEDS = {"nn.functional.rms_norm": "rms_norm", "nn.functional.silu": "silu"}  # run only if ops has it
 
@@ -136,6 +156,10 @@ REFUSED = [
     ("nn.functional.rms_norm", "rms_norm over more than the last dim", "normalized_shape over several dims"),
     # embedding's padding_idx / max_norm / scale_grad_by_freq / sparse: not part of ops.embedding.
     ("nn.functional.embedding", "embedding options", "padding_idx / max_norm / ... not implemented"),
+    # A 3-D query with 4-D key and value, which SDPA broadcasts against the keys' batch: ours
+    # takes q, k, v of one rank, all (B, nh, ., hs) or all unbatched (nh, ., hs) (its docstring).
+    ("nn.functional.scaled_dot_product_attention", r"k must be 4-D .* like q|k must be 3-D .* like q",
+     "q 3-D with k, v 4-D: q, k, v must have one rank"),
 ]
 
 # Error inputs (arguments PyTorch refuses) that our translation cannot express are counted
@@ -237,11 +261,39 @@ def _run_dropout(sample, dtype, contiguous):
     return max(errors)
 
 
+def _run_sdpa_dropout(sample, dtype, contiguous):
+    """SDPA with dropout_p > 0 draws its own mask: ours, drawing from a seeded generator, is
+    checked against SDPA's docstring formula, softmax(q k^T / sqrt(hs) + causal mask), times
+    the mask drawn again from the same generator state (torch.rand (B, nh, T, S) >= p) / (1 - p),
+    @ v, differentiated by autograd."""
+    q, k, v, *rest = _fresh(_leaves(sample), contiguous)
+    kw = {**dict(zip(("attn_mask", "dropout_p", "is_causal"), sample.args[2:])), **sample.kwargs}
+    if rest or kw.get("attn_mask") is not None or set(kw) - {"dropout_p", "is_causal"}:
+        raise OutsideApi("a dropout sample with other arguments")  # none in torch 2.13
+    p, causal = kw["dropout_p"], kw.get("is_causal", False)
+    y = _sdpa(q, [k, v], dict(kw, generator=torch.Generator().manual_seed(5)))
+    q2, k2, v2 = (t.detach().clone().requires_grad_(t.requires_grad) for t in (q, k, v))
+    T, S, hs = q2.shape[-2], k2.shape[-2], q2.shape[-1]
+    keep = torch.rand((*y.shape[:-2], T, S), generator=torch.Generator().manual_seed(5), dtype=dtype) >= p
+    scores = q2 @ k2.transpose(-2, -1) / hs ** 0.5
+    if causal:
+        scores = scores.masked_fill(torch.ones(T, S, dtype=torch.bool).triu(1), float("-inf"))
+    want = (torch.softmax(scores, dim=-1) * keep / (1 - p)) @ v2
+    errors = [_err(y, want)]
+    dout = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
+    y.backward(dout)
+    want.backward(dout)
+    errors += [_err(a.grad, b.grad) for a, b in ((q, q2), (k, k2), (v, v2)) if b.requires_grad]
+    return max(errors)
+
+
 def run_sample(op, sample, dtype, contiguous, ref_dtype=None) -> float:
     """Our layer against PyTorch's on one sample; the largest error (forward and gradients).
     With ``ref_dtype``, PyTorch's side runs on the same values in that dtype."""
     if op.name == "nn.functional.dropout":
         return _run_dropout(sample, dtype, contiguous)
+    if op.name == "nn.functional.scaled_dot_product_attention" and sample.kwargs.get("dropout_p", 0.0) > 0:
+        return _run_sdpa_dropout(sample, dtype, contiguous)
     leaves = _leaves(sample)
     theirs_in = _fresh(leaves, contiguous, ref_dtype=ref_dtype)
     to_ours = LEAF_TO_OURS.get(op.name)
@@ -325,14 +377,15 @@ def test_opinfo_samples(name, capsys):
                     except Exception as exc:  # noqa: BLE001 - any other exception is a failure, named
                         failures.append(f"{tag}: {type(exc).__name__}: {exc}")
                         continue
-                    if not err <= TOL[dtype] and dtype == torch.float32:
+                    tol = FLOAT32_TOL.get(name, TOL[dtype]) if dtype == torch.float32 else TOL[dtype]
+                    if not err <= tol and dtype == torch.float32:
                         # Ill-conditioned in float32 (e.g. layer norm over one value: rstd =
                         # 1/sqrt(eps) = 316 times the roundoff): then ours must be within tol of
                         # PyTorch's float64 result on the same values, the exact answer.
                         err = run_sample(op, sample, dtype, contiguous, ref_dtype=torch.float64)
-                        against64 += err <= TOL[dtype]
-                    if not err <= TOL[dtype]:
-                        failures.append(f"{tag}: error {err:.2e} > {TOL[dtype]:g} ({sample.summary() if hasattr(sample, 'summary') else sample})")
+                        against64 += err <= tol
+                    if not err <= tol:
+                        failures.append(f"{tag}: error {err:.2e} > {tol:g} ({sample.summary() if hasattr(sample, 'summary') else sample})")
                     else:
                         passed += 1
     errors_refused, error_failures = _error_inputs(name, infos)

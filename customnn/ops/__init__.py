@@ -13,11 +13,11 @@ basic tensor operations; autograd's engine only chains them together.
 Every layer ``<layer>`` has a ``<layer>_reference`` with the same arguments: the definition as
 plain tensor math or explicit loops, differentiated by autograd, against which the fast
 version is tested. Each sits in its layer's file just above the fast version (``reference.py``
-lists where, and holds ``attention_reference``).
+lists where; ``attention_reference``, which takes ``attn_mask``, is attention.py's).
 """
 
 from customnn.ops.activation import gelu, gelu_reference, relu, relu_reference, silu, silu_reference
-from customnn.ops.attention import attention
+from customnn.ops.attention import attention, attention_reference
 from customnn.ops.conv import conv2d, conv2d_reference, pad2d, pad2d_reference
 from customnn.ops.dropout import dropout, dropout_reference
 from customnn.ops.linear import (embedding, embedding_reference, flatten, flatten_reference, linear,
@@ -27,7 +27,6 @@ from customnn.ops.loss import (cross_entropy, cross_entropy_reference, log_softm
 from customnn.ops.norm import batch_norm, batch_norm_reference, layer_norm, layer_norm_reference
 from customnn.ops.norm import rms_norm, rms_norm_reference
 from customnn.ops.pool import avg_pool2d, avg_pool2d_reference, max_pool2d, max_pool2d_reference
-from customnn.ops.reference import attention_reference
 from customnn.ops.rope import rope, rope_reference, rope_tables
 
 # Every public layer; each has a ``<layer>_reference`` (tests/test_reference.py checks both lists).

@@ -2,9 +2,9 @@
 
     y = softmax(q @ k^T / sqrt(hs) + mask) @ v            (Vaswani et al. 2017, section 3.2.1)
 
-Matches ``torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p, is_causal)``
-with its default scale ``1 / sqrt(hs)``. The causal mask is SDPA's: query ``i`` sees keys
-``j <= i``, counted from the top-left corner even when ``Tq != Tk``. Generation with a
+Matches ``torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p,
+is_causal)`` with its default scale ``1 / sqrt(hs)``. The causal mask is SDPA's: query ``i`` sees
+keys ``j <= i``, counted from the top-left corner even when ``Tq != Tk``. Generation with a
 key/value cache calls it with one query against all cached keys and ``causal=False``.
 
 Dimension letters used below:
@@ -16,46 +16,17 @@ Dimension letters used below:
 
 Two ways to compute it, chosen by ``attention``:
 
-**Tiled** (``TiledAttention``; FlashAttention, Dao et al. 2022, query blocks in the outer loop
-as in FlashAttention-2): memory linear in T. The queries are cut into blocks Q_i of bq rows,
-the keys and values into blocks K_j, V_j of bk rows; at most two (B*nh, bq, bk) tiles of
-scores exist at a time, and only the output y and one log-sum-exp per query row are saved
-for backward. Both passes loop over the query blocks i, and inside over the key blocks j
-that block sees; each tile is a few whole-tensor operations over all B*nh heads at once.
-
-Forward, for each query block i, over its key blocks j = 0, 1, ... (an online softmax):
-
-    S_ij  = Q_i K_j^T * scale  (+ -inf above the diagonal)   (bq, bk)   scores of one tile
-    m_i   = max(m_i', rowmax(S_ij))                          running row maximum (m_i' before this tile)
-    P~_ij = exp(S_ij - m_i)                                  (bq, bk)
-    l_i   = exp(m_i' - m_i) * l_i' + rowsum(P~_ij)           running row sum of exp
-    O_i   = exp(m_i' - m_i) * O_i' + P~_ij V_j               (bq, hs) running unnormalised output
-
-and after the last key block   y_i = O_i / l_i   and   L_i = m_i + log(l_i)   (the log-sum-exp
-of row i's scores). Why it is exact: softmax(s) = exp(s - m) / sum(exp(s - m)) for any m, and
-multiplying a sum formed with the old maximum m_i' by exp(m_i' - m_i) turns it into the same
-sum formed with the new maximum, so one pass over the key blocks gives every row's softmax
-without holding the row. The first tile of a row starts the recurrence (m_i' = -inf, l_i' = 0,
-O_i' = 0); it holds key 0, which every query sees, so every row's maximum is finite from then on
-and a row that a later tile masks completely gets exp(-inf) = 0 there.
-
-Backward, from the saved L (P_ij = exp(S_ij - L_i) are the attention weights of the tile,
-recomputed from the scores instead of stored) and dy = dout:
-
-    dV_j += P_ij^T dY_i                                      (bk, hs)
-    dP_ij = dY_i V_j^T                                       (bq, bk)
-    dS_ij = P_ij * (dP_ij - D_i)                             softmax backward, D_i = rowsum(dY_i * Y_i)
-    dQ_i += dS_ij K_j * scale,    dK_j += dS_ij^T Q_i * scale
-
-Softmax's backward is dS = P * (dP - rowsum(P * dP)); its row sums need no (T, S) product:
-sum_j P_ij dP_ij = sum_j P_ij (dy_i . v_j) = dy_i . (sum_j P_ij v_j) = dy_i . y_i, which is D.
-
-Causal: a key block wholly above the diagonal (its first key after the block's last query) is
-skipped in both directions; a tile that crosses the diagonal gets an additive -inf mask.
+**Tiled** (``TiledAttention``, attention_tiled.py; FlashAttention, Dao et al. 2022, query
+blocks in the outer loop as in FlashAttention-2): memory linear in T. The queries are cut into
+blocks Q_i of bq rows, the keys and values into blocks K_j, V_j of bk rows; at most two
+(B*nh, bq, bk) tiles of scores exist at a time, and only the output y and one log-sum-exp per
+query row are saved for backward. Both passes loop over the query blocks i, and inside over
+the key blocks j that block sees; each tile is a few whole-tensor operations over all B*nh
+heads at once. The recurrences, why they are exact, and the backward: attention_tiled.py.
 
 Base-2 units: the scores are formed as s2 = log2(e) * scale * q @ k^T (log2(e) * scale is
-folded into one scaled copy of q), so that every exp(z) above becomes exp2(s2): the same
-numbers. m and L are kept in these units. On this project's CPU (torch 2.13, AVX-512) exp2
+folded into one scaled copy of q), so that every exp(z) of the softmax becomes exp2(s2): the
+same numbers. m and L are kept in these units. On this project's CPU (torch 2.13, AVX-512) exp2
 takes about 1.5x exp's time on ordinary values, but keeps its speed on masked -inf entries and
 on values far below the row maximum, where exp takes a slow path: a causal tile half -inf costs
 exp about 12x its ordinary time, values that underflow to 0 over 100x. Masked tiles, and the
@@ -72,7 +43,37 @@ Its backward (llm.c's ``attention_backward``):
     dv      = att_d^T @ dout
     datt_d  = dout @ v^T,   datt = datt_d * keep / (1 - p)        (dropout, same mask)
     dscores = att * (datt - sum(dout * y, -1))                    (softmax backward, as above)
+(the row sums dout . y are FlashAttention's form, and that of SDPA's default CPU kernel, so a
+model trains step for step as with SDPA; summing att * datt instead keeps float32 rows of
+dscores closer to summing to 0 on large inputs, but moves the rounding off PyTorch's).
     dq      = dscores @ k * scale,   dk = dscores^T @ q * scale
+
+**attn_mask** (attention_masks.py), as SDPA's: boolean (True: the key takes part) or float
+(added to the scores), of shape (T, S), (B or 1, nh or 1, T or 1, S or 1) or anything else
+that broadcasts to (B, nh, T, S). It becomes one additive term in base-2 units, bias = 0 / -inf
+(boolean) or log2(e) * mask (float), added to every tile's scores (the tiled path slices it per
+tile, the dense path adds it whole), so both paths take it. A float mask that requires grad gets
+the gradient of the scores, dS (natural units), summed over the dims it is broadcast along:
+    dmask = sum over broadcast dims of att * (datt - D)
+A row whose keys are all masked has the maximum -inf, and exp(s - m) would be NaN: with a
+mask, the maximum is raised to the dtype's lowest finite number and the row sum to at least 1,
+so that row's weights, output and gradients are 0. That is what SDPA returns on the CPU (torch
+2.13: its flash kernel, and its math kernel's safe softmax). ``attn_mask`` with ``causal=True``
+is refused: SDPA documents the two as exclusive (its math kernel raises, though its CPU flash
+kernel combines them), so the triangle goes into the mask.
+
+**Shapes**: q (B, nh, T, hs), k and v (B, nh, S, hs), or all three unbatched (nh, T, hs),
+run as a batch of one. Without keys (S = 0) the output is 0 (the empty sum, SDPA's value) and
+with T, hs, B or nh 0 it is empty; every gradient is then 0 (``EmptyAttention``).
+
+**NaN and infinities** flow as in the formula, which is also what PyTorch's math kernel does: a
+NaN score makes its row NaN, inf - inf gives NaN, and a masked score (additive -inf) that is
+NaN or +inf stays NaN. Where SDPA's default CPU kernel differs (tests/test_degenerate.py,
+``KNOWN``): it gives 0, not NaN, for the output of a row whose scores hold a NaN (yet NaN
+gradients); without a mask, a row whose every score is -inf through an infinite q or k is NaN
+here and 0 there (the two guards above are left out of the maskless path, for speed); the
+tiled path skips the key blocks above the diagonal, so a non-finite value reaches fewer of
+the gradients; with no keys, a non-finite q or upstream gradient gives PyTorch NaN, ours 0.
 
 Entry point: ``customnn.ops.attention`` (see ``customnn/ops/__init__.py``).
 """
@@ -83,9 +84,10 @@ import math
 
 import torch
 
-from customnn.ops._checks import check_float, check_rank
-
-_LOG2E = math.log2(math.e)  # exp(z) = exp2(z * log2(e))
+from customnn.ops._checks import check_float, check_rank, check_tensor
+from customnn.ops.attention_masks import (LOG2E, EmptyAttention, additive_bias, causal_mask, floor_row_max,
+                                          nonzero_sums, sum_to)
+from customnn.ops.attention_tiled import TiledAttention
 
 # When each path runs, chosen by measurement: fwd+bwd time / SDPA's, at 1 thread (CPU time)
 # and 2 threads, from ``benchmarks/attention_long.py --sweep`` (benchmarks/results/
@@ -129,48 +131,95 @@ def _block_size(T: int, heads: int) -> int:
     return block
 
 
-# Additive masks (0 where query i may see key j, -inf where j > i), built once per shape and
-# offset so that a training loop does not rebuild the same triangle on every call.
-_MASKS: dict[tuple, torch.Tensor] = {}
+MASK_WITH_CAUSAL = ("attn_mask with causal=True: F.scaled_dot_product_attention documents the two as exclusive "
+                    "(its math kernel raises); pass causal=False and put the causal triangle into attn_mask")
 
 
-def _causal_mask(tq: int, tk: int, dtype: torch.dtype, device: torch.device, offset: int = 0) -> torch.Tensor:
-    """(tq, tk) additive mask of a tile whose first key is ``offset`` positions after its first
-    query: -inf where key position > query position (SDPA's top-left alignment)."""
-    key = (tq, tk, offset, dtype, str(device))
-    mask = _MASKS.get(key)
-    if mask is None:
-        above = torch.ones(tq, tk, dtype=torch.bool, device=device).triu_(1 - offset)
-        mask = torch.zeros(tq, tk, dtype=dtype, device=device).masked_fill_(above, float("-inf"))  # (tq, tk)
-        if len(_MASKS) > 64:  # keep the cache small when lengths vary (generation)
-            _MASKS.clear()
-        _MASKS[key] = mask
-    return mask
+def attention_reference(q, k, v, causal=True, dropout_p=0.0, *, attn_mask=None, generator=None, block_q=None,
+                        block_k=None):
+    """Scaled dot-product attention, one query position at a time, as
+    ``F.scaled_dot_product_attention(q, k, v, attn_mask, is_causal=causal)``: the plain
+    definition, differentiated by autograd, that ``attention`` is tested against.
+
+    q (B, nh, T, hs), k (B, nh, S, hs), v (B, nh, S, hv), or all three without B. Query t looks
+    at keys 0..t when causal (the mask is aligned top-left, as PyTorch's is_causal), at all keys
+    otherwise; ``attn_mask`` drops keys (boolean False) or adds to the scores (float). A query
+    whose keys are all masked gets the output 0, as SDPA's on the CPU. Without dropout only
+    (dropout_p must be 0); ``generator``, ``block_q`` and ``block_k`` change nothing here: they
+    are taken so that both have one signature."""
+    if dropout_p != 0.0:
+        raise ValueError(f"attention_reference supports dropout_p=0 only, got dropout_p={dropout_p}")
+    check_rank(q, "q", (3, 4), "(B, nh, T, hs) or unbatched (nh, T, hs)")
+    for name, t in (("k", k), ("v", v)):
+        check_rank(t, name, q.dim(), "like q")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_float(t, name)
+    if attn_mask is not None:
+        _check_mask(attn_mask, q, k.shape[-2])
+        if causal:
+            raise ValueError(MASK_WITH_CAUSAL)
+    if q.dim() == 3:  # unbatched: a batch of one (a mask of up to 3 dims broadcasts the same)
+        return attention_reference(q[None], k[None], v[None], causal, attn_mask=attn_mask)[0]
+    B, nh, T, hs = q.shape
+    S = k.shape[2]
+    if k.shape[:2] != (B, nh) or v.shape[:2] != (B, nh) or k.shape[3] != hs or v.shape[2] != S:
+        raise ValueError(f"q, k, v shapes do not match: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} "
+                         f"(want q (B, nh, T, hs), k (B, nh, S, hs), v (B, nh, S, hv))")
+    bias = None  # (B, nh, T, S): the term added to the scores
+    if attn_mask is not None and attn_mask.dtype == torch.bool:  # a dropped key (False) adds -inf
+        bias = torch.zeros(attn_mask.shape, dtype=q.dtype, device=q.device).masked_fill(~attn_mask, float("-inf"))
+        bias = bias.expand(B, nh, T, S)
+    elif attn_mask is not None:
+        bias = attn_mask.to(q.dtype).expand(B, nh, T, S)
+    scale = 1.0 / math.sqrt(hs) if hs else math.inf
+    outs = [v[:, :, :0]]  # (B, nh, 0, hv): the start, so that T = 0 gives an empty output
+    for t in range(T):
+        seen = min(t + 1, S) if causal else S  # how many keys query t may look at
+        scores = (q[:, :, t: t + 1, :] @ k[:, :, :seen, :].transpose(-2, -1)) * scale  # (B, nh, 1, seen)
+        if bias is not None:
+            scores = scores + bias[:, :, t: t + 1, :seen]
+        weights = scores  # no keys (S = 0): no weights, and the output is the empty sum 0
+        if seen > 0:
+            # subtract the max before exp; a row with every key masked has max -inf: use a
+            # finite floor there, then its weights are exp(-inf) = 0 and so is its output
+            top = scores.amax(dim=-1, keepdim=True).clamp_min(torch.finfo(scores.dtype).min)
+            weights = torch.exp(scores - top)
+            total = weights.sum(dim=-1, keepdim=True)
+            weights = weights / torch.where(total == 0, 1.0, total)  # softmax over the keys
+        outs.append(weights @ v[:, :, :seen, :])  # (B, nh, 1, hv)
+    return torch.cat(outs, dim=2)  # (B, nh, T, hv)
 
 
 class DenseAttention(torch.autograd.Function):
     """Attention on (B, nh, T, hs) tensors with the whole weight matrix, optional dropout on it.
 
-    Batch and heads are merged into one dimension so that every product is one bmm.
+    Batch and heads are merged into one dimension so that every product is one bmm. ``mask``:
+    None, or the 4-D ``attn_mask`` (Bm, nhm, Tm, Sm), broadcast to (B, nh, T, S).
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, causal: bool, dropout_p: float, generator):
+    def forward(ctx, q, k, v, causal: bool, dropout_p: float, generator, mask=None):
         B, nh, T, hs = q.shape
         S = k.shape[2]
         scale = 1.0 / math.sqrt(hs)
         # (B*nh, T, hs) and (B*nh, S, hs); a copy only when the heads are a strided view
         q3, k3, v3 = q.reshape(B * nh, T, hs), k.reshape(B * nh, S, hs), v.reshape(B * nh, S, hs)
-        alpha = scale * _LOG2E  # scores in base-2 units (module docstring: why exp2)
+        alpha = scale * LOG2E  # scores in base-2 units (module docstring: why exp2)
         if causal:
             # mask + alpha * q @ k^T in one kernel (-inf stays -inf in any units)
-            scores = torch.baddbmm(_causal_mask(T, S, q.dtype, q.device), q3, k3.transpose(1, 2), alpha=alpha)
+            scores = torch.baddbmm(causal_mask(T, S, q.dtype, q.device), q3, k3.transpose(1, 2), alpha=alpha)
         else:
             scores = torch.bmm(q3, k3.transpose(1, 2)).mul_(alpha)  # (B*nh, T, S)
-        # softmax over the keys, the row maximum subtracted before exp2
-        scores.sub_(scores.amax(dim=-1, keepdim=True))
+        if mask is not None:  # attn_mask in base-2 units, broadcast over batch and heads
+            scores.view(B, nh, T, S).add_(additive_bias(mask, q.dtype))
+        # softmax over the keys, the row maximum subtracted before exp2 (with a mask, a row whose
+        # keys are all masked gets a finite maximum and the sum 1, so its weights are 0; the two
+        # guards are left out without one, where they would cost a generation step 15%)
+        m = scores.amax(dim=-1, keepdim=True)  # (B*nh, T, 1)
+        scores.sub_(m if mask is None else floor_row_max(m))
         att = scores.exp2_()  # (B*nh, T, S), in place: the scores are not needed any more
-        att.div_(att.sum(dim=-1, keepdim=True))
+        total = att.sum(dim=-1, keepdim=True)
+        att.div_(total if mask is None else nonzero_sums(total))
         if dropout_p > 0.0:
             # inverted dropout on the weights; the multiplier (0 or 1/(1-p)) is kept so that
             # backward uses exactly the same mask
@@ -186,6 +235,7 @@ class DenseAttention(torch.autograd.Function):
         ctx.save_for_backward(q3, k3, v3, y, att, drop_mult)
         ctx.scale = scale
         ctx.shapes = (q.shape, k.shape)
+        ctx.mask = None if mask is None else (mask.shape, mask.dtype)
         return y.view(B, nh, T, hs)
 
     @staticmethod
@@ -193,12 +243,13 @@ class DenseAttention(torch.autograd.Function):
         q3, k3, v3, y3, att, drop_mult = ctx.saved_tensors
         q_shape, k_shape = ctx.shapes
         need_dq, need_dk, need_dv = ctx.needs_input_grad[:3]
-        dq = dk = dv = None
+        need_dmask = ctx.mask is not None and ctx.needs_input_grad[6]
+        dq = dk = dv = dmask = None
         dout3 = dout.reshape(att.shape[0], att.shape[1], q3.shape[2])  # (B*nh, T, hs)
         if need_dv:
             att_d = att if drop_mult is None else att * drop_mult  # recomputed: one multiply
             dv = torch.bmm(att_d.transpose(1, 2), dout3).view(k_shape)  # (B, nh, S, hs)
-        if need_dq or need_dk:
+        if need_dq or need_dk or need_dmask:
             datt = torch.bmm(dout3, v3.transpose(1, 2))  # (B*nh, T, S)
             if drop_mult is not None:
                 datt.mul_(drop_mult)
@@ -212,146 +263,37 @@ class DenseAttention(torch.autograd.Function):
                 dq = torch.bmm(dscores, k3).mul_(ctx.scale).view(q_shape)  # (B, nh, T, hs)
             if need_dk:
                 dk = torch.bmm(dscores.transpose(1, 2), q3).mul_(ctx.scale).view(k_shape)  # (B, nh, S, hs)
-        return dq, dk, dv, None, None, None
+            if need_dmask:  # the mask is added to the scores: dmask = dscores, summed where broadcast
+                mask_shape, mask_dtype = ctx.mask
+                dmask = sum_to(dscores.view(*q_shape[:3], k_shape[2]), mask_shape).to(mask_dtype)
+        return dq, dk, dv, None, None, None, dmask
 
 
-def _spans(n: int, size: int) -> list[tuple[int, int]]:
-    """[(start, end), ...] cutting range(n) into blocks of ``size`` (the last one shorter)."""
-    return [(start, min(start + size, n)) for start in range(0, n, size)]
+def _check_mask(attn_mask, q: torch.Tensor, S: int) -> None:
+    """attn_mask as SDPA takes it: boolean, float32 or q's dtype, with 2 to q.dim() dims that
+    broadcast to the weights' shape (B, nh, T, S) (unbatched: (nh, T, S))."""
+    check_tensor(attn_mask, "attn_mask")
+    if attn_mask.dtype not in (torch.bool, torch.float32, q.dtype):
+        raise ValueError(f"attn_mask must be boolean, float32 or q's dtype {q.dtype}, got {attn_mask.dtype}")
+    weights = (*q.shape[:-1], S)
+    if not 2 <= attn_mask.dim() <= q.dim() or any(
+            m not in (1, w) for m, w in zip(reversed(attn_mask.shape), reversed(weights))):
+        raise ValueError(f"attn_mask of shape {tuple(attn_mask.shape)} must broadcast to the attention weights' "
+                         f"shape {weights} ({'B, ' if q.dim() == 4 else ''}nh, T, S), from at least (T, S)")
 
 
-def _blocks(x: torch.Tensor, size: int, scale: float | None = None) -> list[torch.Tensor]:
-    """(BH, n, hs) -> contiguous (BH, size, hs) blocks along dim 1, optionally times ``scale``.
-
-    Contiguous, because a bmm on a slice of a longer sequence (batch stride n * hs) takes a
-    slower path than on a tensor of its own; the copy is linear in n, the tiles quadratic.
-    """
-    parts = x.split(size, dim=1)
-    if scale is None:
-        return [p.contiguous() for p in parts]
-    return [p * scale for p in parts]
-
-
-class TiledAttention(torch.autograd.Function):
-    """Attention on (B, nh, T, hs) tensors in (bq, bk) tiles: an online softmax forward and a
-    backward that recomputes the weights tile by tile from the saved log-sum-exp (module
-    docstring). Batch and heads are merged, so that each tile is one bmm for all heads."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, causal: bool, bq: int, bk: int):
-        B, nh, T, hs = q.shape
-        S = k.shape[2]
-        BH = B * nh
-        scale = 1.0 / math.sqrt(hs)
-        q3 = q.reshape(BH, T, hs)
-        qb = _blocks(q3, bq, scale * _LOG2E)  # [(BH, bq, hs)]: scores in base-2 units
-        kTb = [t.transpose(1, 2) for t in _blocks(k.reshape(BH, S, hs), bk)]  # [(BH, hs, bk)] K_j^T
-        vb = _blocks(v.reshape(BH, S, hs), bk)  # [(BH, bk, hs)]
-        ys, lses = [], []
-        for i, (r0, r1) in enumerate(_spans(T, bq)):
-            qi = qb[i]  # (BH, bq, hs)
-            seen = min(r1, S) if causal else S  # keys that queries r0..r1-1 see; later blocks skipped
-            for j, (c0, c1) in enumerate(_spans(seen, bk)):
-                n = c1 - c0  # bk, or fewer in the last block or where the diagonal cuts it
-                kTj = kTb[j] if n == bk else kTb[j][:, :, :n]  # (BH, hs, n)
-                vj = vb[j] if n == bk else vb[j][:, :n]  # (BH, n, hs)
-                s = torch.bmm(qi, kTj)  # (BH, bq, n) scores, base 2
-                if causal and c1 - 1 > r0:  # the tile crosses the diagonal
-                    s.add_(_causal_mask(r1 - r0, n, q.dtype, q.device, c0 - r0))
-                m_tile = s.amax(dim=-1, keepdim=True)  # (BH, bq, 1)
-                if j == 0:  # the recurrence's start; key 0 is visible to every query
-                    m = m_tile
-                    p = s.sub_(m).exp2_()  # (BH, bq, bk) P~
-                    l = p.sum(dim=-1, keepdim=True)  # (BH, bq, 1)
-                    o = torch.bmm(p, vj)  # (BH, bq, hs)
-                else:
-                    m_new = torch.maximum(m, m_tile)
-                    rescale = (m - m_new).exp2_()  # (BH, bq, 1) exp(m' - m)
-                    p = s.sub_(m_new).exp2_()
-                    l = torch.addcmul(p.sum(dim=-1, keepdim=True), l, rescale)
-                    o = o.mul_(rescale).baddbmm_(p, vj)
-                    m = m_new
-            ys.append(o.div_(l))  # (BH, bq, hs) y_i
-            lses.append(l.log2_().add_(m))  # (BH, bq, 1) L_i, base 2
-        y = torch.cat(ys, dim=1)  # (BH, T, hs)
-        lse = torch.cat(lses, dim=1)  # (BH, T, 1)
-        # Saved: the inputs (alive anyway), the output and one number per query row.
-        ctx.save_for_backward(q, k, v, y, lse)
-        ctx.config = (causal, bq, bk, scale)
-        return y.view(B, nh, T, hs)
-
-    @staticmethod
-    def backward(ctx, dout):
-        q, k, v, y, lse = ctx.saved_tensors
-        causal, bq, bk, scale = ctx.config
-        need_dq, need_dk, need_dv = ctx.needs_input_grad[:3]
-        B, nh, T, hs = q.shape
-        S = k.shape[2]
-        BH = B * nh
-        dy = dout.reshape(BH, T, hs)
-        D = (dy * y).sum(dim=-1, keepdim=True)  # (BH, T, 1) rowsum(dY * Y)
-        qb = _blocks(q.reshape(BH, T, hs), bq, scale * _LOG2E)  # [(BH, bq, hs)], base 2 as in forward
-        kb = _blocks(k.reshape(BH, S, hs), bk)  # [(BH, bk, hs)]
-        kTb = [t.transpose(1, 2) for t in kb]  # [(BH, hs, bk)]
-        vTb = [t.transpose(1, 2) for t in _blocks(v.reshape(BH, S, hs), bk)]  # [(BH, hs, bk)]
-        dyb, lseb, Db = _blocks(dy, bq), _blocks(lse, bq), _blocks(D, bq)
-        # dK_j and dV_j gather contributions from every query block: one accumulator each
-        dks = [torch.zeros_like(t) for t in kb] if need_dk else None  # [(BH, bk, hs)]
-        dvs = [torch.zeros_like(t) for t in kb] if need_dv else None
-        dqs = []
-        for i, (r0, r1) in enumerate(_spans(T, bq)):
-            qi, dyi = qb[i], dyb[i]  # (BH, bq, hs)
-            dqi = None  # (BH, bq, hs)
-            seen = min(r1, S) if causal else S
-            for j, (c0, c1) in enumerate(_spans(seen, bk)):
-                n = c1 - c0
-                full = n == bk
-                # P_ij = exp2(S_ij - L_i), the tile's attention weights
-                p = torch.bmm(qi, kTb[j] if full else kTb[j][:, :, :n]).sub_(lseb[i])  # (BH, bq, n)
-                if causal and c1 - 1 > r0:
-                    p.add_(_causal_mask(r1 - r0, n, p.dtype, p.device, c0 - r0))
-                p.exp2_()
-                if need_dv:  # dV_j += P^T dY_i
-                    (dvs[j] if full else dvs[j][:, :n]).baddbmm_(p.transpose(1, 2), dyi)
-                if need_dq or need_dk:
-                    # dS_ij = P * (dY_i V_j^T - D_i), in natural units
-                    ds = torch.bmm(dyi, vTb[j] if full else vTb[j][:, :, :n]).sub_(Db[i]).mul_(p)  # (BH, bq, n)
-                    if need_dq:  # dQ_i += dS K_j
-                        kj = kb[j] if full else kb[j][:, :n]
-                        dqi = torch.bmm(ds, kj) if dqi is None else dqi.baddbmm_(ds, kj)
-                    if need_dk:  # dK_j += dS^T Q_i
-                        (dks[j] if full else dks[j][:, :n]).baddbmm_(ds.transpose(1, 2), qi)
-            dqs.append(dqi)
-        # The scale of the scores: dq carries it once; dk was formed with the scaled q, which
-        # carries scale * log2(e), so the log2(e) is taken out again.
-        dq = torch.cat(dqs, dim=1).mul_(scale).view(q.shape) if need_dq else None
-        dk = torch.cat(dks, dim=1).mul_(1.0 / _LOG2E).view(k.shape) if need_dk else None
-        dv = torch.cat(dvs, dim=1).view(v.shape) if need_dv else None
-        return dq, dk, dv, None, None, None
-
-
-def attention(q, k, v, causal=True, dropout_p=0.0, *, generator=None, block_q=None, block_k=None):
-    """Scaled dot-product attention, ``F.scaled_dot_product_attention(q, k, v, dropout_p, is_causal=causal)``.
-
-    q: (B, nh, T, hs); k, v: (B, nh, S, hs). Returns (B, nh, T, hs). With ``causal=True``
-    query i attends to keys 0..i (top-left aligned, as SDPA). ``dropout_p`` drops attention
-    weights (inverted scaling) with ``torch.rand`` from ``generator`` if given.
-
-    Without dropout, and unless the weight matrix is small (``DENSE_MAX_T2`` and the others),
-    it runs tiled, in memory linear in T, with square tiles whose side depends on T, B * nh and
-    the thread count (``_block_size``); ``block_q`` and ``block_k`` set the tile (queries x keys)
-    and ask for the tiled path at any size (the tests use small tiles to exercise it at small T).
-    """
+def _check_arguments(q, k, v, causal, dropout_p, attn_mask, block_q, block_k) -> None:
+    """``attention``'s refusals (its docstring), one ValueError each, before any work."""
+    check_rank(q, "q", (3, 4), "(B, nh, T, hs) or unbatched (nh, T, hs)")
+    for name, t in (("k", k), ("v", v)):
+        check_rank(t, name, q.dim(), "(B, nh, S, hs) like q" if q.dim() == 4 else "(nh, S, hs) like q")
     for name, t in (("q", q), ("k", k), ("v", v)):
-        check_rank(t, name, 4, "(B, nh, T, hs)")
         check_float(t, name)
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"q, k, v must have one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if k.shape != v.shape:
         raise ValueError(f"k and v must have the same shape, got k {tuple(k.shape)} and v {tuple(v.shape)}")
-    B, nh, T, hs = q.shape
-    S = k.shape[2]
-    if (B, nh, hs) != (k.shape[0], k.shape[1], k.shape[3]):
+    if q.shape[:-2] != k.shape[:-2] or q.shape[-1] != k.shape[-1]:
         raise ValueError(
             f"q and k must agree in batch, heads and head size (B, nh, _, hs), "
             f"got q {tuple(q.shape)} and k {tuple(k.shape)}"
@@ -361,9 +303,56 @@ def attention(q, k, v, causal=True, dropout_p=0.0, *, generator=None, block_q=No
     for name, b in (("block_q", block_q), ("block_k", block_k)):
         if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
             raise ValueError(f"{name} must be a positive int or None, got {b!r}")
+    if attn_mask is not None:
+        _check_mask(attn_mask, q, k.shape[-2])
+        if causal:
+            raise ValueError(MASK_WITH_CAUSAL)
+
+
+def attention(q, k, v, causal=True, dropout_p=0.0, *, attn_mask=None, generator=None, block_q=None, block_k=None):
+    """Scaled dot-product attention, ``F.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p,
+    is_causal=causal)``.
+
+    q: (B, nh, T, hs); k, v: (B, nh, S, hs). Returns (B, nh, T, hs). Unbatched q, k, v (nh, T, hs)
+    and (nh, S, hs) give (nh, T, hs). With ``causal=True`` query i attends to keys 0..i
+    (top-left aligned, as SDPA). ``dropout_p`` drops attention weights (inverted scaling) with
+    ``torch.rand`` from ``generator`` if given.
+
+    ``attn_mask`` (keyword only: the fourth place is ``causal``'s), as SDPA's: boolean (True: the
+    key takes part) or float (added to the scores; float32 or q's dtype; it may require grad),
+    of 2 to 4 dims that broadcast to (B, nh, T, S), e.g. (T, S), (1, 1, T, S), (B, 1, T, S),
+    (B, 1, 1, S). A query whose keys are all masked gets the output 0 and gradients 0, as SDPA
+    returns on the CPU (not NaN). Needs ``causal=False``.
+
+    Without dropout, and unless the weight matrix is small (``DENSE_MAX_T2`` and the others),
+    it runs tiled, in memory linear in T, with square tiles whose side depends on T, B * nh and
+    the thread count (``_block_size``); ``block_q`` and ``block_k`` set the tile (queries x keys)
+    and ask for the tiled path at any size (the tests use small tiles to exercise it at small T).
+    Either path takes ``attn_mask``. Empty inputs give empty outputs; no keys (S = 0) give 0.
+
+    Refused with ValueError: q not 3-D or 4-D; k, v not of q's rank (SDPA would broadcast q
+    over k's batch); k and v of different shapes (a value size other than hs); batch, heads or
+    head size that differ between q and k; dtypes that differ or are not floating point;
+    ``dropout_p`` outside [0, 1); block sizes below 1; an ``attn_mask`` that is not boolean,
+    float32 or q's dtype, or does not broadcast to (B, nh, T, S), or comes with ``causal=True``
+    (SDPA documents the two as exclusive).
+    """
+    _check_arguments(q, k, v, causal, dropout_p, attn_mask, block_q, block_k)
+    unbatched = q.dim() == 3
+    if unbatched:  # (nh, T, hs): a batch of one
+        q, k, v = q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0)
+    mask = None
+    if attn_mask is not None:  # (Bm, nhm, Tm, Sm): leading 1s, a view (its gradient flows back through it)
+        mask = attn_mask.reshape((1,) * (4 - attn_mask.dim()) + tuple(attn_mask.shape))
+    B, nh, T, hs = q.shape
+    S = k.shape[2]
     forced = block_q is not None or block_k is not None
     small = T * S <= DENSE_MAX_T2 or (T * S <= DENSE_MAX_T2_FEW and B * nh * T * S <= DENSE_MAX)
-    if dropout_p > 0.0 or T * S == 0 or (small and not forced):
-        return DenseAttention.apply(q, k, v, bool(causal), float(dropout_p), generator)
-    block = _block_size(T, B * nh)
-    return TiledAttention.apply(q, k, v, bool(causal), block_q or block, block_k or block)
+    if B * nh * T * hs == 0 or S == 0:  # nothing to output, or no keys: zeros
+        y = EmptyAttention.apply(q, k, v, mask)
+    elif dropout_p > 0.0 or (small and not forced):
+        y = DenseAttention.apply(q, k, v, bool(causal), float(dropout_p), generator, mask)
+    else:
+        block = _block_size(T, B * nh)
+        y = TiledAttention.apply(q, k, v, bool(causal), block_q or block, block_k or block, mask)
+    return y.squeeze(0) if unbatched else y
