@@ -35,8 +35,15 @@ from customnn.fileio import atomic_write_bytes
 
 FORMAT = "customnn-checkpoint"
 FORMAT_VERSION = 1
-# A header larger than this is not one customnn wrote (a GPT's is a few kB: its vocabulary and settings).
-MAX_HEADER_BYTES = 100 * 2**20
+# How large a header customnn writes gets: a GPT's vocabulary of every character the text loader accepts
+# (all 1,112,064 Unicode scalar values, escaped twice as JSON: 14.4 MiB), the tensor index and the
+# training state's skeleton (6.8 KiB per block with AdamW: 6.6 MiB for 1000 blocks) and the engine's
+# row of every evaluation (140 to 170 bytes: 10 MiB is 60,000 evaluations, by when the saves, each
+# rewriting every row, have written hundreds of gigabytes). 32 MiB holds all of them at once; a
+# longer header is not one customnn wrote (``save_checkpoint`` refuses to write one). The bound is
+# also what reading a forged header can cost: json takes about 25 bytes of memory per byte of a
+# header of empty objects, 800 MB at this size.
+MAX_HEADER_BYTES = 32 * 2**20
 # What reading a damaged or forged training state can raise, wherever it is read back.
 DAMAGED = (KeyError, IndexError, TypeError, ValueError, RuntimeError, SyntaxError, OverflowError,
            RecursionError, AttributeError)
@@ -104,6 +111,11 @@ def save_checkpoint(path: str | Path, model_state: dict, meta: dict, state=None)
     tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
     header = {"format": FORMAT, "version": FORMAT_VERSION, **meta, "state": skeleton}
     data = save(tensors, metadata={"customnn": json.dumps(header)})
+    size = int.from_bytes(data[:8], "little")
+    if size > MAX_HEADER_BYTES:  # never write what cannot be read back
+        raise UserError(f"could not save checkpoint {path}: its header would be {size / 2**20:.1f} MiB, more than "
+                        f"the {MAX_HEADER_BYTES // 2**20} MiB a checkpoint's header may have; the previous "
+                        "checkpoint (if any) is kept")
     try:
         atomic_write_bytes(path, data)
     except OSError as e:  # disk full, no permission, ...: the previous file is untouched
@@ -121,6 +133,9 @@ def read_header(path: str | Path) -> dict:
     try:
         with open(path, "rb") as f:
             n = int.from_bytes(f.read(8), "little")
+            if MAX_HEADER_BYTES < n <= size - 8:
+                raise UserError(f"{path} is not a customnn checkpoint: its header is {n / 2**20:.1f} MiB, more "
+                                f"than the {MAX_HEADER_BYTES // 2**20} MiB a customnn checkpoint's header can be")
             if not 2 <= n <= min(MAX_HEADER_BYTES, size - 8):
                 raise ValueError("header length")
             header = json.loads(f.read(n))

@@ -18,8 +18,9 @@ shares (``customnn/validate.py``), and turns whatever ends a command into an exi
 - standard output closed before the command starts: one line, exit 2; a reader that goes away
   (``customnn generate ... | head -c 10``): quiet, exit 141 as a Unix tool killed by SIGPIPE;
 - Ctrl-C outside a training loop: ``customnn: interrupted``, exit 130;
-- anything else (a bug): one line naming it and a file holding the full traceback, exit 70
-  (``EX_SOFTWARE``); ``--debug`` (or ``CUSTOMNN_DEBUG=1``) shows the traceback on the terminal.
+- anything else (a bug): one line naming it and a file holding the full traceback (the run folder's
+  train.log, appended to, when it happened in a training run that has one; else a temporary file),
+  exit 70 (``EX_SOFTWARE``); ``--debug`` (or ``CUSTOMNN_DEBUG=1``) shows the traceback on the terminal.
 """
 
 from __future__ import annotations
@@ -114,8 +115,8 @@ def _quiet_stdout() -> None:
 
 def _crash_report(args, words: str) -> int:
     """The last line of defence: an exception no command anticipated becomes one line naming it and
-    a file with the traceback (the run's log folder is not known here: a temporary file)."""
-    import tempfile
+    a file with the traceback: the run folder's train.log when it escaped a training run that has
+    one (``run_log``, set by ``customnn/train/engine.py``), else a temporary file."""
     import traceback
 
     exc = sys.exc_info()[1]
@@ -126,16 +127,33 @@ def _crash_report(args, words: str) -> int:
         traceback.print_exc()
         _say(f"internal error in `customnn {words}`: {what}")
         return EXIT_SOFTWARE
-    try:
-        fd, name = tempfile.mkstemp(prefix="customnn-crash-", suffix=".txt")
-        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as f:
-            f.write(f"customnn {words}\nargv: {sys.argv!r}\n\n{traceback.format_exc()}")
-        where = f"the traceback is in {name}"
-    except OSError:
-        where = "the traceback could not be saved"
+    report = f"internal error in `customnn {words}`: {what}\nargv: {sys.argv!r}\n\n{traceback.format_exc()}"
+    name = _save_report(report, getattr(exc, "run_log", None))
+    where = f"the traceback is in {name}" if name else "the traceback could not be saved"
     _say(f"internal error in `customnn {words}`: {what}; {where}; run again with --debug to see it here, "
          "and please report it")
     return EXIT_SOFTWARE
+
+
+def _save_report(report: str, run_log) -> str | None:
+    """Append ``report`` to the run's log, or else write it to a temporary file; the file's name, or
+    None if neither can be written."""
+    import tempfile
+
+    if run_log is not None:
+        try:
+            with open(run_log, "a", encoding="utf-8", errors="backslashreplace") as f:
+                f.write(report)
+            return str(run_log)
+        except OSError:
+            pass  # a temporary file instead
+    try:
+        fd, name = tempfile.mkstemp(prefix="customnn-crash-", suffix=".txt")
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as f:
+            f.write(report)
+        return name
+    except OSError:
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

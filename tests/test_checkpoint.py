@@ -85,6 +85,57 @@ def test_missing_checkpoint_and_run_folder_are_clear(tmp_path):
         RunDir.open(tmp_path)
 
 
+def test_a_header_over_the_bound_is_refused_in_one_line(tmp_path, monkeypatch):
+    """A well-formed file whose header is past MAX_HEADER_BYTES is refused before the header is parsed."""
+    import json
+
+    from safetensors.torch import save
+
+    path = tmp_path / "big.safetensors"
+    meta = {"format": ckptmod.FORMAT, "version": ckptmod.FORMAT_VERSION, "model": "gpt", "config": {}, "step": 0,
+            "padding": "x" * ckptmod.MAX_HEADER_BYTES}
+    path.write_bytes(save({"model.w": torch.zeros(1)}, metadata={"customnn": json.dumps(meta)}))
+    with pytest.raises(UserError, match=r"its header is 32\.0 MiB, more than the 32 MiB") as e:
+        load_checkpoint(path)
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+    # and none is written: a save that would pass the bound keeps the previous checkpoint
+    save_checkpoint(path, {"w": torch.zeros(1)}, {"model": "cnn", "config": {}, "step": 1})
+    monkeypatch.setattr(ckptmod, "MAX_HEADER_BYTES", 4096)
+    with pytest.raises(UserError, match=r"its header would be .* MiB, more than the 0 MiB .* previous checkpoint"):
+        save_checkpoint(path, {"w": torch.zeros(1)}, {"model": "cnn", "config": {}, "step": 2, "note": "x" * 5000})
+    monkeypatch.undo()
+    assert load_checkpoint(path).meta["step"] == 1
+
+
+def test_the_largest_legitimate_header_loads(tmp_path):
+    """A header near MAX_HEADER_BYTES, of what it is computed for: a GPT over every character the text
+    loader accepts (1,112,064 Unicode scalar values), its tensors with AdamW's state (100 blocks: the
+    1000 of the bound take seconds to save and load) and 100,000 evaluation rows."""
+    from customnn.models.gpt import GPT, GPTConfig
+    from customnn.optim import AdamW
+    from customnn.train.loading import load_model
+
+    vocab = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF)
+    assert len(vocab) == 1_112_064
+    config = GPTConfig(vocab_size=len(vocab), block_size=4, n_layer=100, n_head=1, n_embd=2)
+    model = GPT(config, seed=0)
+    optimizer = AdamW(model.parameters(), lr=1e-3)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    rows = [{"step": 10 * i, "time": 12345.678, "train_time": 12000.123, "train_loss": 1.2345678901234567,
+             "val_loss": 1.2345678901234567} for i in range(100_000)]  # as the engine's evaluation rows
+    path = tmp_path / "last.safetensors"
+    save_checkpoint(path, model.state_dict(), {"model": "gpt", "config": config.to_dict(), "vocab": vocab, "step": 0},
+                    {"engine": {"evals": rows}, "optimizer": optimizer.state_dict()})
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+    assert 28 * 2**20 < size <= ckptmod.MAX_HEADER_BYTES
+    model, loaded_vocab, _, ckpt = load_model(path)
+    assert loaded_vocab.chars == vocab and model.config.vocab_size == len(vocab)
+    assert ckpt.state["engine"]["evals"][-1] == rows[-1]
+
+
 def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "last.safetensors"
     good = {"w": torch.arange(10.0)}

@@ -10,10 +10,11 @@ import re
 import pytest
 import torch
 
+from customnn.data.augment import random_shift
 from customnn.errors import UserError
 from customnn.models.cnn import CustomCNN
 from customnn.train import cnn
-from customnn.train.cnn import CNNTrainConfig, random_shift, train
+from customnn.train.cnn import CNNTrainConfig, train
 from customnn.checkpoint import load_checkpoint
 from helpers import train_losses
 
@@ -77,6 +78,30 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, stop_aft
         assert torch.equal(v, b.model_state[k]), k
 
 
+def test_affine_augmentation_and_label_smoothing_train_and_resume_exactly(tmp_path, monkeypatch):
+    """Rotations, scalings and fractional shifts come from the checkpointed augmentation generator,
+    and the training loss is smoothed (the test loss is not): a resumed run is the same run."""
+    smoothing = []
+    cross_entropy = cnn.ops.cross_entropy
+
+    def spy(logits, target, *args, **kwargs):
+        smoothing.append(kwargs.get("label_smoothing", 0.0))
+        return cross_entropy(logits, target, *args, **kwargs)
+
+    monkeypatch.setattr(cnn.ops, "cross_entropy", spy)
+    cfg = dict(arch="default", width=4, train_samples=256, test_samples=200, epochs=2, batch_size=32,
+               log_interval=1, shift=2, rotate=12.0, scale=0.1, label_smoothing=0.1, out=str(tmp_path))
+    full = train(CNNTrainConfig(**cfg), quiet=True)
+    assert smoothing.count(0.1) == 16 and set(smoothing) == {0.0, 0.1}  # every step smoothed, the tests not
+    part = train(CNNTrainConfig(**cfg, max_steps=5), quiet=True)
+    resumed = train(CNNTrainConfig(resume=str(part["run_dir"])), quiet=True)
+    assert resumed["finished"] and train_losses(resumed["run_dir"]) == train_losses(full["run_dir"])
+    assert resumed["test_accuracy"] == full["test_accuracy"]
+    plain = train(CNNTrainConfig(**{**cfg, "rotate": 0.0, "scale": 0.0, "label_smoothing": 0.0}), quiet=True)
+    assert train_losses(plain["run_dir"]) != train_losses(full["run_dir"])
+    assert "rotate 12 degrees, scale 0.1; label smoothing 0.1" in (full["run_dir"] / "report.md").read_text()
+
+
 def test_resume_refuses_new_settings_and_missing_runs(tmp_path):
     part = train(CNNTrainConfig(arch="seed", train_samples=64, test_samples=10, max_steps=1, out=str(tmp_path / "r")),
                  quiet=True)
@@ -136,6 +161,10 @@ def test_huge_learning_rate_is_reported_as_divergence(tmp_path):
     (dict(test_samples=0), "--test-samples must be >= 1"),
     (dict(shift=20), "--shift"),
     (dict(dropout=1.0), "--dropout"),
+    (dict(rotate=-5.0), "--rotate must be between 0 and 180"),
+    (dict(rotate=float("nan")), "--rotate must be between 0 and 180"),
+    (dict(scale=1.0), "--scale must be in [0, 1)"),
+    (dict(label_smoothing=1.0), "--label-smoothing must be in [0, 1)"),
 ])
 def test_bad_settings_are_one_line_errors(change, message):
     with pytest.raises(UserError, match=re.escape(message)) as e:
@@ -148,6 +177,8 @@ def test_arch_defaults_fill_only_what_was_not_given():
     assert (seed.epochs, seed.shift, seed.lr) == (3, 0, cnn.DEFAULT_LR[("seed", "adamw")])
     default = CNNTrainConfig(arch="default", epochs=2, optimizer="sgd").resolved()
     assert default.epochs == 2 and default.shift == 2 and default.lr == cnn.DEFAULT_LR[("default", "sgd")]
+    assert (default.rotate, default.scale, default.label_smoothing) == (0.0, 0.0, 0.0)  # off until shown to help
+    assert CNNTrainConfig(rotate=10.0, scale=0.1).resolved().rotate == 10.0
 
 
 def test_random_shift_moves_whole_images_within_bounds():

@@ -136,6 +136,27 @@ def test_a_batch_the_processes_do_not_divide_is_a_one_line_error(tmp_path):
     assert not any(tmp_path.iterdir())  # no run folder was made
 
 
+def test_a_time_budget_ends_every_rank_at_the_same_step(tmp_path):
+    """With --time-budget, rank 0's clock plans the steps and the plan is exchanged every
+    PLAN_SYNC_STEPS steps: both ranks end at the step it planned, and the run fits the budget."""
+    from customnn.train.engine import PLAN_SYNC_STEPS
+
+    budget = 8
+    args = ["train", "gpt", "--preset", "tiny", "--max-iters", 1_000_000, "--eval-interval", 200,
+            "--time-budget", budget, "--device", "cpu", "--quiet"]
+    p = torchrun(*args, "--out", tmp_path)
+    assert p.returncode == 0, p.stderr
+    run = only_run(tmp_path)
+    log = (run / "train.log").read_text()
+    planned = [int(line.split("s: ")[1].split()[0]) for line in log.splitlines() if "steps planned at step" in line]
+    at = [int(line.rsplit(" ", 1)[1]) for line in log.splitlines() if "steps planned at step" in line]
+    assert planned and all(step % PLAN_SYNC_STEPS == 0 for step in at), log
+    ckpt = load_checkpoint(run / "last.safetensors")
+    assert 100 < ckpt.state["engine"]["total_steps"] == planned[-1] < 1_000_000
+    assert ckpt.state["engine"]["step"] == planned[-1]  # rank 0 saved at the planned end, rank 1 stopped there too
+    assert rows(run)[-1]["step"] == planned[-1]
+
+
 def test_two_nodes_meet_at_a_rendezvous_endpoint(tmp_path, one_process):
     """The multi-machine launch (``--nnodes 2 --rdzv-endpoint HOST:PORT``), both "machines" on
     this one, each with one process: one run, the same losses."""

@@ -285,17 +285,44 @@ def test_a_text_without_a_newline_trains_to_the_end_and_samples(tmp_path, capsys
 
 
 def test_defaults_follow_the_flags_given(capsys, monkeypatch, tmp_path):
-    from customnn.commands.train import adapt_defaults, config_from_flags
+    from customnn.commands.train import config_from_flags
+    from customnn.train.cnn import CNNTrainConfig
+    from customnn.train.gpt import adapt_defaults, make_config
 
     cfg = config_from_flags("gpt", {"max_iters": 50})  # the default preset warms up for 100 steps
     assert cfg.warmup_iters == 5 and cfg.decay_iters == 50
     cfg = config_from_flags("gpt", {"preset": "nanogpt-cpu", "max_iters": 300})  # its cosine is 2000 steps
     assert cfg.lr_decay_iters is None and cfg.decay_iters == 300 and cfg.warmup_iters == 100
     assert config_from_flags("gpt", {"n_embd": 30}).n_head == 3
-    assert adapt_defaults("cnn", {"train_samples": 50}) == {"train_samples": 50, "batch_size": 50}
-    assert adapt_defaults("gpt", {"max_iters": 50, "warmup_iters": 100}) == {"max_iters": 50, "warmup_iters": 100}
+    assert config_from_flags("cnn", {"train_samples": 50}).resolved().batch_size == 50
+    assert CNNTrainConfig(train_samples=100).resolved().batch_size == 64  # enough images: the default
+    base = make_config("default")
+    assert adapt_defaults(base, {"max_iters": 50, "warmup_iters": 100}) == {"max_iters": 50, "warmup_iters": 100}
+    # Python and the command line are one path: the same overrides give the same configuration
+    for flags in ({"max_iters": 50}, {"preset": "nanogpt-cpu", "max_iters": 300}, {"n_embd": 30}):
+        rest = dict(flags)
+        assert make_config(rest.pop("preset", "default"), **rest) == config_from_flags("gpt", flags)
     code, out, err = main(capsys, "train", "gpt", "--max-iters", 50, "--warmup-iters", 80, "--out", tmp_path)
     one_line(code, err, "--lr-decay-iters (50) must be larger than --warmup-iters (80)")  # given: still refused
+    code, out, err = main(capsys, "train", "cnn", "--train-samples", 50, "--batch-size", 64, "--out", tmp_path)
+    one_line(code, err, "--batch-size 64 is larger than the 50 training images")  # given: still refused
+
+
+def test_a_short_run_from_python_adapts_as_the_command_line_does(tmp_path):
+    """make_config('default', max_iters=50) is not refused for the preset's 100 warmup steps: it trains."""
+    from customnn.train.cnn import CNNTrainConfig
+    from customnn.train.cnn import train as train_cnn
+    from customnn.train.gpt import make_config
+    from customnn.train.gpt import train as train_gpt
+
+    cfg = make_config("default", max_iters=50, n_layer=1, n_embd=30, block_size=8, batch_size=2, eval_interval=50,
+                      eval_iters=1, time_budget=None, max_steps=2, device="cpu", out=str(tmp_path))
+    assert (cfg.warmup_iters, cfg.decay_iters, cfg.n_head) == (5, 50, 3)
+    result = train_gpt(cfg, quiet=True)
+    assert result["step"] == 2 and not result["interrupted"]
+    result = train_cnn(CNNTrainConfig(arch="seed", train_samples=20, test_samples=10, epochs=1, device="cpu",
+                                      out=str(tmp_path)), quiet=True)  # batch 64 > 20 images: one batch of 20
+    assert result["config"]["batch_size"] == 20 and result["step"] == 1
 
 
 def _dark_seven(size=(60, 50)) -> np.ndarray:

@@ -58,6 +58,19 @@ def test_each_new_token_costs_one_position_with_the_cache():
     assert max(cached[1:]) == 48 and cached.count(1) > 150
 
 
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_one_cache_serves_the_whole_generation(pos):
+    """The cache is allocated once; when the context is full it is re-prefilled in place."""
+    cfg = GPTConfig(vocab_size=13, block_size=16, n_layer=2, n_head=2, n_embd=16, pos=pos)
+    model = GPT(cfg, seed=4).to(dtype=torch.float64)
+    caches = []
+    new_cache = model.new_cache
+    model.new_cache = lambda *a, **k: caches.append(new_cache(*a, **k)) or caches[-1]
+    ids = generate(model, [1, 2, 3], 60, generator=torch.Generator().manual_seed(0), use_cache=True)
+    assert len(caches) == 1 and len(ids) == 60
+    assert 12 <= caches[0].length <= 16  # 63 tokens through a window of 16 cut back to 12
+
+
 def test_prompt_longer_than_block_size_keeps_its_last_block():
     model = small_model()
     long = list(range(13)) * 3  # 39 tokens, block 16

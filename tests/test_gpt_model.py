@@ -124,6 +124,40 @@ def test_cached_forward_equals_full_forward():
         model(idx[:, :1], cache=cache)
 
 
+@pytest.mark.parametrize("name", ["gpt2", "rope"])
+def test_cache_is_preallocated_and_written_in_place(name, monkeypatch):
+    """One (B, nh, block_size, hs) buffer per layer for keys and one for values, allocated with the
+    cache; a token writes its own key and value there and concatenates nothing."""
+    cfg = GPTConfig(**SMALL, **({} if name == "gpt2" else OPTION_SETS[name]))
+    model = GPT(cfg, seed=5).to(dtype=torch.float64).eval()
+    cache = model.new_cache(batch_size=2)
+    hs = cfg.n_embd // cfg.n_head
+    assert len(cache.k) == len(cache.v) == cfg.n_layer
+    assert all(t.shape == (2, cfg.n_head, cfg.block_size, hs) for t in cache.k + cache.v)
+    storage = [t.data_ptr() for t in cache.k + cache.v]
+    idx = torch.randint(cfg.vocab_size, (2, cfg.block_size))
+    calls = []
+    with torch.no_grad():
+        model(idx[:, :5], cache=cache)
+        for fn in ("cat", "stack"):  # from here on, one position per call: no copy of the cache
+            original = getattr(torch, fn)
+            monkeypatch.setattr(torch, fn, lambda *a, _f=original, _n=fn, **k: calls.append(_n) or _f(*a, **k))
+        for t in range(5, 9):
+            model(idx[:, t:t + 1], cache=cache)
+    monkeypatch.undo()
+    assert calls == [] and cache.length == 9
+    assert [t.data_ptr() for t in cache.k + cache.v] == storage
+    # the buffers hold the keys and values of the positions seen, and nothing past them
+    assert all(bool(t[:, :, :9].abs().sum(-1).gt(0).all()) for t in cache.k + cache.v)
+    assert all(bool((t[:, :, 9:] == 0).all()) for t in cache.k + cache.v)
+    cache.reset()
+    with torch.no_grad():  # a re-prefill after a reset writes over the same buffers
+        again, _ = model(idx[:, 3:10], cache=cache)
+    full, _ = model(idx[:, 3:10])
+    torch.testing.assert_close(again, full.detach(), rtol=1e-10, atol=1e-10)
+    assert [t.data_ptr() for t in cache.k + cache.v] == storage
+
+
 def test_last_only_gives_the_last_positions_logits():
     cfg = GPTConfig(**SMALL)
     model = GPT(cfg, seed=5).to(dtype=torch.float64)

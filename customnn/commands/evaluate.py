@@ -6,6 +6,7 @@ nanoGPT's line (``step 2000: train loss 1.7310, val loss 1.8840``). Which one is
 the checkpoint's metadata, so a checkpoint file works as well as a run folder.
 
     customnn eval runs/cnn-20261127-120000
+    customnn eval runs/gpt-20261127-120000 --compile      # the model through torch.compile
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from customnn.data.text import load_corpus
 from customnn.errors import UserError
 from customnn.memory import check_memory, cnn_bytes, gpt_bytes
 from customnn.train import cnn, gpt
-from customnn.train.loading import MAX_BATCH_SIZE, MAX_EVAL_ITERS, load_model, stored_train_config
+from customnn.train.loading import (MAX_BATCH_SIZE, MAX_EVAL_ITERS, check_compile, compile_model, load_model,
+                                    stored_train_config)
 from customnn.validate import device as resolve_device
 
 
@@ -43,11 +45,17 @@ def add_arguments(p) -> None:
     p.add_argument("--eval-iters", type=int, default=None, help="GPT: batches per split")
     p.add_argument("--text", default=None, help="GPT: the text file (default: the one the run used)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--compile", action="store_true",
+                   help="run the model through torch.compile (the first batch compiles; needs a C++ compiler on the CPU)")
 
 
 def run(args) -> int:
     device = resolve_device(args.device)
+    if args.compile:
+        check_compile(device)
     model, vocab, path, ckpt = load_model(args.run, prefer=args.checkpoint, device=device)
+    if args.compile:
+        compile_model(model, device)
     if vocab is None:
         print(cnn.test_line(finite_results(evaluate_cnn(args, model, device), path)))
     else:

@@ -18,7 +18,7 @@ from customnn import validate
 from customnn.data.text import default_prompt
 from customnn.errors import UserError
 from customnn.models.sampling import generate
-from customnn.train.loading import load_model
+from customnn.train.loading import check_compile, compile_model, load_model
 
 MAX_NEW_TOKENS = 10**9  # a billion characters: days of generation, far past any use
 
@@ -38,6 +38,8 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=1337, help="random seed (default 1337)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context for every token")
+    p.add_argument("--compile", action="store_true",
+                   help="run the model through torch.compile (the first tokens compile; needs a C++ compiler on the CPU)")
 
 
 def check_sampling_args(max_new_tokens: int, temperature: float, top_k, top_p) -> None:
@@ -64,7 +66,11 @@ def run(args) -> int:
         if args.prompt == "":
             raise UserError("--prompt is empty: give at least one character to start from")
     device = validate.device(args.device)
+    if args.compile:
+        check_compile(device)
     model, vocab, path, ckpt = load_model(args.run, prefer=args.checkpoint, device=device, kind="gpt")
+    if args.compile:
+        compile_model(model, device, generation=True)
     meta = ckpt.meta
     prompt = args.prompt if args.prompt is not None else default_prompt(vocab)
     ids = vocab.encode(prompt)  # a character outside the vocabulary: UserError naming it

@@ -7,9 +7,10 @@ Exit code 0 when training finished or stopped at ``--max-steps``, 130 after Ctrl
 (a checkpoint was saved and the run can be resumed), 2 for a user error.
 
 Before anything is trained (``run``): the defaults that depend on the flags given follow them
-(``adapt_defaults``), every setting is checked, and the memory the run needs is compared
-with what the machine has (``check_training_memory``). A second Ctrl-C, which stops at once,
-still says where the last checkpoint is and how to resume.
+(the GPT's ``make_config``, the CNN's ``resolved``: the same for a run started from Python), every
+setting is checked, and the memory the run needs is compared with what the machine has
+(``check_training_memory``). A second Ctrl-C, which stops at once, still says where the last
+checkpoint is and how to resume.
 
     customnn train cnn --arch seed
     customnn train gpt --preset nanogpt-cpu
@@ -20,12 +21,11 @@ from __future__ import annotations
 
 import importlib
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 from customnn.data.mnist import SIZES
 from customnn.memory import check_training_memory
-from customnn.train.config import add_flags, default_of, given_settings
+from customnn.train.config import add_flags, given_settings
 from customnn.validate import device as resolve_device
 
 MODELS = {"cnn": ("customnn.train.cnn", "CNNTrainConfig"), "gpt": ("customnn.train.gpt", "GPTTrainConfig")}
@@ -44,51 +44,10 @@ def add_arguments(p, model: str) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar and no log lines on stdout")
 
 
-def _positive(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-def adapt_defaults(model: str, given: dict) -> dict:
-    """The flags given, with the defaults the user did not give adapted to them, so that a default
-    never makes a given value fail:
-
-    - GPT, a run shorter than the preset's schedule (``--max-iters 50``): the cosine decays over
-      the run's own length, and the warmup (not given) is a tenth of it when the preset's
-      would not fit;
-    - GPT, ``--n-embd`` not divisible by the preset's head count (not given): the most heads up
-      to it that divide the width;
-    - CNN, ``--train-samples`` below the default batch size (not given): one batch of them all.
-    """
-    module, config_cls = _model(model)
-    out = dict(given)
-    base = {f.name: default_of(f) for f in fields(config_cls)}
-    if model == "gpt":
-        preset = given.get("preset", "default")
-        if preset not in getattr(module, "PRESETS", {}):
-            return out  # make_config names the unknown preset
-        base.update(module.PRESETS[preset])
-        max_iters = out.get("max_iters", base["max_iters"])
-        if "max_iters" in given and "lr_decay_iters" not in given and _positive(max_iters) \
-                and base["lr_decay_iters"] is not None and base["lr_decay_iters"] > max_iters:
-            out["lr_decay_iters"] = None  # the run's own length
-        decay = out.get("lr_decay_iters", base["lr_decay_iters"])
-        decay = max_iters if decay is None else decay
-        if "warmup_iters" not in given and _positive(decay) and base["warmup_iters"] >= decay:
-            out["warmup_iters"] = decay // 10
-        n_embd, n_head = out.get("n_embd", base["n_embd"]), base["n_head"]
-        if "n_head" not in given and _positive(n_embd) and n_embd % n_head:
-            out["n_head"] = max(d for d in range(1, n_head + 1) if n_embd % d == 0)
-    elif model == "cnn":
-        samples = given.get("train_samples")
-        if "batch_size" not in given and _positive(samples) and samples < base["batch_size"]:
-            out["batch_size"] = samples
-    return out
-
-
 def config_from_flags(model: str, given: dict):
-    """A new run's configuration from the flags given (the GPT's start from its ``--preset``)."""
+    """A new run's configuration from the flags given, the defaults adapted to them as from Python
+    (the GPT's ``make_config`` starts from its ``--preset``; the CNN's ``resolved`` fills in the rest)."""
     module, config_cls = _model(model)
-    given = adapt_defaults(model, given)
     if hasattr(module, "make_config"):
         given = dict(given)
         return module.make_config(given.pop("preset", "default"), **given)

@@ -166,6 +166,21 @@ class RMSNorm(Module):
         return ops.rms_norm(x, self.weight)
 
 
+# torch.compile (``--compile``) runs attention outside its graphs, as the eager function.
+# TorchDynamo (torch 2.13) refuses to trace a custom autograd.Function whose forward saves for
+# backward a tensor that aliases one of its inputs or its output, and both attention Functions
+# do: the output y, returned as a view of itself, and in the dense path q, k, v reshaped (views
+# of the inputs) and the weights, computed in place on the scores.
+_eager_attention = torch.compiler.disable(ops.attention, reason="saves views of its inputs and output")
+
+
+def attention(q, k, v, causal: bool, dropout_p: float):
+    """``ops.attention``; under torch.compile, the same function run eagerly between two graphs."""
+    if torch.compiler.is_compiling():
+        return _eager_attention(q, k, v, causal=causal, dropout_p=dropout_p)
+    return ops.attention(q, k, v, causal=causal, dropout_p=dropout_p)
+
+
 def make_norm(config: GPTConfig) -> Module:
     return RMSNorm(config.n_embd) if config.norm == "rmsnorm" else LayerNorm(config.n_embd, config.bias)
 
@@ -173,27 +188,29 @@ def make_norm(config: GPTConfig) -> Module:
 class KVCache:
     """Keys and values of every layer for the positions seen so far, for one batch of sequences.
 
-    One tensor per layer holds both, allocated once at ``block_size``; ``length`` positions
-    are filled. A forward pass with a cache writes its keys and values at ``length ...
-    length + T - 1`` in every layer, then advances ``length`` by T.
+    Two buffers per layer, keys and values, each (B, nh, block_size, hs), allocated once;
+    ``length`` positions are filled. A forward pass with a cache writes its keys and values in
+    place at ``length ... length + T - 1`` in every layer, then advances ``length`` by T: a new
+    token costs one write of its own key and value, never a copy of the ones before it.
     """
 
     def __init__(self, config: GPTConfig, batch_size: int, device, dtype):
         hs = config.n_embd // config.n_head
-        shape = (2, batch_size, config.n_head, config.block_size, hs)  # (k|v, B, nh, block_size, hs)
-        self.kv = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        shape = (batch_size, config.n_head, config.block_size, hs)  # (B, nh, block_size, hs)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.length = 0
 
     def reset(self) -> None:
         self.length = 0
 
-    def store(self, layer: int, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write this step's keys and values kv (2, B, nh, T, hs); return every cached k, v
-        (B, nh, S, hs) so far."""
-        end = self.length + kv.shape[3]
-        cached = self.kv[layer]
-        cached[:, :, :, self.length:end] = kv  # one copy for both
-        return cached[0, :, :, :end], cached[1, :, :, :end]
+    def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this step's keys and values k, v (B, nh, T, hs) in place; return every cached
+        k, v (B, nh, S, hs) so far (views of the buffers)."""
+        end = self.length + k.shape[2]
+        self.k[layer][:, :, self.length:end] = k
+        self.v[layer][:, :, self.length:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
 class CausalSelfAttention(Module):
@@ -225,12 +242,10 @@ class CausalSelfAttention(Module):
         if cache is not None:
             # A prefill starts at position 0, where SDPA's top-left causal mask is right; a
             # single new token attends to every cached key, so it needs no mask.
-            changed = self.q_norm is not None or rope is not None  # k is no longer a view of qkv
-            kv = torch.stack((k, v)) if changed else qkv[1:]  # (2, B, nh, T, hs)
-            k, v = cache.store(self.layer, kv)  # (B, nh, S, hs)
+            k, v = cache.store(self.layer, k, v)  # (B, nh, S, hs)
             causal = T > 1
         p = self.dropout if self.training else 0.0
-        y = ops.attention(q, k, v, causal=causal, dropout_p=p)  # (B, nh, T, hs)
+        y = attention(q, k, v, causal=causal, dropout_p=p)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
         y = self.c_proj(y)
         if p > 0.0:

@@ -8,8 +8,9 @@ file holds only what is the CNN's own:
 - its settings (``CNNTrainConfig``, each field a flag), with defaults that depend on the
   architecture and optimizer (``resolved``);
 - the data order and augmentation: each epoch a permutation of the training set from its own
-  generator, random shifts from another, dropout masks from a third; all three, and where in
-  the epoch the run is, are saved in every checkpoint, so ``--resume`` continues exactly;
+  generator, random shifts (and, when asked, rotations and scalings: ``customnn/data/augment.py``)
+  from another, dropout masks from a third; all three, and where in the epoch the run is, are
+  saved in every checkpoint, so ``--resume`` continues exactly;
 - one step (forward and backward of a batch) and the evaluation on the test set, whose
   accuracy picks best.safetensors.
 
@@ -34,7 +35,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from customnn import ops
-from customnn.data.mnist import MEAN, SIZES, STD, load_mnist
+from customnn.data.augment import augment
+from customnn.data.mnist import SIZES, load_mnist
 from customnn.errors import UserError
 from customnn.memory import check_training_memory
 from customnn.models.cnn import ARCHS, CustomCNN
@@ -50,11 +52,12 @@ SCHEDULES = ("constant", "cosine")
 
 # What ``None`` in the config means, per architecture; each value is explained in CNNTrainConfig.
 ARCH_DEFAULTS = {
-    "seed": dict(epochs=3, weight_decay=0.0, shift=0),
-    "default": dict(epochs=8, weight_decay=5e-4, shift=2),
+    "seed": dict(epochs=3, weight_decay=0.0, shift=0, rotate=0.0, scale=0.0),
+    "default": dict(epochs=8, weight_decay=5e-4, shift=2, rotate=0.0, scale=0.0),
 }
 DEFAULT_LR = {("seed", "adamw"): 1e-2, ("seed", "sgd"): 0.05,
               ("default", "adamw"): 3e-3, ("default", "sgd"): 0.05}
+BATCH_SIZE = 64  # the PyTorch example's: small nets need many steps
 
 
 @dataclass
@@ -64,8 +67,9 @@ class CNNTrainConfig(TrainConfig):
     arch: str = setting("default", "network: the seed's, or the stronger default",
                         choices=ARCHS)  # the stronger net; "seed" is the seed's exact network
     epochs: int | None = setting(None, "passes over the training set (seed: 3, default: 8)", resume="free")
-    # None: seed 3 (the seed's target setting), default 8 (99.5% inside ten minutes)
-    batch_size: int = setting(64, "training batch size")  # the PyTorch example's: small nets need many steps
+    # None: seed 3 (the seed's target setting), default 8 (99.5% in under five minutes)
+    batch_size: int | None = setting(None, f"training batch size (default: {BATCH_SIZE}, or all the training "
+                                     f"images when fewer)")  # None: BATCH_SIZE, or one batch of fewer images
     lr: float | None = setting(None, "learning rate (AdamW: seed 1e-2, default 3e-3; SGD: 0.05)")
     # None: AdamW seed 1e-2 (the tiny net wants big steps), default 3e-3; SGD 0.05
     optimizer: str = setting("adamw", "adamw or sgd (momentum 0.9)", choices=OPTIMIZERS)
@@ -76,7 +80,17 @@ class CNNTrainConfig(TrainConfig):
     schedule: str = setting("cosine", "lr schedule (cosine to 0)", choices=SCHEDULES)
     # decay to 0 over the run: +0.8% for the seed net in 3 epochs over a constant lr
     warmup_steps: int = setting(0, "cosine schedule warmup steps")  # Adam with batch norm needs no warmup here
-    shift: int | None = setting(None, "random-shift augmentation in pixels (seed: 0, default: 2)")
+    shift: int | None = setting(None, "random-shift augmentation in pixels (seed: 0, default: 2): whole "
+                                "pixels, or any fraction with --rotate or --scale")
+    rotate: float | None = setting(None, "random-rotation augmentation: up to this many degrees either way "
+                                   "(seed: 0, default: 0)")
+    # None: 0 for both nets: with --scale and --label-smoothing, 25 epochs cut to ten minutes
+    # gained no more than the seeds' spread over 8 epochs without (benchmarks/results/cpu-mnist-augment.txt)
+    scale: float | None = setting(None, "random-scaling augmentation: a factor in [1 - SCALE, 1 + SCALE] "
+                                  "(seed: 0, default: 0)")  # None: 0 for both nets, as --rotate
+    label_smoothing: float = setting(0.0, "label smoothing of the training loss: this much of each target spread "
+                                     "evenly over the classes")
+    # off: the seed's plain cross-entropy; the test loss is always plain cross-entropy
     width: int = setting(24, "default net: channels of the first stage")  # 24 reaches 99.5% in 8 epochs, 16 not
     dropout: float = setting(0.3, "dropout before the classifier (default net)")  # enough with shifts
     train_samples: int | None = setting(None, "use the first N training images (default: all 60000)")
@@ -85,7 +99,8 @@ class CNNTrainConfig(TrainConfig):
     seed: int = setting(1, "random seed")  # the PyTorch example's seed
 
     def resolved(self) -> CNNTrainConfig:
-        """A copy with every ``None`` default filled in for the chosen architecture and optimizer."""
+        """A copy with every ``None`` default filled in for the chosen architecture, optimizer and data
+        (``--train-samples`` below the batch size, batch size not given: one batch of them all)."""
         if self.arch not in ARCHS:
             raise UserError(f"--arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
         if self.optimizer not in OPTIMIZERS:
@@ -96,6 +111,9 @@ class CNNTrainConfig(TrainConfig):
                 values[key] = value
         if values["lr"] is None:
             values["lr"] = DEFAULT_LR[(self.arch, self.optimizer)]
+        if values["batch_size"] is None:
+            n = self.train_samples
+            values["batch_size"] = n if isinstance(n, int) and 1 <= n < BATCH_SIZE else BATCH_SIZE
         cfg = CNNTrainConfig(**values)
         cfg.check()
         return cfg
@@ -121,6 +139,12 @@ class CNNTrainConfig(TrainConfig):
             raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
         if not 0 <= self.shift <= 8:
             raise UserError(f"--shift must be between 0 and 8 pixels, got {self.shift}")
+        if not (math.isfinite(self.rotate) and 0 <= self.rotate <= 180):
+            raise UserError(f"--rotate must be between 0 and 180 degrees, got {self.rotate}")
+        if not (math.isfinite(self.scale) and 0 <= self.scale < 1):
+            raise UserError(f"--scale must be in [0, 1), got {self.scale}")
+        if not (math.isfinite(self.label_smoothing) and 0 <= self.label_smoothing < 1):
+            raise UserError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.warmup_steps < 0:
             raise UserError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
         for name, n in (("train", self.train_samples), ("test", self.test_samples)):
@@ -132,23 +156,6 @@ class CNNTrainConfig(TrainConfig):
 
 
 # --- pieces of the loop ---------------------------------------------------------------------------
-def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Move each image by up to ``max_shift`` pixels in x and y, filling with the background.
-
-    x (N, 1, 28, 28) normalised; the offsets are drawn on the CPU from ``generator`` (so they
-    are the same on every device) and applied as one gather on x's device.
-    """
-    N, _, H, W = x.shape
-    s = max_shift
-    background = (0.0 - MEAN) / STD  # a black pixel, normalised
-    xp = torch.full((N, H + 2 * s, W + 2 * s), background, dtype=x.dtype, device=x.device)
-    xp[:, s:s + H, s:s + W] = x[:, 0]
-    dy, dx = torch.randint(0, 2 * s + 1, (2, N), generator=generator).to(x.device)  # (N,), (N,)
-    rows = (torch.arange(H, device=x.device) + dy[:, None])[:, :, None]  # (N, H, 1)
-    cols = (torch.arange(W, device=x.device) + dx[:, None])[:, None, :]  # (N, 1, W)
-    return xp[torch.arange(N, device=x.device)[:, None, None], rows, cols].unsqueeze(1)  # (N, 1, H, W)
-
-
 @torch.no_grad()
 def evaluate(model: CustomCNN, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000,
              quiet: bool = True) -> dict:
@@ -212,7 +219,7 @@ class CNNTrainer(Trainer):
                 raise UserError(f"checkpoint does not fit the model: {e}") from None
         self.model.generator = torch.Generator(device=device).manual_seed(cfg.seed + 2)  # dropout masks
         self.generators = {"shuffle": torch.Generator().manual_seed(cfg.seed),  # data order
-                           "shift": torch.Generator().manual_seed(cfg.seed + 1),  # augmentation offsets
+                           "shift": torch.Generator().manual_seed(cfg.seed + 1),  # every augmentation draw
                            "dropout": self.model.generator}
         groups = decay_groups(self.model.named_parameters(), cfg.weight_decay)  # no decay on biases and BN
         self.optimizer = (AdamW(groups, lr=cfg.lr) if cfg.optimizer == "adamw"
@@ -244,13 +251,15 @@ class CNNTrainer(Trainer):
         _, batch = self.epoch_of(step)
         idx = self.order[batch * cfg.batch_size:(batch + 1) * cfg.batch_size].to(self.device)
         xb, yb = self.x_train[idx], self.y_train[idx]  # (B, 1, 28, 28), (B,)
-        if cfg.shift:  # drawn for the whole batch, as one process draws them
-            xb = random_shift(xb, cfg.shift, self.generators["shift"])
+        # drawn for the whole batch, as one process draws them
+        xb = augment(xb, self.generators["shift"], cfg.shift, cfg.rotate, cfg.scale)
         if self.dist.active:  # this process's rows; dropout draws the whole batch's masks and keeps these
             rows = self.dist.rows(len(idx))
             xb, yb = xb[rows], yb[rows]
             self.model.batch = (rows, len(idx))
-        _, loss = self.model(xb, yb)
+        logits, loss = self.model(xb, None if cfg.label_smoothing else yb)
+        if cfg.label_smoothing:  # the model's own loss is plain cross-entropy
+            loss = ops.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
         if self.dist.active:  # its share of the batch's mean loss: the ranks' shares sum to it
             loss = loss * (len(yb) / len(idx))
         loss.backward()
@@ -310,7 +319,8 @@ class CNNTrainer(Trainer):
         lines = [f"# CNN run {run.path.name}", "",
                  f"- architecture: `{cfg.arch}` ({self.model.num_parameters()} parameters)",
                  f"- data: {cfg.train_samples or SIZES['train']} training images, "
-                 f"{cfg.test_samples or SIZES['test']} test images; shift augmentation {cfg.shift} px",
+                 f"{cfg.test_samples or SIZES['test']} test images; augmentation: shift {cfg.shift} px, "
+                 f"rotate {cfg.rotate:g} degrees, scale {cfg.scale:g}; label smoothing {cfg.label_smoothing:g}",
                  f"- optimizer: {cfg.optimizer}, lr {cfg.lr:g} ({cfg.schedule}), batch {cfg.batch_size}, "
                  f"weight decay {cfg.weight_decay:g}; seed {cfg.seed}",
                  f"- steps: {step}", "",

@@ -61,6 +61,9 @@ class TrainConfig:
                          choices=("float32", "float64"))  # float32: fast, and what the figures use
     data_dir: str | None = setting(None, "data directory (default: $CUSTOMNN_DATA, else ~/.cache/customnn)",
                                    resume="free")
+    compile: bool = setting(False, "run the model's forward and backward through torch.compile (the first "
+                            "steps compile; needs a C++ compiler on the CPU)",
+                            resume="free")  # off: eager is the reference, and compiling costs seconds to minutes
     out: str = setting("runs", "folder for run folders", resume="free")  # run folders go to <out>/<model>-<time>
     resume: str | None = setting(None, "continue the run in this folder from its last.safetensors",
                                  resume="session")

@@ -44,6 +44,7 @@ from customnn.runtime import InterruptFlag, release_free_memory, rng_state, set_
 from customnn.train.budget import StepPlanner
 from customnn.train.config import open_for_resume
 from customnn.train.distributed import Dist, GradSync, PeerLost
+from customnn.train.loading import check_compile, compile_model
 from customnn.train.rundir import FollowerRunDir, RunDir, plot_curves
 from customnn.train.trainer import Trainer
 
@@ -52,6 +53,7 @@ from customnn.train.trainer import Trainer
 # steps keep them finite at a huge lr, and the loss then sits at 1e6..1e20). No healthy run of a
 # classifier or language model comes near it.
 EXPLODED_LOSS = 1e3
+PLAN_SYNC_STEPS = 16  # steps between exchanges of the time budget's plan across processes
 
 
 class Diverged(UserError):
@@ -140,10 +142,15 @@ class Engine:
         self.elapsed, self.train_time, self.evals = elapsed, train_time, e["evals"]
 
     def replan(self, planner: StepPlanner, step: int) -> bool:
-        """The time budget's plan: rank 0's clock decides, and every rank follows it."""
+        """The time budget's plan: rank 0's clock decides, and every rank follows it. Across
+        processes the plan is exchanged every ``PLAN_SYNC_STEPS`` steps only (a blocking
+        broadcast a step would slow small models), so a revision takes effect up to that many
+        steps late, on every rank at the same step."""
         changed = planner.update(step, self.clock())
         if self.dist.active and self.cfg.time_budget is not None:
-            total = torch.tensor([planner.total], dtype=torch.int64, device=self.dist.collective_device)
+            if step % PLAN_SYNC_STEPS:
+                return False
+            total = torch.tensor([max(planner.total, step)], dtype=torch.int64, device=self.dist.collective_device)
             self.dist.broadcast_([total])
             changed, planner.total = int(total.item()) != self.total, int(total.item())
         return changed
@@ -159,7 +166,11 @@ class Engine:
         t, cfg, dist = self.t, self.cfg, self.dist
         self.t_start = time.perf_counter()
         t.dist = dist
+        if cfg.compile:  # refused in one line before any work where it cannot work
+            check_compile(dist.device(device))
         t.setup(dist.device(device), self.ckpt)
+        if cfg.compile:
+            compile_model(t.model, dist.device(device))
         if dist.active:  # every rank starts from rank 0's weights, and sums gradients with the others
             dist.broadcast_([*t.model.parameters(), *(b for _, b in t.model.named_buffers())])
             self.sync = GradSync(t.model.parameters(), dist)
@@ -338,13 +349,17 @@ def train_with(trainer_cls, cfg, quiet: bool = False, given: dict | None = None)
     cfg = trainer_cls.prepare_config(cfg)
     device = resolve_device(cfg.device)
     dist = Dist.from_env(cfg.device)
+    engine = None
     try:
         if dist.active and cfg.batch_size % dist.world:
             raise UserError(f"--batch-size {cfg.batch_size} is the global batch: it must be divisible by the "
                             f"{dist.world} processes")
-        result = Engine(trainer_cls(cfg), quiet, run, ckpt, dist).run(device)
-    except BaseException:
+        engine = Engine(trainer_cls(cfg), quiet, run, ckpt, dist)
+        result = engine.run(device)
+    except BaseException as e:
         dist.close(wait=False)
+        if engine is not None and engine.main and engine.run_dir is not None:
+            e.run_log = engine.run_dir.log_path  # where customnn/cli.py writes the traceback of a bug
         raise
     dist.close()
     return result

@@ -14,11 +14,19 @@ For either model, ``<model>_from_checkpoint(ckpt, path, device)``:
 ``load_model(run_or_path)`` finds the checkpoint of a run folder, reads it
 (``customnn/checkpoint.py``) and dispatches on the model kind in its header; ``eval``,
 ``generate`` and ``predict`` and ``--resume`` all come through here.
+
+``compile_model(model, device)`` is ``--compile`` for training, ``eval`` and ``generate``: the
+model's forward runs through ``torch.compile`` (TorchDynamo captures our layers' forwards and
+their hand-written backwards, TorchInductor turns the graphs into C++ on the CPU or Triton on
+CUDA); where that cannot work it says why in one line, before any work.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -196,3 +204,78 @@ def check_optimizer_state(params, state: dict, keys: set[str]) -> None:
         if set(s) != keys or ("step" in s and not is_int(s["step"], 0)) \
                 or not all(isinstance(v, torch.Tensor) for k, v in s.items() if k != "step"):
             raise ValueError("optimizer state")
+
+
+# --- --compile ------------------------------------------------------------------------------------
+def compile_unavailable(device="cpu") -> str | None:
+    """Why ``torch.compile`` cannot compile a model for ``device`` here, or None if it can."""
+    if not hasattr(torch, "compile"):
+        return f"this PyTorch ({torch.__version__}) has no torch.compile"
+    try:
+        from torch import _dynamo
+        from torch._inductor import cpp_builder
+    except ImportError as e:  # a build of PyTorch without its compiler stack
+        return f"this PyTorch ({torch.__version__}) cannot import its compiler ({e})"
+    if not _dynamo.is_dynamo_supported():
+        return "torch.compile does not support this Python version"
+    if torch.device(device).type == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            return "compiling for CUDA needs Triton, which is not installed (pip install triton)"
+        return None
+    try:  # inductor writes C++ on the CPU: the compiler it would run (g++ unless configured)
+        cpp_builder.get_cpp_compiler()
+    except Exception:
+        return "no C++ compiler found (torch.compile builds the model as C++ on the CPU: install g++)"
+    return None
+
+
+def check_compile(device="cpu") -> None:
+    """A one-line ``UserError`` if ``--compile`` cannot work for ``device`` here."""
+    reason = compile_unavailable(device)
+    if reason is not None:
+        raise UserError(f"--compile: {reason}; run without --compile")
+
+
+def quiet_expected_breaks() -> None:
+    """Keep TorchDynamo's notes on what our layers do by design off the command's stderr: the
+    graph breaks at the ``.item()`` bounds checks of ``embedding`` and ``cross_entropy``
+    (warnings of its ``torch._dynamo`` loggers), and its note that it traces through the
+    ``lru_cache`` of the conv's index tensors, which depend on their arguments only, so tracing
+    the wrapped function gives the same index. With ``TORCH_LOGS`` set, its logs are left as asked."""
+    if not os.environ.get("TORCH_LOGS"):
+        logging.getLogger("torch._dynamo").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru_cache`", category=UserWarning)
+
+
+def compile_model(model, device="cpu", generation: bool = False):
+    """``model`` with its forward (and so its backward) run through ``torch.compile``; a one-line
+    ``UserError`` where compiling cannot work. The weights stay the model's own tensors, so
+    checkpoints are unchanged, and the first call of each new input shape compiles (seconds to
+    minutes).
+
+    Training and evaluation compile for the shapes they meet (``dynamic=False``): a batch has
+    one shape, and the CNN's conv stages, traced through the same code at three sizes, each get
+    their own graph (TorchInductor 2.13 fails on the default CNN's graph with symbolic sizes, a
+    ``ValueRangeError`` in its stride checks). The
+    GPT's cached forward stays eager there: a training run's report samples 300 tokens, which
+    would not repay compiling every length a cache goes through. ``generation=True`` compiles
+    that too, with the lengths symbolic after the second one (TorchDynamo's automatic dynamic
+    shapes), so that a cache growing one position per token does not compile per token.
+    """
+    check_compile(device)
+    quiet_expected_breaks()
+    eager = model.forward
+    if generation:
+        model.forward = torch.compile(eager)  # an attribute of this model only; Module.__call__ finds it
+        return model
+    compiled = torch.compile(eager, dynamic=False)
+
+    def forward(*args, cache=None, **kwargs):
+        if cache is not None:
+            return eager(*args, cache=cache, **kwargs)
+        return compiled(*args, **kwargs)
+
+    model.forward = forward
+    return model

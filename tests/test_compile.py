@@ -1,0 +1,105 @@
+"""``--compile``: torch.compile over our own layers (their forwards and hand-written backwards)
+gives the eager model's loss, gradients and next step to float32 tolerance, for a tiny GPT
+and tiny CNNs; where compiling cannot work, the command refuses in one line.
+
+The models are tiny so that the compile (TorchInductor's C++ build of each graph) stays in
+seconds; PyTorch caches the built graphs, so a second run of this file is faster still.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from customnn.errors import UserError
+from customnn.models.cnn import CustomCNN
+from customnn.models.gpt import GPT, GPTConfig
+from customnn.optim import SGD
+from customnn.train.loading import check_compile, compile_model, compile_unavailable
+from helpers import run_customnn
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+UNAVAILABLE = compile_unavailable("cpu")
+needs_compile = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"torch.compile: {UNAVAILABLE}")
+TOL = dict(rtol=1e-5, atol=1e-6)  # float32: the compiled kernels may sum in another order
+
+
+def same_steps(make_model, x, y):
+    """One training step (forward, loss, backward, SGD) and the next loss, eager and compiled,
+    from the same weights: the losses, every gradient and the buffers agree. (SGD, because
+    Adam's first step moves every weight by about lr whatever its gradient's size, so a
+    gradient that is zero up to rounding, such as a conv bias before batch norm, would move
+    each side by a different +-lr.)"""
+    eager, compiled = make_model(), compile_model(make_model(), "cpu")
+    results = []
+    for model in (eager, compiled):
+        opt = SGD(model.parameters(), lr=0.1)
+        _, loss = model(x, y)
+        loss.backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+        opt.step()
+        opt.zero_grad()
+        _, after = model(x, y)  # the updated weights, seen through the same compiled graph
+        results.append((loss.detach(), grads, after.detach(), dict(model.named_buffers())))
+    (loss, grads, after, buffers), (c_loss, c_grads, c_after, c_buffers) = results
+    torch.testing.assert_close(c_loss, loss, **TOL)
+    assert grads.keys() == c_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(c_grads[name], grads[name], **TOL, msg=lambda m: f"{name}: {m}")
+    torch.testing.assert_close(c_after, after, **TOL)
+    for name in buffers:  # batch norm's running statistics, updated inside the compiled graph
+        torch.testing.assert_close(c_buffers[name], buffers[name], **TOL)
+    assert float(after) < float(loss)  # the step did something
+
+
+@needs_compile
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_compiled_gpt_step_equals_eager(pos):
+    cfg = GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=16, pos=pos)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(11, (2, 8), generator=g), torch.randint(11, (2, 8), generator=g)
+    same_steps(lambda: GPT(cfg, seed=3), x, y)
+
+
+@needs_compile
+@pytest.mark.parametrize("arch", ["seed", "default"])
+def test_compiled_cnn_step_equals_eager(arch):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(4, 1, 28, 28, generator=g), torch.randint(10, (4,), generator=g)
+    same_steps(lambda: CustomCNN(arch, seed=0, dropout=0.0, width=2), x, y)
+
+
+@needs_compile
+def test_compiled_generation_draws_the_eager_tokens():
+    from customnn.models.sampling import generate
+
+    cfg = GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=16)
+    prompt = [1, 2, 3]
+    eager = generate(GPT(cfg, seed=3), prompt, 12, generator=torch.Generator().manual_seed(0))
+    compiled = compile_model(GPT(cfg, seed=3), "cpu", generation=True)
+    assert generate(compiled, prompt, 12, generator=torch.Generator().manual_seed(0)) == eager
+    training = compile_model(GPT(cfg, seed=3), "cpu")  # the cached path stays eager
+    assert generate(training, prompt, 12, generator=torch.Generator().manual_seed(0)) == eager
+
+
+def test_without_a_compiler_compile_is_refused_in_one_line(monkeypatch, tmp_path):
+    import torch._inductor.cpp_builder as cpp_builder
+
+    def missing():
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", missing)
+    with pytest.raises(UserError, match="--compile: no C\\+\\+ compiler found") as err:
+        check_compile("cpu")
+    assert "\n" not in str(err.value)
+    # the command: a PATH with no compiler on it, refused before any data is read
+    env_path = os.environ["PATH"]
+    monkeypatch.setenv("PATH", str(tmp_path))
+    r = run_customnn("train", "cnn", "--compile", "--max-steps", 1, "--device", "cpu", "--out", tmp_path)
+    monkeypatch.setenv("PATH", env_path)
+    assert r.returncode == 2, r.stderr
+    assert "--compile: no C++ compiler found" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not any(tmp_path.glob("cnn-*"))  # no run folder
