@@ -23,16 +23,19 @@ Groups:
 - ``reference``: the readable loop versions (``conv2d_reference``, ``max_pool2d_reference``)
   against the fast layers at the seed's sizes, batch 64 (timed at the full batch: the loops
   run over output pixels, not samples, so a small batch scaled up would overstate them).
-- ``generate``: tokens per second generating 500 tokens from one token with and without the
-  KV cache (``customnn.models.sampling.generate``; GPT default-preset width, block_size 256).
+- ``generate``: tokens per second (and ms per token) generating 500 tokens from one token with
+  and without the KV cache (``customnn.models.sampling.generate``; GPT default-preset width,
+  block_size 256), with learned positions and with RoPE.
 - ``memory``: peak memory of a training step, ours and the twin's, each in its own process
   (CPU: peak RSS above the RSS before the step, from /proc/self/status VmHWM after resetting
   it through /proc/self/clear_refs, with glibc's mmap threshold fixed so freed tensors leave
   RSS; CUDA: ``torch.cuda.max_memory_allocated`` above the memory allocated before the step).
 - ``layers``: benchmarks/ops.py's per-layer table (CPU only; not in the default set).
 
-On the CPU the default is one torch thread (``--threads 0``: torch's default): on a machine
-shared with other work, two threads that wait on each other make every ratio noise. On CUDA,
+On the CPU every group runs twice by default (``--threads 1,0``): at one torch thread, steady
+even on a machine shared with other work, and at torch's default thread count (``0``), what a
+user gets, where a layer that does not use every core shows. Each thread count prints its own
+table; the JSON holds every row with its ``threads``. On CUDA, one run (threads do not matter);
 cuDNN's TF32 is turned off so both sides do float32 arithmetic (recorded in the JSON).
 """
 
@@ -252,27 +255,33 @@ GEN_TOKENS = 500
 
 
 def bench_generate(device, reps) -> list[dict]:
-    """Tokens per second with and without the KV cache; both must draw the same tokens."""
+    """Tokens per second with and without the KV cache, for learned positions (the default
+    preset) and RoPE; both ways must draw the same tokens. Cached and uncached take turns."""
     from customnn.models.sampling import generate
 
-    model = GPT(GPTConfig(**GEN_CONFIG), seed=0).to(device)
-    times = {True: [], False: []}
-    tokens = {}
-    for i in range(reps):
-        for use_cache in ((True, False) if i % 2 == 0 else (False, True)):
-            g = torch.Generator(device=device).manual_seed(1)
-            _sync(device)
-            start = time.perf_counter()
-            tokens[use_cache] = generate(model, [0], GEN_TOKENS, temperature=1.0, generator=g, use_cache=use_cache)
-            _sync(device)
-            times[use_cache].append(time.perf_counter() - start)
-    cached, uncached = (GEN_TOKENS / statistics.median(times[c]) for c in (True, False))
-    row = dict(group="generate", name=f"generate {GEN_TOKENS} tokens",
-               size=f"block {GEN_CONFIG['block_size']} L={GEN_CONFIG['n_layer']} C={GEN_CONFIG['n_embd']}",
-               cached_tok_s=cached, uncached_tok_s=uncached, speedup=cached / uncached,
-               same_tokens=tokens[True] == tokens[False], reps=reps)
-    _progress(row)
-    return [row]
+    rows = []
+    for pos in ("learned", "rope"):
+        model = GPT(GPTConfig(**GEN_CONFIG, pos=pos), seed=0).to(device)
+        times = {True: [], False: []}
+        tokens = {}
+        for i in range(reps):
+            for use_cache in ((True, False) if i % 2 == 0 else (False, True)):
+                g = torch.Generator(device=device).manual_seed(1)
+                _sync(device)
+                start = time.perf_counter()
+                tokens[use_cache] = generate(model, [0], GEN_TOKENS, temperature=1.0, generator=g,
+                                             use_cache=use_cache)
+                _sync(device)
+                times[use_cache].append(time.perf_counter() - start)
+        cached, uncached = (GEN_TOKENS / statistics.median(times[c]) for c in (True, False))
+        name = f"generate {GEN_TOKENS} tokens" + ("" if pos == "learned" else ", rope")
+        rows.append(dict(group="generate", name=name, pos=pos,
+                         size=f"block {GEN_CONFIG['block_size']} L={GEN_CONFIG['n_layer']} C={GEN_CONFIG['n_embd']}",
+                         cached_tok_s=cached, uncached_tok_s=uncached, speedup=cached / uncached,
+                         cached_ms_per_token=1e3 / cached, uncached_ms_per_token=1e3 / uncached,
+                         same_tokens=tokens[True] == tokens[False], reps=reps))
+        _progress(rows[-1])
+    return rows
 
 
 # --- peak memory, one process per measurement -------------------------------------------------
@@ -391,6 +400,9 @@ def format_table(rows: list[dict]) -> str:
                 vals = row["custom_ms"], row["torch_ms"], row["ratio"], (row["ratio_q1"], row["ratio_q3"])
             iqr = f"{vals[3][0]:5.2f}-{vals[3][1]:<5.2f}" if vals[3] else ""
             out.append(f"  {row['name']:<24} {row['size']:<26} {vals[0]:>12.3f} {vals[1]:>12.3f} {vals[2]:>9.2f}  {iqr:>11}")
+            if group == "generate":
+                out.append(f"    ms per token: cached {row['cached_ms_per_token']:.3f}, uncached "
+                           f"{row['uncached_ms_per_token']:.3f}; same tokens: {row['same_tokens']}")
     return "\n".join(out)
 
 
@@ -403,7 +415,8 @@ def check_targets(rows: list[dict]) -> list[dict]:
             checks.append(dict(what=f"{row['name']} training step, custom / torch", value=row["ratio"],
                                target=f"<= {TARGETS[g]}", met=row["ratio"] <= TARGETS[g]))
         elif g == "generate":
-            checks.append(dict(what="generation, cached / uncached tokens per second", value=row["speedup"],
+            pos = "" if row.get("pos", "learned") == "learned" else f" ({row['pos']})"
+            checks.append(dict(what=f"generation{pos}, cached / uncached tokens per second", value=row["speedup"],
                                target=f">= {TARGETS['generate']}", met=row["speedup"] >= TARGETS["generate"]))
         elif g == "memory":
             checks.append(dict(what=f"{row['name']} peak memory, custom / torch", value=row["ratio"],
@@ -418,8 +431,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
     p.add_argument("--json", default=DEFAULT_JSON, metavar="PATH", help=f"results file (default {DEFAULT_JSON})")
     p.add_argument("--only", default=None, help=f"comma-separated groups from: {', '.join(GROUPS)}")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads on the CPU (default 1: steady on a shared machine; 0: torch's default)")
+    p.add_argument("--threads", default="1,0",
+                   help="comma-separated torch thread counts on the CPU, one run each (0: torch's default; "
+                        "default 1,0)")
     p.add_argument("--reps", type=int, default=None, help="samples of each side (default 5 quick, 15 full)")
     p.add_argument("--memory-child", nargs=2, metavar=("MODEL", "IMPL"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -436,31 +450,58 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def thread_counts(text: str, device: torch.device) -> list[int]:
+    """``--threads``: "1,0" -> [1, 0] (0: torch's default); one run on CUDA."""
+    try:
+        counts = [int(t) for t in str(text).split(",") if t.strip()]
+    except ValueError:
+        counts = []
+    if not counts or any(n < 0 for n in counts):
+        raise SystemExit(f"bench: --threads must be thread counts >= 0 separated by commas, got {text!r}")
+    return counts[:1] if device.type == "cuda" else list(dict.fromkeys(counts))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = resolve_device(args.device)
+    counts = thread_counts(args.threads, device)
     old_threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    runs = []
     # Same arithmetic on both sides: cuDNN convolutions would otherwise round through TF32
     # (PyTorch's default) while ours are float32 matrix products. The context manager puts the
-    # caller's setting back (`customnn bench` runs in-process).
+    # caller's setting back (`customnn bench` runs in-process), as the finally does the threads.
     try:
         with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
-            return run(args, device)
+            for n in counts:
+                torch.set_num_threads(n or old_threads)
+                code, result = run(args, device, n)
+                if code or result is None:
+                    return code
+                runs.append(result)
     finally:
         torch.set_num_threads(old_threads)
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        first = runs[0]  # the machine, groups and settings; every run's rows, each with its threads
+        combined = dict(first, results=[r for run_ in runs for r in run_["results"]],
+                        targets=[t for run_ in runs for t in run_["targets"]],
+                        seconds=sum(run_["seconds"] for run_ in runs),
+                        threads=[run_["machine"]["threads"] for run_ in runs])
+        path.write_text(json.dumps(combined, indent=2) + "\n")
+        print(f"wrote {path}")
+    return 0
 
 
-def run(args: argparse.Namespace, device: torch.device) -> int:
+def run(args: argparse.Namespace, device: torch.device, threads: int) -> tuple[int, dict | None]:
     if args.memory_child:
         print(json.dumps(memory_child(*args.memory_child, device)))
-        return 0
+        return 0, None
     groups = DEFAULT_GROUPS if args.only is None else [g.strip() for g in args.only.split(",") if g.strip()]
     unknown = [g for g in groups if g not in GROUPS]
     if unknown or not groups:
         print(f"bench: unknown group(s) {unknown or args.only!r}; choose from {', '.join(GROUPS)}", file=sys.stderr)
-        return 2
+        return 2, None
     reps = args.reps or (5 if args.quick else 15)
     sample_s = 0.02 if args.quick else 0.1
     info = machine(device)
@@ -484,15 +525,15 @@ def run(args: argparse.Namespace, device: torch.device) -> int:
         elif group == "reference":
             rows += bench_reference(device, 3 if args.quick else 5, sample_s)
         elif group == "generate":
-            rows += bench_generate(device, 1 if args.quick else 3)
+            rows += bench_generate(device, args.reps or (1 if args.quick else 3))
         elif group == "memory":
-            rows += bench_memory(MEMORY_MODELS_QUICK if args.quick else list(MODELS), device, args.threads)
+            rows += bench_memory(MEMORY_MODELS_QUICK if args.quick else list(MODELS), device, threads)
         elif group == "layers":
             if device.type != "cpu":
                 print("bench: the layers group runs on the CPU only; skipped", file=sys.stderr)
                 continue
             from ops import bench_layers, format_table as layer_table  # benchmarks/ops.py
-            layer_rows = bench_layers(quick=args.quick, threads=args.threads or None)
+            layer_rows = bench_layers(quick=args.quick, threads=threads or None)
             print("\nper-layer forward+backward (benchmarks/ops.py)\n" + layer_table(layer_rows))
             rows += [dict(r, group="layers", name=r["layer"], model=r["group"]) for r in layer_rows]
         group_seconds[group] = round(time.perf_counter() - group_start, 1)
@@ -506,14 +547,11 @@ def run(args: argparse.Namespace, device: torch.device) -> int:
     info["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     print(f"\ntook {elapsed:.0f} s ({', '.join(f'{g} {t:.0f} s' for g, t in group_seconds.items())}); "
           f"load average after: {info['load_average_after']}")
-    if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        result = dict(machine=info, quick=args.quick, reps=reps, sample_s=sample_s, groups=groups,
-                      seconds=elapsed, group_seconds=group_seconds, results=rows, targets=targets)
-        path.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {path}")
-    return 0
+    for row in rows:
+        row["threads"] = info["threads"]
+    result = dict(machine=info, quick=args.quick, reps=reps, sample_s=sample_s, groups=groups,
+                  seconds=elapsed, group_seconds=group_seconds, results=rows, targets=targets)
+    return 0, result
 
 
 if __name__ == "__main__":

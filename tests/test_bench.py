@@ -38,15 +38,18 @@ def test_customnn_bench_quick_writes_json_with_ratios(tmp_path, capsys):
     assert torch.get_num_threads() == threads  # the in-process run put the thread count back
     result = json.loads(out.read_text())
     assert result["groups"] == ["attention"]
-    assert result["machine"]["torch"] == torch.__version__ and result["machine"]["threads"] == 1
+    # by default at 1 thread, then at torch's default thread count (what a user gets)
+    assert result["machine"]["torch"] == torch.__version__ and result["threads"] == [1, threads]
     rows = result["results"]
-    assert [r["name"] for r in rows] == ["attention T=64", "attention T=256", "attention T=1024"]
+    names = ["attention T=64", "attention T=256", "attention T=1024"]
+    assert [(r["name"], r["threads"]) for r in rows] == [(n, t) for t in (1, threads) for n in names]
     for r in rows:
         assert r["custom_ms"] > 0 and r["torch_ms"] > 0 and r["reps"] == 2
         assert r["ratio_q1"] <= r["ratio"] <= r["ratio_q3"]
         assert math.isfinite(r["ratio"]) and r["ratio"] > 0
     printed = capsys.readouterr().out
     assert "attention T=1024" in printed and "custom ms" in printed
+    assert "1 thread(s)" in printed and f"{threads} thread(s)" in printed
 
 
 def test_customnn_bench_rejects_an_unknown_group(capsys):

@@ -6,11 +6,13 @@ folder and runs ``benchmarks/bench.py`` in-process with the same arguments.
 
     customnn bench --quick                       # under a minute
     customnn bench --device cuda --json bench.json
-    customnn bench --only cnn,gpt --threads 0    # some groups, torch's default thread count
+    customnn bench --only cnn,gpt --threads 0    # some groups, at torch's default thread count only
 
 Groups: cnn, gpt (training steps), attention, conv, reference (the loop versions), generate
 (KV cache), memory (peak memory, one process each), layers (benchmarks/ops.py; not by default).
-Results go to bench-results/bench.json unless ``--json`` says otherwise.
+By default every group runs at 1 thread and then at torch's default thread count (``--threads
+1,0``), each with its own table. Results go to bench-results/bench.json unless ``--json`` says
+otherwise.
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ def add_arguments(p) -> None:
                    help="write the results to this JSON file (default bench-results/bench.json)")
     p.add_argument("--only", default=None,
                    help="comma-separated groups: cnn, gpt, attention, conv, reference, generate, memory, layers")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads on the CPU (default 1: steady on a shared machine; 0: torch's default)")
+    p.add_argument("--threads", default=None,
+                   help="comma-separated torch thread counts on the CPU, one run each (0: torch's default; "
+                        "default 1,0: one thread, then torch's default)")
     p.add_argument("--reps", type=int, default=None, help="alternating samples per side (default 5 quick, 15 full)")
 
 
@@ -43,7 +46,13 @@ def check_args(args) -> None:
     """Every flag checked here, before the benchmarks start (``customnn/validate.py``)."""
     validate.device(args.device)
     if args.threads is not None:
-        validate.threads(args.threads)
+        text = validate.text(args.threads, "--threads")
+        for part in text.split(","):
+            try:
+                n = int(part)
+            except ValueError:
+                raise UserError(f"--threads must be thread counts separated by commas (e.g. 1,0), got {text!r}") from None
+            validate.threads(n)
     if args.reps is not None:
         validate.count(args.reps, "--reps", 1, MAX_REPS)
     if args.json is not None:
