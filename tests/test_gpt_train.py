@@ -3,6 +3,8 @@ the command line (through a subprocess) and its errors."""
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 import pytest
@@ -30,13 +32,26 @@ def test_presets_nanogpt_cpu_is_nanogpts_documented_run():
         0.9, 0.99, 0.1, 1.0, 0.0, 20)
     assert cfg.decay_embeddings and not make_config("default").decay_embeddings  # nanoGPT decays every matrix
     assert cfg.nanogpt_rng and not make_config("default").nanogpt_rng  # nanoGPT's random stream
-    assert set(PRESETS) == {"nanogpt-cpu", "default", "tiny"}
+    assert set(PRESETS) == {"nanogpt-cpu", "default", "modern", "tiny"}
     with pytest.raises(UserError, match="unknown preset 'huge'"):
         make_config("huge")
     with pytest.raises(UserError, match="--n-embd \\(30\\) must be divisible by --n-head"):
         make_config("tiny", n_embd=30, n_head=4)
     with pytest.raises(UserError, match="--lr-decay-iters"):
         make_config("tiny", warmup_iters=200)
+
+
+def test_the_modern_preset_is_the_default_with_todays_layers_and_muon(tmp_path):
+    from dataclasses import asdict
+
+    modern, default = asdict(make_config("modern")), asdict(make_config("default"))
+    changed = {k: v for k, v in modern.items() if default[k] != v}
+    assert changed == dict(preset="modern", norm="rmsnorm", pos="rope", mlp="swiglu", qk_norm=True, optimizer="muon")
+    small = dict(n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=4, max_iters=6, warmup_iters=1,
+                 eval_interval=6, eval_iters=1, time_budget=None, out=str(tmp_path))
+    result = train(make_config("modern", **small), quiet=True)
+    assert result["step"] == 6 and math.isfinite(result["final_val_loss"])
+    assert result["final_val_loss"] < math.log(len(result["vocab"]))  # it learned something in 6 steps
 
 
 def test_no_weight_decay_on_biases_norms_and_embeddings():
