@@ -79,6 +79,19 @@ def threads(value, flag: str = "--threads") -> int:
     return count(value, flag, 0, MAX_THREADS)
 
 
+def thread_counts(value, flag: str = "--threads") -> list[int]:
+    """A thread count, or several separated by commas ("1,0": ``customnn bench``'s runs)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [threads(value, flag)]
+    counts = []
+    for part in text(value, flag).split(","):
+        try:
+            counts.append(int(part))
+        except ValueError:
+            raise UserError(f"{flag} must be thread counts separated by commas (e.g. 1,0), got {shown(value)}") from None
+    return [threads(n, flag) for n in counts]
+
+
 def count(value, flag: str, low: int = 1, high: int | None = None) -> int:
     """An integer in ``low..high`` (``high`` None: no upper bound)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
@@ -179,7 +192,7 @@ def vocabulary(chars) -> str:
 SHARED = {
     "seed": seed,
     "device": device,
-    "threads": lambda v: threads(v) if v is not None else None,
+    "threads": lambda v: thread_counts(v) if v is not None else None,
     "data_dir": lambda v: text(v, "--data-dir") if v is not None else None,
     "out": lambda v: output_folder(text(v, "--out"), "--out") if v is not None else None,
     "prompt": lambda v: text(v, "--prompt") if v is not None else None,

@@ -154,7 +154,7 @@ def test_sigkill_during_training_leaves_a_loadable_checkpoint_and_resume_is_exac
     """Kill a real training process (-9) while it saves a checkpoint every two steps, in the middle
     of a save and at random moments; after each kill the last checkpoint loads and the run resumes;
     in the end the losses are exactly those of a run never killed."""
-    iters = 120
+    iters = 400  # enough that four sessions, each killed within half a second, end before it
     args = ["train", "gpt", "--preset", "tiny", "--max-iters", iters, "--eval-interval", 2, "--eval-iters", 1,
             "--log-interval", 1, "--device", "cpu", "--quiet"]
     rng = random.Random(6)

@@ -46,13 +46,7 @@ def check_args(args) -> None:
     """Every flag checked here, before the benchmarks start (``customnn/validate.py``)."""
     validate.device(args.device)
     if args.threads is not None:
-        text = validate.text(args.threads, "--threads")
-        for part in text.split(","):
-            try:
-                n = int(part)
-            except ValueError:
-                raise UserError(f"--threads must be thread counts separated by commas (e.g. 1,0), got {text!r}") from None
-            validate.threads(n)
+        validate.thread_counts(args.threads)
     if args.reps is not None:
         validate.count(args.reps, "--reps", 1, MAX_REPS)
     if args.json is not None:

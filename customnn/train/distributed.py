@@ -239,7 +239,9 @@ class GradSync:
                     p.grad = summed.clone()
                 else:
                     p.grad.copy_(summed)
-        self.pending = []
+        # Drop the finished works now: a gloo work still referenced when the interpreter shuts
+        # down can be freed by gloo's thread without the interpreter (a SIGABRT at exit).
+        self.pending, self.works = [], []
 
     def remove(self) -> None:
         for h in self.hooks:
