@@ -150,15 +150,18 @@ def training_pair(name: str, device: torch.device):
     opt = AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
     topt = torch.optim.AdamW(twin.parameters(), lr=1e-4, weight_decay=0.1)
 
-    def step(net, optimizer):
-        def run():
-            _, loss = net(x, y)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-        return run
+    return training_step(model, opt, x, y), training_step(twin, topt, x, y), size
 
-    return step(model, opt), step(twin, topt), size
+
+def training_step(net, optimizer, x, y):
+    """One training step of ``net`` on the batch (x, y) as a function of no arguments: forward,
+    loss, backward, optimizer step, zero_grad."""
+    def run():
+        _, loss = net(x, y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return run
 
 
 def bench_training(names, device, reps, sample_s) -> list[dict]:
@@ -452,12 +455,13 @@ def resolve_device(name: str) -> torch.device:
 
 def thread_counts(text: str, device: torch.device) -> list[int]:
     """``--threads``: "1,0" -> [1, 0] (0: torch's default); one run on CUDA."""
+    from customnn.errors import UserError
+    from customnn.validate import thread_counts as checked
+
     try:
-        counts = [int(t) for t in str(text).split(",") if t.strip()]
-    except ValueError:
-        counts = []
-    if not counts or any(n < 0 for n in counts):
-        raise SystemExit(f"bench: --threads must be thread counts >= 0 separated by commas, got {text!r}")
+        counts = checked(text)
+    except UserError as e:
+        raise SystemExit(f"bench: {e}") from None
     return counts[:1] if device.type == "cuda" else list(dict.fromkeys(counts))
 
 

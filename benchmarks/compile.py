@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/bench.py
-from bench import CNN_BATCH, VOCAB, gpt_preset, machine  # noqa: E402
+from bench import CNN_BATCH, VOCAB, gpt_preset, machine, training_step  # noqa: E402
 from customnn.models.cnn import CustomCNN  # noqa: E402
 from customnn.models.gpt import GPT  # noqa: E402
 from customnn.optim import AdamW  # noqa: E402
@@ -65,12 +65,7 @@ def steps(name: str) -> tuple[dict, str]:
     twin, twin_c = twin_of(make()), twin_of(make())
 
     def step(forward, optimizer):
-        def run():
-            _, loss = forward(x, y)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-        return run
+        return training_step(forward, optimizer, x, y)
 
     return {
         "eager custom": step(ours, AdamW(ours.parameters(), lr=1e-4, weight_decay=0.1)),
