@@ -43,7 +43,7 @@ class TwinConvStage(nn.Module):
         self.bn = nn.BatchNorm2d(cout)
 
     def forward(self, x):
-        return F.max_pool2d(F.relu(self.bn(self.conv(x))), 2)
+        return F.relu(F.max_pool2d(self.bn(self.conv(x)), 2))  # pool then ReLU, as CustomCNN
 
 
 class TwinCNN(nn.Module):
@@ -69,8 +69,8 @@ class TwinCNN(nn.Module):
 
     def forward(self, x, targets=None):
         if self.arch == "seed":
-            x = F.max_pool2d(F.relu(self.conv1(x)), 2)  # (N, 6, 12, 12)
-            x = F.max_pool2d(F.relu(self.conv2(x)), 2)  # (N, 12, 4, 4)
+            x = F.relu(F.max_pool2d(self.conv1(x), 2))  # (N, 6, 12, 12)
+            x = F.relu(F.max_pool2d(self.conv2(x), 2))  # (N, 12, 4, 4)
             logits = self.fc(x.flatten(1))  # (N, 10)
         else:
             for stage in self.stages:
