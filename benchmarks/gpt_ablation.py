@@ -27,6 +27,7 @@ CONFIGS = {  # name -> flags of `customnn train gpt` over the default preset
     "swiglu": ["--mlp", "swiglu"],
     "qk-norm": ["--qk-norm"],
     "muon": ["--optimizer", "muon"],
+    "rope+muon": ["--pos", "rope", "--optimizer", "muon"],
     "all": ["--norm", "rmsnorm", "--pos", "rope", "--mlp", "swiglu", "--qk-norm", "--optimizer", "muon"],
 }
 BUDGET_S, RESERVE_S = 580.0, 5.0

@@ -41,12 +41,12 @@ def test_presets_nanogpt_cpu_is_nanogpts_documented_run():
         make_config("tiny", warmup_iters=200)
 
 
-def test_the_modern_preset_is_the_default_trained_with_muon(tmp_path):
+def test_the_modern_preset_is_the_default_with_rope_trained_with_muon(tmp_path):
     from dataclasses import asdict
 
     modern, default = asdict(make_config("modern")), asdict(make_config("default"))
     changed = {k: v for k, v in modern.items() if default[k] != v}
-    assert changed == dict(preset="modern", optimizer="muon")  # the ablation's pick (README)
+    assert changed == dict(preset="modern", pos="rope", optimizer="muon")  # the ablation's pick (README)
     small = dict(n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=4, max_iters=6, warmup_iters=1,
                  eval_interval=6, eval_iters=1, time_budget=None, out=str(tmp_path))
     result = train(make_config("modern", **small), quiet=True)
