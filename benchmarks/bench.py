@@ -15,7 +15,7 @@ is faster); the interquartile range of those ratios shows how noisy the machine 
 
 Groups:
 - ``cnn``, ``gpt``: one training step (forward, loss, backward, AdamW step, zero_grad) of
-  CustomCNN (seed and default archs, batch 64) and GPT (``nanogpt-cpu`` and ``default``
+  CustomCNN (seed, and default at the width `customnn train cnn` trains; batch 64) and GPT (``nanogpt-cpu`` and ``default``
   presets) against their torch.nn twins with ``torch.optim.AdamW``.
 - ``attention``: causal attention forward+backward against ``F.scaled_dot_product_attention``
   at T = 64, 256, 1024 (nh=4, hs=32; batch 12, 3, 1, so 768 tokens each).
@@ -63,6 +63,7 @@ if str(REPO) not in sys.path:  # run as a script from a checkout that is not ins
 
 from customnn import ops  # noqa: E402
 from customnn.models.cnn import CustomCNN  # noqa: E402
+from customnn.train.cnn import CNNTrainConfig  # noqa: E402
 from customnn.models.gpt import GPT, GPTConfig  # noqa: E402
 from customnn.optim import AdamW  # noqa: E402
 from customnn_ref.twins import cnn_twin, gpt_twin  # noqa: E402
@@ -135,11 +136,12 @@ def training_pair(name: str, device: torch.device):
     spec = MODELS[name]
     g = torch.Generator().manual_seed(0)
     if spec["group"] == "cnn":
-        model = CustomCNN(spec["arch"], seed=0).to(device)
+        width = CNNTrainConfig(arch=spec["arch"]).resolved().width  # what `customnn train cnn` trains
+        model = CustomCNN(spec["arch"], seed=0, width=width).to(device)
         twin = cnn_twin(model)
         x = torch.randn(CNN_BATCH, 1, 28, 28, generator=g).to(device)  # (N, 1, 28, 28)
         y = torch.randint(0, 10, (CNN_BATCH,), generator=g).to(device)  # (N,)
-        size = f"{CNN_BATCH}x1x28x28"
+        size = f"{CNN_BATCH}x1x28x28" + (f" w={width}" if spec["arch"] == "default" else "")
     else:
         cfg, B = gpt_preset(spec["preset"])
         model = GPT(cfg, seed=0).to(device)
