@@ -16,9 +16,10 @@ dropout (Srivastava et al. 2014) and one linear layer::
                    -> [conv 2w->4w 3x3 pad 1, BN, ReLU, max-pool 2]   (N, 4w, 3, 3)
                    -> flatten (N, 36w) -> dropout -> linear 36w->10   (N, 10)
 
-At w = 24 it has 61k parameters and costs about 20 times the seed's arithmetic per image;
-with random-shift augmentation (done by the training loop) it reaches 99.5% on MNIST's test
-set in 8 epochs.
+At w = 24 (the constructor's default) it has 61k parameters and costs about 20 times the seed's
+arithmetic per image; with random shifts (done by the training loop) it reaches 99.5% on MNIST's
+test set in 8 epochs. ``customnn train cnn`` trains it at w = 32 (105k parameters) with random
+rotations, scalings and shifts and label smoothing, which reaches 99.6% in ten minutes on 2 cores.
 
 Parameters are initialised as PyTorch's ``nn.Conv2d`` / ``nn.Linear`` defaults
 (``customnn.init.fan_in_uniform``) from a seeded generator; batch norm starts at gain 1,
