@@ -153,3 +153,16 @@ def test_the_same_draws_give_the_same_images_on_any_device_and_dtype(device, dty
     assert out.device.type == device and out.dtype == dtype
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     torch.testing.assert_close(out.cpu().double(), cpu, atol=tol, rtol=0)
+
+
+@pytest.mark.parametrize("kind", [dict(), dict(shift=2), dict(shift=2, rotate=10.0, scale=0.1), dict(scale=0.2)])
+@pytest.mark.parametrize("rows", [slice(0, 5), slice(5, 9), slice(8, 9), slice(0, 9)])
+def test_rows_are_the_whole_batchs_augmentation_of_those_images_and_leave_the_generator_where_it_would(kind, rows):
+    """A data-parallel process augments its own rows of the global batch: the same images, with
+    the same draws, as augmenting the whole batch and slicing; the generator ends in the same state."""
+    x = torch.randn(9, 1, 28, 28, dtype=torch.float64)
+    whole_g, part_g = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    whole = augment(x, whole_g, **kind)[rows]
+    part = augment(x, part_g, **kind, rows=rows)
+    assert part.shape == whole.shape and torch.equal(part, whole)
+    assert torch.equal(part_g.get_state(), whole_g.get_state())

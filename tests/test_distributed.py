@@ -68,8 +68,9 @@ def one_process(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.mark.parametrize("model", ["gpt", "cnn"])
 def test_two_processes_train_what_one_process_trains(tmp_path, one_process, model):
-    """The GPT, and the default CNN (batch norm over both ranks, dropout, random shifts,
-    a last batch of 8 split 4 + 4): every loss, evaluation and weight as in one process."""
+    """The GPT, and the default CNN (batch norm over both ranks, dropout, random rotations,
+    scalings and shifts each process warps for its own rows, label smoothing, a last batch of 8
+    split 4 + 4): every loss, evaluation and weight as in one process."""
     p = torchrun(*(GPT if model == "gpt" else CNN), "--out", tmp_path)
     assert p.returncode == 0, p.stderr
     run = only_run(tmp_path)

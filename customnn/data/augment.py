@@ -49,7 +49,7 @@ BACKGROUND = (0.0 - MEAN) / STD  # a black MNIST pixel, normalised: what lies ou
 
 
 def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator,
-                 fill: float = BACKGROUND) -> torch.Tensor:
+                 fill: float = BACKGROUND, rows: slice | None = None) -> torch.Tensor:
     """Move each image by a whole number of pixels in [-max_shift, max_shift] in x and y, filling
     with the background.
 
@@ -58,11 +58,13 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator,
     pixel (i + dy[n] - max_shift, j + dx[n] - max_shift): the translation t = (max_shift - dx[n],
     max_shift - dy[n]) of ``affine_warp``.
     """
-    N, C, H, W = x.shape
     s = max_shift
+    dy, dx = torch.randint(0, 2 * s + 1, (2, x.shape[0]), generator=generator).to(x.device)  # (N,), (N,)
+    if rows is not None:  # only these images, with the offsets they draw in the whole batch
+        x, dy, dx = x[rows], dy[rows], dx[rows]
+    N, C, H, W = x.shape
     xp = torch.full((N, C, H + 2 * s, W + 2 * s), fill, dtype=x.dtype, device=x.device)
     xp[:, :, s:s + H, s:s + W] = x
-    dy, dx = torch.randint(0, 2 * s + 1, (2, N), generator=generator).to(x.device)  # (N,), (N,)
     rows = (torch.arange(H, device=x.device) + dy[:, None])[:, None, :, None]  # (N, 1, H, 1)
     cols = (torch.arange(W, device=x.device) + dx[:, None])[:, None, None, :]  # (N, 1, 1, W)
     images = torch.arange(N, device=x.device)[:, None, None, None]  # (N, 1, 1, 1)
@@ -134,7 +136,7 @@ def affine_warp(x: torch.Tensor, angle: torch.Tensor, scale: torch.Tensor, tx: t
 
 
 def random_affine(x: torch.Tensor, rotate: float, scale: float, shift: float, generator: torch.Generator,
-                  fill: float = BACKGROUND) -> torch.Tensor:
+                  fill: float = BACKGROUND, rows: slice | None = None) -> torch.Tensor:
     """x (N, C, H, W) with each image rotated by an angle uniform in [-rotate, rotate] degrees,
     scaled by a factor uniform in [1 - scale, 1 + scale] and translated by tx, ty uniform in
     [-shift, shift] pixels (fractions of a pixel too), by ``affine_warp``.
@@ -143,17 +145,23 @@ def random_affine(x: torch.Tensor, rotate: float, scale: float, shift: float, ge
     are the same on every device and in every dtype.
     """
     r = 2 * torch.rand((4, x.shape[0]), generator=generator, dtype=torch.float64) - 1  # (4, N) in [-1, 1)
+    if rows is not None:  # only these images, with the numbers they draw in the whole batch
+        x, r = x[rows], r[:, rows]
     return affine_warp(x, rotate * r[0], 1 + scale * r[1], shift * r[2], shift * r[3], fill=fill)
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, shift: int = 0, rotate: float = 0.0,
-            scale: float = 0.0) -> torch.Tensor:
+            scale: float = 0.0, rows: slice | None = None) -> torch.Tensor:
     """The training batch's augmentation, all drawn from ``generator``: whole-pixel shifts
     (``random_shift``) when ``shift`` is the only one set, rotations, scalings and shifts of any
     fraction (``random_affine``) when ``rotate`` or ``scale`` is; x itself, nothing drawn, when all
-    are 0. Whole-pixel shifts alone need no interpolation, so they keep the image sharp."""
+    are 0. Whole-pixel shifts alone need no interpolation, so they keep the image sharp.
+
+    ``rows``: return only ``x[rows]``, augmented as those images are when the whole batch is (the
+    numbers are drawn for every image, so the generator ends where it would), warping just them:
+    each process of a data-parallel run augments its own rows of the global batch."""
     if rotate or scale:
-        return random_affine(x, rotate, scale, shift, generator)
+        return random_affine(x, rotate, scale, shift, generator, rows=rows)
     if shift:
-        return random_shift(x, shift, generator)
-    return x
+        return random_shift(x, shift, generator, rows=rows)
+    return x if rows is None else x[rows]

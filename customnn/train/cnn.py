@@ -258,12 +258,13 @@ class CNNTrainer(Trainer):
         _, batch = self.epoch_of(step)
         idx = self.order[batch * cfg.batch_size:(batch + 1) * cfg.batch_size].to(self.device)
         xb, yb = self.x_train[idx], self.y_train[idx]  # (B, 1, 28, 28), (B,)
-        # drawn for the whole batch, as one process draws them
-        xb = augment(xb, self.generators["shift"], cfg.shift, cfg.rotate, cfg.scale)
+        rows = None
         if self.dist.active:  # this process's rows; dropout draws the whole batch's masks and keeps these
             rows = self.dist.rows(len(idx))
-            xb, yb = xb[rows], yb[rows]
+            yb = yb[rows]
             self.model.batch = (rows, len(idx))
+        # drawn for the whole batch, as one process draws them, and applied to this process's rows
+        xb = augment(xb, self.generators["shift"], cfg.shift, cfg.rotate, cfg.scale, rows=rows)
         logits, loss = self.model(xb, None if cfg.label_smoothing else yb)
         if cfg.label_smoothing:  # the model's own loss is plain cross-entropy
             loss = ops.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
