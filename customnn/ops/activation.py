@@ -26,6 +26,7 @@ import math
 
 import torch
 
+from customnn.ops._apply import apply
 from customnn.ops._checks import check_float, check_tensor
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
@@ -137,7 +138,7 @@ def relu(x: torch.Tensor) -> torch.Tensor:
     """max(x, 0) elementwise, as ``F.relu``."""
     check_tensor(x, "x")
     check_float(x, "x")
-    return _ReLU.apply(x)
+    return apply(_ReLU, x)
 
 
 def gelu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
@@ -145,9 +146,9 @@ def gelu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
     check_tensor(x, "x")
     check_float(x, "x")
     if approximate == "none":
-        return _GeluErf.apply(x)
+        return apply(_GeluErf, x)
     if approximate == "tanh":
-        return _GeluTanh.apply(x)
+        return apply(_GeluTanh, x)
     raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
 
 
@@ -180,4 +181,4 @@ def silu(x: torch.Tensor) -> torch.Tensor:
     """x * sigmoid(x) elementwise, as ``F.silu``."""
     check_tensor(x, "x")
     check_float(x, "x")
-    return _SiLU.apply(x)
+    return apply(_SiLU, x)

@@ -84,6 +84,7 @@ import math
 
 import torch
 
+from customnn.ops._apply import apply
 from customnn.ops._checks import check_float, check_rank, check_tensor
 from customnn.ops.attention_masks import (LOG2E, EmptyAttention, additive_bias, causal_mask, floor_row_max,
                                           nonzero_sums, sum_to)
@@ -349,10 +350,10 @@ def attention(q, k, v, causal=True, dropout_p=0.0, *, attn_mask=None, generator=
     forced = block_q is not None or block_k is not None
     small = T * S <= DENSE_MAX_T2 or (T * S <= DENSE_MAX_T2_FEW and B * nh * T * S <= DENSE_MAX)
     if B * nh * T * hs == 0 or S == 0:  # nothing to output, or no keys: zeros
-        y = EmptyAttention.apply(q, k, v, mask)
+        y = apply(EmptyAttention, q, k, v, mask)
     elif dropout_p > 0.0 or (small and not forced):
-        y = DenseAttention.apply(q, k, v, bool(causal), float(dropout_p), generator, mask)
+        y = apply(DenseAttention, q, k, v, bool(causal), float(dropout_p), generator, mask)
     else:
         block = _block_size(T, B * nh)
-        y = TiledAttention.apply(q, k, v, bool(causal), block_q or block, block_k or block, mask)
+        y = apply(TiledAttention, q, k, v, bool(causal), block_q or block, block_k or block, mask)
     return y.squeeze(0) if unbatched else y

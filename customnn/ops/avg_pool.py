@@ -30,6 +30,7 @@ import functools
 
 import torch
 
+from customnn.ops._apply import apply
 from customnn.ops._pool_geometry import Geometry, offset_view, pad_to, pool_args, tiles, window_spans, windows_reference
 
 
@@ -130,5 +131,5 @@ def avg_pool2d(x: torch.Tensor, kernel_size, stride=None, padding=0, ceil_mode: 
     g = pool_args(x, kernel_size, stride, padding, 1, ceil_mode, "avg_pool2d")
     xb = x if g.batched else x.unsqueeze(0)  # (N, C, H, W), a view
     divisor = _divisor(g, xb.shape[-2:], bool(count_include_pad), divisor_override, xb)
-    out = AvgPool2d.apply(xb, g, divisor)
+    out = apply(AvgPool2d, xb, g, divisor)
     return out if g.batched else out.squeeze(0)

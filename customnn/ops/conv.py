@@ -49,6 +49,7 @@ import functools
 
 import torch
 
+from customnn.ops._apply import apply
 from customnn.ops._checks import check_float, check_non_negative, check_positive, check_rank, pair
 from customnn.ops.pad import pad2d, pad2d_reference  # ops imports pad2d from here too
 
@@ -307,5 +308,5 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         x = x.unsqueeze(0)  # (1, C, H, W), a view
     if bottom != top or right != left:  # "same" with an even dilated kernel: the extra pixel after
         x = pad2d(x, (0, right - left, 0, bottom - top))
-    out = Conv2d.apply(x, weight, bias, stride, (top, left), dilation, groups)
+    out = apply(Conv2d, x, weight, bias, stride, (top, left), dilation, groups)
     return out if batched else out.squeeze(0)

@@ -27,6 +27,7 @@ import numbers
 
 import torch
 
+from customnn.ops._apply import apply
 from customnn.ops._checks import check_tensor
 
 
@@ -97,4 +98,4 @@ def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True,
         return x
     if not x.is_floating_point():
         raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
-    return _Dropout.apply(x, float(p), generator, batch)
+    return apply(_Dropout, x, float(p), generator, batch)

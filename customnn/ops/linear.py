@@ -25,6 +25,7 @@ import math
 
 import torch
 
+from customnn.ops._apply import apply
 from customnn.ops._checks import check_float, check_tensor
 
 
@@ -149,7 +150,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
             )
         if bias.dtype != x.dtype:
             raise ValueError(f"bias must have x's dtype {x.dtype}, got {bias.dtype}")
-    return _Linear.apply(x, weight, bias)
+    return apply(_Linear, x, weight, bias)
 
 
 def flatten(x: torch.Tensor) -> torch.Tensor:
@@ -157,7 +158,7 @@ def flatten(x: torch.Tensor) -> torch.Tensor:
     check_tensor(x, "x")
     if x.dim() < 2:
         raise ValueError(f"flatten needs x with at least 2 dimensions (batch, ...), got shape {tuple(x.shape)}")
-    return _Flatten.apply(x)
+    return apply(_Flatten, x)
 
 
 def embedding(idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -178,4 +179,4 @@ def embedding(idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
             )
     if idx.dtype not in (torch.int32, torch.int64):
         idx = idx.long()
-    return _Embedding.apply(idx, weight)
+    return apply(_Embedding, idx, weight)

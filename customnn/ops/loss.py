@@ -28,6 +28,7 @@ import math
 
 import torch
 
+from customnn.ops._apply import apply
 from customnn.ops._checks import check_float, check_tensor
 from customnn.ops.cross_entropy_soft import NoClassesCrossEntropy, SoftCrossEntropy, no_classes_loss
 
@@ -262,7 +263,7 @@ def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     check_tensor(x, "x")
     check_float(x, "x")
     _check_dim(x, dim)
-    return _Softmax.apply(x, dim)
+    return apply(_Softmax, x, dim)
 
 
 def log_softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -270,7 +271,7 @@ def log_softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     check_tensor(x, "x")
     check_float(x, "x")
     _check_dim(x, dim)
-    return _LogSoftmax.apply(x, dim)
+    return apply(_LogSoftmax, x, dim)
 
 
 def cross_entropy(
@@ -326,8 +327,8 @@ def cross_entropy(
                              f"got ignore_index={ignore_index}")
         if C == 0:
             loss = no_classes_loss(logits, target, reduction, 0.0, soft=True)
-            return NoClassesCrossEntropy.apply(logits, target, loss)
-        return SoftCrossEntropy.apply(logits, target, weight, reduction, float(label_smoothing))
+            return apply(NoClassesCrossEntropy, logits, target, loss)
+        return apply(SoftCrossEntropy, logits, target, weight, reduction, float(label_smoothing))
     if logits.dim() == 1 and target.dim() != 0 or logits.dim() >= 2 and (
         target.shape != logits.shape[:1] + logits.shape[2:]
     ):
@@ -349,8 +350,8 @@ def cross_entropy(
         may_ignore = lo <= ignore_index <= hi
     if C == 0:  # no classes: every target (if any) is ignore_index, checked above
         loss = no_classes_loss(logits, target, reduction, label_smoothing, soft=False)
-        return NoClassesCrossEntropy.apply(logits, None, loss)
-    out = _CrossEntropy.apply(logits, target, ignore_index, reduction, float(label_smoothing), may_ignore, weight)
+        return apply(NoClassesCrossEntropy, logits, None, loss)
+    out = apply(_CrossEntropy, logits, target, ignore_index, reduction, float(label_smoothing), may_ignore, weight)
     return out
 
 

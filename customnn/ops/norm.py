@@ -34,6 +34,7 @@ import math
 
 import torch
 
+from customnn.ops._apply import apply
 from customnn.ops._checks import check_float, check_tensor
 
 
@@ -275,13 +276,13 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor 
         C = x.shape[-1]  # the common case: the last dimension, as before any option
         _check_param(weight, "weight", C, x, "the last dimension")
         _check_param(bias, "bias", C, x, "the last dimension")
-        return _LayerNorm.apply(x, weight, bias, eps)
+        return apply(_LayerNorm, x, weight, bias, eps)
     shape = _normalized_shape(x, weight, bias, normalized_shape)
     if len(shape) == 1:
-        return _LayerNorm.apply(x, weight, bias, eps)
+        return apply(_LayerNorm, x, weight, bias, eps)
     xf = x.flatten(x.dim() - len(shape))  # (..., C): the normalised dims as one
     flat = [None if p is None else p.reshape(-1) for p in (weight, bias)]  # (C,) each
-    return _LayerNorm.apply(xf, *flat, eps).view(x.shape)
+    return apply(_LayerNorm, xf, *flat, eps).view(x.shape)
 
 
 def batch_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
@@ -317,7 +318,7 @@ def batch_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor 
             raise ValueError(f"batch_norm in training mode needs more than 1 value per channel, got x {tuple(x.shape)}")
     elif running_mean is None or running_var is None:
         raise ValueError("batch_norm in eval mode (training=False) needs running_mean and running_var")
-    return _BatchNorm.apply(x, weight, bias, running_mean, running_var, bool(training), float(momentum), eps,
+    return apply(_BatchNorm, x, weight, bias, running_mean, running_var, bool(training), float(momentum), eps,
                             reduce)
 
 
@@ -381,4 +382,4 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float | N
         eps = torch.finfo(x.dtype).eps
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
         raise ValueError(f"eps must be a number >= 0 or None, got {eps!r}")
-    return _RMSNorm.apply(x, weight, float(eps))
+    return apply(_RMSNorm, x, weight, float(eps))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from customnn.ops._apply import apply
 from customnn.ops._checks import check_tensor
 
 _MODES = ("constant",)
@@ -126,4 +127,4 @@ def pad2d(x: torch.Tensor, padding, value: float = 0.0, mode: str = "constant") 
     amounts = _check(x, padding, mode)
     if not any(amounts):
         return x
-    return Pad2d.apply(x, amounts, float(value))
+    return apply(Pad2d, x, amounts, float(value))

@@ -34,6 +34,7 @@ import functools
 
 import torch
 
+from customnn.ops._apply import apply
 from customnn.ops._pool_geometry import Geometry, offset_view, pad_to, pool_args, window_base, windows_reference
 from customnn.ops.avg_pool import avg_pool2d, avg_pool2d_reference  # noqa: F401  (exported from here too)
 
@@ -154,7 +155,7 @@ def max_pool2d(x: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1,
     kernel larger than the padded input)."""
     g = pool_args(x, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d")
     xb = x if g.batched else x.unsqueeze(0)  # (N, C, H, W), a view
-    out = MaxPool2d.apply(xb, g, bool(return_indices))
+    out = apply(MaxPool2d, xb, g, bool(return_indices))
     if g.batched:
         return out
     return tuple(t.squeeze(0) for t in out) if return_indices else out.squeeze(0)

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import torch
 
+from customnn.ops._apply import apply
 from customnn.ops._checks import check_float, check_tensor
 
 
@@ -126,4 +127,4 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         if t.dtype != x.dtype or t.device != x.device:
             raise ValueError(f"{name} must have x's dtype and device ({x.dtype}, {x.device}), "
                              f"got {t.dtype}, {t.device}")
-    return _RoPE.apply(x, cos, sin)
+    return apply(_RoPE, x, cos, sin)

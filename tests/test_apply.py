@@ -1,0 +1,56 @@
+"""ops/_apply.py: every layer records its hand-written backward where a gradient may flow, and
+runs its forward alone, with the same result, where none can (evaluation, generation)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from customnn import ops
+from customnn.ops import _apply
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CASES = {  # name -> (layer call, its inputs)
+    "linear": (lambda x, w: ops.linear(x, w), [(3, 5, 4), (4, 6)]),
+    "layer_norm": (lambda x, w: ops.layer_norm(x, w, None), [(2, 3, 7), (7,)]),
+    "attention": (lambda q, k: ops.attention(q, k, k, causal=True), [(2, 2, 5, 4), (2, 2, 5, 4)]),
+    "max_pool2d with indices": (lambda x: ops.max_pool2d(x, 2, return_indices=True)[0], [(2, 3, 6, 6)]),
+    "conv2d": (lambda x, w: ops.conv2d(x, w, padding=1), [(2, 3, 6, 5), (4, 3, 3, 3)]),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_no_grad_runs_the_forward_alone_with_the_same_result(name, monkeypatch):
+    layer, shapes = CASES[name]
+    g = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+    calls = []
+    real = torch.autograd.Function.apply.__func__
+    monkeypatch.setattr(torch.autograd.Function, "apply", classmethod(lambda cls, *a: calls.append(cls) or real(cls, *a)))
+    with torch.no_grad():
+        fast = layer(*[x.requires_grad_() for x in inputs])
+    assert calls == [] and fast.grad_fn is None  # no autograd node: the forward alone
+    recorded = layer(*inputs)
+    assert calls and recorded.grad_fn is not None  # through Function.apply: the hand-written backward
+    assert torch.equal(fast, recorded.detach())
+
+
+def test_inputs_that_need_no_gradient_skip_autograd_even_in_grad_mode():
+    x, w = torch.randn(3, 4, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
+    assert ops.linear(x, w).grad_fn is None
+    y = ops.linear(x, w.requires_grad_())
+    assert y.grad_fn is not None and "Backward" in type(y.grad_fn).__name__
+    y.sum().backward()
+    torch.testing.assert_close(w.grad, x.sum(0)[:, None].expand(4, 2), rtol=1e-12, atol=1e-12)
+
+
+def test_the_stand_in_context_keeps_nothing():
+    ctx = _apply._NoGradContext(3)
+    assert ctx.needs_input_grad == (False, False, False)
+    t = torch.ones(2)
+    ctx.save_for_backward(t)
+    ctx.mark_non_differentiable(t)
+    ctx.mark_dirty(t)
+    ctx.set_materialize_grads(False)
+    assert not hasattr(ctx, "saved_tensors")
