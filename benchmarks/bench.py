@@ -63,9 +63,9 @@ if str(REPO) not in sys.path:  # run as a script from a checkout that is not ins
 
 from customnn import ops  # noqa: E402
 from customnn.models.cnn import CustomCNN  # noqa: E402
-from customnn.train.cnn import CNNTrainConfig  # noqa: E402
 from customnn.models.gpt import GPT, GPTConfig  # noqa: E402
 from customnn.optim import AdamW  # noqa: E402
+from customnn.train.cnn import CNNTrainConfig  # noqa: E402
 from customnn_ref.twins import cnn_twin, gpt_twin  # noqa: E402
 
 GROUPS = ("cnn", "gpt", "attention", "conv", "reference", "generate", "memory", "layers")

@@ -29,8 +29,7 @@ from customnn.checkpoint import load_checkpoint  # noqa: E402
 MODELS = {
     "gpt nanogpt-cpu, batch 24": ["train", "gpt", "--preset", "nanogpt-cpu", "--batch-size", "24",
                                   "--eval-iters", "1", "--eval-interval", "100000"],
-    # the default net at width 24 with shifts only, as the README's figures were measured (the default
-    # recipe's rotations and scalings are drawn for the whole batch on every process)
+    # the default net at width 24 with shifts only: the net the README's figures were measured with
     "cnn default, batch 64": ["train", "cnn", "--arch", "default", "--width", "24", "--rotate", "0", "--scale", "0",
                               "--label-smoothing", "0", "--time-budget", "0"],
 }

@@ -65,11 +65,11 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator,
     N, C, H, W = x.shape
     xp = torch.full((N, C, H + 2 * s, W + 2 * s), fill, dtype=x.dtype, device=x.device)
     xp[:, :, s:s + H, s:s + W] = x
-    rows = (torch.arange(H, device=x.device) + dy[:, None])[:, None, :, None]  # (N, 1, H, 1)
-    cols = (torch.arange(W, device=x.device) + dx[:, None])[:, None, None, :]  # (N, 1, 1, W)
+    src_rows = (torch.arange(H, device=x.device) + dy[:, None])[:, None, :, None]  # (N, 1, H, 1)
+    src_cols = (torch.arange(W, device=x.device) + dx[:, None])[:, None, None, :]  # (N, 1, 1, W)
     images = torch.arange(N, device=x.device)[:, None, None, None]  # (N, 1, 1, 1)
     channels = torch.arange(C, device=x.device)[None, :, None, None]  # (1, C, 1, 1)
-    return xp[images, channels, rows, cols]  # (N, C, H, W)
+    return xp[images, channels, src_rows, src_cols]  # (N, C, H, W)
 
 
 def affine_warp_reference(x: torch.Tensor, angle, scale, tx, ty, fill: float = 0.0) -> torch.Tensor:

@@ -42,7 +42,7 @@ from customnn.memory import check_training_memory
 from customnn.models.cnn import ARCHS, CustomCNN
 from customnn.optim import SGD, AdamW, constant_lr, cosine_lr, decay_groups
 from customnn.runtime import seed_all
-from customnn.train.config import TrainConfig, flag_name, setting
+from customnn.train.config import TrainConfig, flag_name, setting, time_budget_setting
 from customnn.train.engine import progress_bar, train_with
 from customnn.train.loading import MAX_WIDTH, check_weights
 from customnn.train.trainer import Trainer
@@ -101,8 +101,7 @@ class CNNTrainConfig(TrainConfig):
     test_samples: int | None = setting(None, "use the first N test images (default: all 10000)", resume="free")
     eval_batch_size: int = setting(1000, "test batch size", resume="free")  # the example's: no gradients kept
     seed: int = setting(1, "random seed")  # the PyTorch example's seed
-    time_budget: float | None = setting(580.0, "seconds for the whole run, evaluation included; the steps are "
-                                        "planned to fit (0: off)", resume="free")
+    time_budget: float | None = time_budget_setting(580.0)
     # ten minutes with margin, as the GPT's default: the default net's 30 epochs are cut to what fits
 
     def resolved(self) -> CNNTrainConfig:

@@ -42,13 +42,17 @@ def setting(default, help: str, *, resume: str = "fixed", choices=None, flag: bo
     return field(default=default, metadata={"help": help, "resume": resume, "choices": choices, "flag": flag})
 
 
+def time_budget_setting(default: float | None):
+    """The ``--time-budget`` field, with a model's own default (None: no budget)."""
+    return setting(default, "seconds for the whole run, evaluation included; the steps are planned to fit (0: off)",
+                   resume="free")
+
+
 @dataclass
 class TrainConfig:
     """What every training run has, whatever the model (each model's config extends it)."""
 
-    time_budget: float | None = setting(
-        None, "seconds for the whole run, evaluation included; the steps are planned to fit (0: off)",
-        resume="free")  # None: train the configured number of steps
+    time_budget: float | None = time_budget_setting(None)  # None: train the configured number of steps
     max_steps: int | None = setting(None, "stop after this many steps in all, resumably (the schedule is "
                                     "unchanged)", resume="session")  # None: to the end
     log_interval: int = setting(10, "steps between training-loss rows in metrics.jsonl", resume="free")

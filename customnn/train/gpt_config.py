@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from customnn.errors import UserError
 from customnn.models.gpt import GPTConfig
 from customnn.models.gpt import OPTIONS as GPT_OPTIONS  # the options' GPT-2 values
-from customnn.train.config import TrainConfig, flag_name, setting
+from customnn.train.config import TrainConfig, flag_name, setting, time_budget_setting
 from customnn.train.loading import MAX_BATCH_SIZE, MAX_EVAL_ITERS
 
 
@@ -64,8 +64,7 @@ class GPTTrainConfig(TrainConfig):
     eval_interval: int = setting(1000, "evaluate and save every N steps", resume="free")
     eval_iters: int = setting(40, "batches per split per evaluation", resume="free")
     # run
-    time_budget: float | None = setting(580.0, "seconds for the whole run, evaluation included; the steps are "
-                                        "planned to fit (0: off)", resume="free")  # ten minutes with margin
+    time_budget: float | None = time_budget_setting(580.0)  # ten minutes with margin
     seed: int = setting(1337, "random seed")  # nanoGPT's seed
     nanogpt_rng: bool = setting(False, "draw the initialisation, the batches and the evaluation batches from one "
                                 "generator in nanoGPT's order: a seed then replays nanoGPT's run")
