@@ -23,8 +23,13 @@ from helpers import REPO, customnn_env, run_customnn
 TIMEOUT = 240
 GPT = ["train", "gpt", "--preset", "tiny", "--dtype", "float64", "--max-iters", 16, "--lr-decay-iters", 16,
        "--eval-interval", 8, "--log-interval", 1, "--device", "cpu", "--quiet"]
+# The GPT with dropout on the embeddings, the attention weights and both residual branches:
+# every mask is drawn for the whole batch and each process keeps its rows.
+GPT_DROPOUT = [*GPT, "--dropout", 0.2]
 CNN = ["train", "cnn", "--arch", "default", "--width", 4, "--train-samples", 200, "--test-samples", 100, "--epochs", 2,
        "--batch-size", 32, "--dtype", "float64", "--log-interval", 1, "--device", "cpu", "--quiet"]
+
+RUNS = {"gpt": GPT, "gpt-dropout": GPT_DROPOUT, "cnn": CNN}
 
 
 def torchrun(*args, nproc: int = 2, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
@@ -59,19 +64,20 @@ def one_process(tmp_path_factory) -> dict[str, Path]:
     """The 1-process runs the 2-process ones must equal."""
     out = tmp_path_factory.mktemp("one")
     runs = {}
-    for name, args in (("gpt", GPT), ("cnn", CNN)):
+    for name, args in RUNS.items():
         p = run_customnn(*args, "--out", out / name, timeout=TIMEOUT)
         assert p.returncode == 0, p.stderr
         runs[name] = only_run(out / name)
     return runs
 
 
-@pytest.mark.parametrize("model", ["gpt", "cnn"])
+@pytest.mark.parametrize("model", list(RUNS))
 def test_two_processes_train_what_one_process_trains(tmp_path, one_process, model):
-    """The GPT, and the default CNN (batch norm over both ranks, dropout, random rotations,
-    scalings and shifts each process warps for its own rows, label smoothing, a last batch of 8
-    split 4 + 4): every loss, evaluation and weight as in one process."""
-    p = torchrun(*(GPT if model == "gpt" else CNN), "--out", tmp_path)
+    """The GPT, with and without dropout, and the default CNN (batch norm over both ranks,
+    dropout, random rotations, scalings and shifts each process warps for its own rows, label
+    smoothing, a last batch of 8 split 4 + 4): every loss, evaluation and weight as in one
+    process."""
+    p = torchrun(*RUNS[model], "--out", tmp_path)
     assert p.returncode == 0, p.stderr
     run = only_run(tmp_path)
     assert_same_rows(rows(run), rows(one_process[model]))

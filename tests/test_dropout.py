@@ -112,3 +112,29 @@ def test_not_training_is_identity_for_every_p(p):
     assert ops.dropout(x, p, training=False) is x
     assert ops.dropout_reference(x, p, training=False) is x
     torch.testing.assert_close(ops.dropout(x, p, False), F.dropout(x, p, False))
+
+
+@pytest.mark.parametrize("rows", [slice(0, 2), slice(2, 5), slice(4, 5)])
+def test_a_slice_of_the_batch_draws_its_rows_of_the_whole_batch_mask(rows):
+    """``batch=(rows, total)`` (data-parallel training): dropout and attention's dropout, given
+    rows ``rows`` of a batch of 5, drop exactly what they drop in those rows of the whole
+    batch, with the same gradients, and leave the generator where the whole batch leaves it."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 3, 7, dtype=torch.float64)
+    q, k, v = (torch.randn(5, 2, 6, 3, dtype=torch.float64) for _ in range(3))
+    dy = torch.randn(5, 3, 7, dtype=torch.float64)
+    dz = torch.randn(5, 2, 6, 3, dtype=torch.float64)
+
+    def run(sl, batch):
+        g = torch.Generator().manual_seed(1)
+        xs, qs, ks, vs = (t[sl].clone().requires_grad_() for t in (x, q, k, v))
+        y = ops.dropout(xs, 0.3, True, generator=g, batch=batch)
+        z = ops.attention(qs, ks, vs, causal=True, dropout_p=0.4, generator=g, batch=batch)
+        torch.autograd.backward((y, z), (dy[sl], dz[sl]))
+        return [y, z, xs.grad, qs.grad, ks.grad, vs.grad], g.get_state()
+
+    whole, g_whole = run(slice(None), None)
+    part, g_part = run(rows, (rows, 5))
+    for a, b in zip(whole, part):
+        assert torch.equal(a[rows], b)
+    assert torch.equal(g_whole, g_part)

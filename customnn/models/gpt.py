@@ -174,11 +174,11 @@ class RMSNorm(Module):
 _eager_attention = torch.compiler.disable(ops.attention, reason="saves views of its inputs and output")
 
 
-def attention(q, k, v, causal: bool, dropout_p: float):
+def attention(q, k, v, causal: bool, dropout_p: float, batch=None):
     """``ops.attention``; under torch.compile, the same function run eagerly between two graphs."""
     if torch.compiler.is_compiling():
-        return _eager_attention(q, k, v, causal=causal, dropout_p=dropout_p)
-    return ops.attention(q, k, v, causal=causal, dropout_p=dropout_p)
+        return _eager_attention(q, k, v, causal=causal, dropout_p=dropout_p, batch=batch)
+    return ops.attention(q, k, v, causal=causal, dropout_p=dropout_p, batch=batch)
 
 
 def make_norm(config: GPTConfig) -> Module:
@@ -228,8 +228,10 @@ class CausalSelfAttention(Module):
         self.q_norm = RMSNorm(hs) if config.qk_norm else None  # (hs,) gains, shared by the heads
         self.k_norm = RMSNorm(hs) if config.qk_norm else None
 
-    def forward(self, x, cache: KVCache | None = None, rope: tuple[torch.Tensor, torch.Tensor] | None = None):
-        """``rope``: the (cos, sin) tables (T, hs / 2) of this call's positions, or None."""
+    def forward(self, x, cache: KVCache | None = None, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                batch=None):
+        """``rope``: the (cos, sin) tables (T, hs / 2) of this call's positions, or None; ``batch``:
+        the dropout masks' (rows, total), as ``GPT.batch``."""
         B, T, C = x.shape
         nh, hs = self.n_head, C // self.n_head
         qkv = self.c_attn(x).view(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hs): q, k, v
@@ -245,11 +247,11 @@ class CausalSelfAttention(Module):
             k, v = cache.store(self.layer, k, v)  # (B, nh, S, hs)
             causal = T > 1
         p = self.dropout if self.training else 0.0
-        y = attention(q, k, v, causal=causal, dropout_p=p)  # (B, nh, T, hs)
+        y = attention(q, k, v, causal=causal, dropout_p=p, batch=batch)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
         y = self.c_proj(y)
         if p > 0.0:
-            y = ops.dropout(y, p, self.training)
+            y = ops.dropout(y, p, self.training, batch=batch)
         return y
 
 
@@ -266,14 +268,14 @@ class MLP(Module):
         self.c_fc = Linear(C, n_fc, config.bias, 0.02, g)  # (C, 4C), or (C, 2H): gate and up side by side
         self.c_proj = Linear(n_in, C, config.bias, 0.02 / math.sqrt(2 * config.n_layer), g)  # into the residual
 
-    def forward(self, x):
+    def forward(self, x, batch=None):
         if self.hidden:
             gate, up = self.c_fc(x).split(self.hidden, dim=-1)  # (B, T, H) each
             y = self.c_proj(ops.silu(gate) * up)
         else:
             y = self.c_proj(ops.gelu(self.c_fc(x)))
         if self.dropout > 0.0 and self.training:
-            y = ops.dropout(y, self.dropout, self.training)
+            y = ops.dropout(y, self.dropout, self.training, batch=batch)
         return y
 
 
@@ -287,9 +289,9 @@ class Block(Module):
         self.ln_2 = make_norm(config)
         self.mlp = MLP(config, g)
 
-    def forward(self, x, cache: KVCache | None = None, rope=None):
-        x = x + self.attn(self.ln_1(x), cache, rope)
-        x = x + self.mlp(self.ln_2(x))
+    def forward(self, x, cache: KVCache | None = None, rope=None, batch=None):
+        x = x + self.attn(self.ln_1(x), cache, rope, batch)
+        x = x + self.mlp(self.ln_2(x), batch)
         return x
 
 
@@ -300,6 +302,9 @@ class GPT(Module):
         super().__init__()
         self.config = config
         g = torch.Generator().manual_seed(seed)  # initialisation is reproducible on its own
+        # Data-parallel training: this process's rows of the global batch, (rows, total), so that
+        # its dropout masks are those rows of the whole batch's (customnn/train/distributed.py).
+        self.batch: tuple[slice, int] | None = None
         C = config.n_embd
         self.wte = _normal((config.vocab_size, C), 0.02, g)  # (V, C) token embedding
         # (block_size, C) position embedding; none with RoPE, whose tables are built on first use
@@ -337,9 +342,9 @@ class GPT(Module):
             cos, sin = self.rope_tables()
             rope = (cos[start:start + T], sin[start:start + T])  # (T, hs / 2) each: positions start..
         if self.config.dropout > 0.0 and self.training:
-            x = ops.dropout(x, self.config.dropout, self.training)
+            x = ops.dropout(x, self.config.dropout, self.training, batch=self.batch)
         for block in self.blocks:
-            x = block(x, cache, rope)
+            x = block(x, cache, rope, self.batch)
         if cache is not None:
             cache.length += T
         x = self.ln_f(x)  # (B, T, C)

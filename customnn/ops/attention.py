@@ -89,6 +89,7 @@ from customnn.ops._checks import check_float, check_rank, check_tensor
 from customnn.ops.attention_masks import (LOG2E, EmptyAttention, additive_bias, causal_mask, floor_row_max,
                                           nonzero_sums, sum_to)
 from customnn.ops.attention_tiled import TiledAttention
+from customnn.ops.dropout import uniforms
 
 # When each path runs, chosen by measurement: fwd+bwd time / SDPA's, at 1 thread (CPU time)
 # and 2 threads, from ``benchmarks/attention_long.py --sweep`` (benchmarks/results/
@@ -199,7 +200,7 @@ class DenseAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, causal: bool, dropout_p: float, generator, mask=None):
+    def forward(ctx, q, k, v, causal: bool, dropout_p: float, generator, mask=None, batch=None):
         B, nh, T, hs = q.shape
         S = k.shape[2]
         scale = 1.0 / math.sqrt(hs)
@@ -224,7 +225,7 @@ class DenseAttention(torch.autograd.Function):
         if dropout_p > 0.0:
             # inverted dropout on the weights; the multiplier (0 or 1/(1-p)) is kept so that
             # backward uses exactly the same mask
-            keep = torch.rand((B, nh, T, S), generator=generator, device=att.device, dtype=att.dtype)
+            keep = uniforms((B, nh, T, S), generator, att.device, att.dtype, batch)  # (B, nh, T, S)
             drop_mult = (keep >= dropout_p).to(att.dtype).div_(1.0 - dropout_p).view(B * nh, T, S)
             att_d = att * drop_mult
         else:
@@ -267,7 +268,7 @@ class DenseAttention(torch.autograd.Function):
             if need_dmask:  # the mask is added to the scores: dmask = dscores, summed where broadcast
                 mask_shape, mask_dtype = ctx.mask
                 dmask = sum_to(dscores.view(*q_shape[:3], k_shape[2]), mask_shape).to(mask_dtype)
-        return dq, dk, dv, None, None, None, dmask
+        return dq, dk, dv, None, None, None, dmask, None
 
 
 def _check_mask(attn_mask, q: torch.Tensor, S: int) -> None:
@@ -310,14 +311,17 @@ def _check_arguments(q, k, v, causal, dropout_p, attn_mask, block_q, block_k) ->
             raise ValueError(MASK_WITH_CAUSAL)
 
 
-def attention(q, k, v, causal=True, dropout_p=0.0, *, attn_mask=None, generator=None, block_q=None, block_k=None):
+def attention(q, k, v, causal=True, dropout_p=0.0, *, attn_mask=None, generator=None, block_q=None, block_k=None,
+              batch=None):
     """Scaled dot-product attention, ``F.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p,
     is_causal=causal)``.
 
     q: (B, nh, T, hs); k, v: (B, nh, S, hs). Returns (B, nh, T, hs). Unbatched q, k, v (nh, T, hs)
     and (nh, S, hs) give (nh, T, hs). With ``causal=True`` query i attends to keys 0..i
     (top-left aligned, as SDPA). ``dropout_p`` drops attention weights (inverted scaling) with
-    ``torch.rand`` from ``generator`` if given.
+    ``torch.rand`` from ``generator`` if given; ``batch = (rows, total)``: q, k, v are rows
+    ``rows`` of a batch of ``total``, and the mask is those rows of the whole batch's
+    (data-parallel training, as ``ops.dropout``'s).
 
     ``attn_mask`` (keyword only: the fourth place is ``causal``'s), as SDPA's: boolean (True: the
     key takes part) or float (added to the scores; float32 or q's dtype; it may require grad),
@@ -352,7 +356,7 @@ def attention(q, k, v, causal=True, dropout_p=0.0, *, attn_mask=None, generator=
     if B * nh * T * hs == 0 or S == 0:  # nothing to output, or no keys: zeros
         y = apply(EmptyAttention, q, k, v, mask)
     elif dropout_p > 0.0 or (small and not forced):
-        y = apply(DenseAttention, q, k, v, bool(causal), float(dropout_p), generator, mask)
+        y = apply(DenseAttention, q, k, v, bool(causal), float(dropout_p), generator, mask, batch)
     else:
         block = _block_size(T, B * nh)
         y = apply(TiledAttention, q, k, v, bool(causal), block_q or block, block_k or block, mask)

@@ -31,15 +31,16 @@ from customnn.ops._apply import apply
 from customnn.ops._checks import check_tensor
 
 
-def _uniforms(x: torch.Tensor, generator, batch) -> torch.Tensor:
-    """The float32 uniforms a mask is made from, of x's shape; with ``batch = (rows, total)``
-    (x holds rows ``rows`` of a batch of ``total``) drawn for the whole batch and these rows
-    kept, so that a data-parallel rank drops exactly what one process would."""
+def uniforms(shape, generator, device, dtype, batch=None) -> torch.Tensor:
+    """Uniform draws in [0, 1) of ``shape``, from ``generator`` (None: the global one). With
+    ``batch = (rows, total)`` (the tensor they are for holds rows ``rows`` of a batch of
+    ``total``) they are drawn for the whole batch and these rows kept, so that a data-parallel
+    rank draws exactly what one process draws for the same rows (and leaves the generator in
+    the same state). Used by every dropout mask: this module's and attention's."""
     if batch is None:
-        return torch.rand(x.shape, generator=generator, device=x.device, dtype=torch.float32)
+        return torch.rand(shape, generator=generator, device=device, dtype=dtype)
     rows, total = batch
-    u = torch.rand((total, *x.shape[1:]), generator=generator, device=x.device, dtype=torch.float32)
-    return u[rows]
+    return torch.rand((total, *shape[1:]), generator=generator, device=device, dtype=dtype)[rows]
 
 
 def dropout_reference(x: torch.Tensor, p: float = 0.5, training: bool = True,
@@ -51,7 +52,7 @@ def dropout_reference(x: torch.Tensor, p: float = 0.5, training: bool = True,
         return x
     if p == 1:
         return x * 0.0  # every element dropped: zeros (NaN stays NaN, as in F.dropout), gradient 0
-    u = _uniforms(x, generator, batch)
+    u = uniforms(x.shape, generator, x.device, torch.float32, batch)
     keep = (u >= p).to(x.dtype)  # 1 where the element is kept, 0 where it is dropped
     scale = 1.0 / (1.0 - p)  # kept elements grow so that the expected output stays x
     return x * (keep * scale)  # (keep * scale) first, as dropout forms it: the same bits
@@ -65,7 +66,7 @@ class _Dropout(torch.autograd.Function):
             ctx.save_for_backward(mask)
             return x * mask
         # Uniforms in float32 whatever x's dtype (bfloat16 has too few levels to compare to p).
-        u = _uniforms(x, generator, batch)
+        u = uniforms(x.shape, generator, x.device, torch.float32, batch)
         # mask = 1/(1-p) where u >= p (probability 1 - p), else 0: the comparison is done in
         # place on the float tensor, which is several times faster on CPU than a bool mask.
         mask = u.ge_(p).to(x.dtype).mul_(1.0 / (1.0 - p))  # (same shape as x)

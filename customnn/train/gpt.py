@@ -152,6 +152,8 @@ class GPTTrainer(Trainer):
         ix, rows = self.next_ix, self.dist.rows(len(self.next_ix))  # this process's rows of the batch
         x, y = blocks_at(self.corpus.train, ix[rows], self.cfg.block_size, self.device)  # (b, T), (b, T)
         self.next_ix = None
+        if self.dist.active:  # dropout draws the whole batch's masks and keeps these rows
+            self.model.batch = (rows, len(ix))
         _, loss = self.model(x, y)
         if self.dist.active:  # its share of the batch's mean loss: the ranks' shares sum to it
             loss = loss * ((rows.stop - rows.start) / len(ix))
