@@ -110,3 +110,18 @@ def test_the_checker_sees_imports_inside_functions_and_relative_ones(tmp_path):
     found = imports_of(probe, "customnn.data.probe")
     assert {"customnn.train.engine", "customnn.ops.conv"} <= found
     assert layer_of("customnn.train.engine") == 2 > layer_of("customnn.data.probe") == 1
+
+
+def test_the_command_line_starts_without_torchdynamo():
+    """Every command's start (the package and its whole parser) leaves TorchDynamo unimported:
+    importing it takes about 0.8 s, which only ``--compile`` needs (``customnn.models.gpt``
+    makes its compiled-path wrapper on first use)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from customnn.cli import build_parser; build_parser(); "
+            "import customnn.models.gpt, customnn.train.engine, customnn.train.loading; "
+            "print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

@@ -170,14 +170,25 @@ class RMSNorm(Module):
 # TorchDynamo (torch 2.13) refuses to trace a custom autograd.Function whose forward saves for
 # backward a tensor that aliases one of its inputs or its output, and both attention Functions
 # do: the output y, returned as a view of itself, and in the dense path q, k, v reshaped (views
-# of the inputs) and the weights, computed in place on the scores.
-_eager_attention = torch.compiler.disable(ops.attention, reason="saves views of its inputs and output")
+# of the inputs) and the weights, computed in place on the scores. So under torch.compile the
+# GPT runs ops.attention eagerly, between two graphs.
+_eager_attention = None  # ops.attention wrapped by torch.compiler.disable, made on first use
+
+
+def eager_attention():
+    """``ops.attention`` as torch.compile runs it: eagerly, outside its graphs. Made once, on
+    first use (while TorchDynamo traces the model): making it imports TorchDynamo, about 0.8 s
+    that a command which does not compile does not spend."""
+    global _eager_attention
+    if _eager_attention is None:
+        _eager_attention = torch.compiler.disable(ops.attention, reason="saves views of its inputs and output")
+    return _eager_attention
 
 
 def attention(q, k, v, causal: bool, dropout_p: float, batch=None):
     """``ops.attention``; under torch.compile, the same function run eagerly between two graphs."""
     if torch.compiler.is_compiling():
-        return _eager_attention(q, k, v, causal=causal, dropout_p=dropout_p, batch=batch)
+        return eager_attention()(q, k, v, causal=causal, dropout_p=dropout_p, batch=batch)
     return ops.attention(q, k, v, causal=causal, dropout_p=dropout_p, batch=batch)
 
 
