@@ -58,6 +58,16 @@ def test_gradcheck(name, ours, ref, kwargs):
     assert torch.autograd.gradcheck(lambda t: ours(t, **kwargs), (x,))
 
 
+def test_gelu_keeps_its_slope_for_backward_not_its_input_or_output():
+    # gelu'(x) is formed in forward: x is freed with the forward and y once the next layer's
+    # backward has run, so gelu's own backward holds gelu'(x), dout and dx, as PyTorch's does.
+    x = torch.randn(4, 6, requires_grad=True)
+    y = ops.gelu(x)
+    (slope,) = y.grad_fn.saved_tensors
+    assert slope.shape == x.shape
+    assert slope.untyped_storage().data_ptr() not in (x.untyped_storage().data_ptr(), y.untyped_storage().data_ptr())
+
+
 @pytest.mark.parametrize("name,ours,ref,kwargs", LAYERS, ids=[l[0] for l in LAYERS])
 def test_input_without_grad(name, ours, ref, kwargs):
     x = torch.randn(3, 4)

@@ -322,6 +322,20 @@ def test_tiled_saves_no_t_by_s_tensor():
     assert sum(t.numel() for t in saved) == 4 * B * nh * T * hs + B * nh * T
 
 
+@pytest.mark.parametrize("blocks", [{}, dict(block_q=16, block_k=16)], ids=["dense", "tiled"])
+def test_output_is_stored_heads_last_and_saved_once(blocks):
+    # y (B, nh, T, hs) stored as (B, T, nh, hs), as SDPA's CPU kernels store it: merging the
+    # heads is a view, so the output projection keeps the storage attention keeps for its
+    # backward (the row sums dout . y), not a copy of it. One query: stored so already.
+    for T in (40, 1):
+        q, k, v = qkv(2, 3, T, 8)
+        y = ops.attention(q, k, v, **blocks)
+        merged = y.transpose(1, 2).reshape(2, T, 24)  # (B, T, C)
+        assert merged.data_ptr() == y.data_ptr()
+        saved = {t.untyped_storage().data_ptr() for t in y.grad_fn.saved_tensors if t is not None}
+        assert y.untyped_storage().data_ptr() in saved
+
+
 def test_tiled_online_softmax_rescales_when_a_later_tile_has_the_maximum():
     # Scores grow along the keys, so every key block raises each row's running maximum; large
     # enough that exp without the maximum would overflow float32 (exp(100) > 3.4e38).

@@ -169,9 +169,9 @@ class RMSNorm(Module):
 # torch.compile (``--compile``) runs attention outside its graphs, as the eager function.
 # TorchDynamo (torch 2.13) refuses to trace a custom autograd.Function whose forward saves for
 # backward a tensor that aliases one of its inputs or its output, and both attention Functions
-# do: the output y, returned as a view of itself, and in the dense path q, k, v reshaped (views
-# of the inputs) and the weights, computed in place on the scores. So under torch.compile the
-# GPT runs ops.attention eagerly, between two graphs.
+# do: the output y itself, and in the dense path q, k, v reshaped (views of the inputs) and the
+# weights, computed in place on the scores. So under torch.compile the GPT runs ops.attention
+# eagerly, between two graphs.
 _eager_attention = None  # ops.attention wrapped by torch.compiler.disable, made on first use
 
 
@@ -259,7 +259,8 @@ class CausalSelfAttention(Module):
             causal = T > 1
         p = self.dropout if self.training else 0.0
         y = attention(q, k, v, causal=causal, dropout_p=p, batch=batch)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
+        # (B, T, C): heads side by side again; a view, as attention stores y as (B, T, nh, hs)
+        y = y.transpose(1, 2).reshape(B, T, C)
         y = self.c_proj(y)
         if p > 0.0:
             y = ops.dropout(y, p, self.training, batch=batch)

@@ -76,33 +76,42 @@ def gelu_reference(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
 
 
 class _GeluErf(torch.autograd.Function):
-    """y = x * Phi(x); dx = dout * (Phi(x) + x * phi(x)), phi the standard normal density."""
+    """y = x * Phi(x); dx = dout * gelu'(x), gelu'(x) = Phi(x) + x * phi(x), phi the standard
+    normal density."""
 
     @staticmethod
     def forward(ctx, x):
         y = torch.mul(x, _INV_SQRT2).erf_()  # erf(x / sqrt2), then 0.5 * (x + x * erf) in place:
         torch.addcmul(x, x, y, out=y).mul_(0.5)  # addcmul writes over its own input y, elementwise
-        # x and the output y are kept. erf is the expensive part, so backward does not
-        # recompute it: it reads Phi(x) back as y / x (exact to rounding; only subnormal x
-        # within a few ulps of 0 lose digits). y costs no extra memory (the next layer keeps it
-        # as its input), and phi(x) is one cheap exp2 of x.
-        ctx.save_for_backward(x, y)
+        if ctx.needs_input_grad[0]:
+            # The one tensor kept is gelu'(x), formed here from x and y, so that backward needs
+            # neither: x is freed when the forward returns, and y when the next layer's backward
+            # (which keeps y as its input) has run. This backward then holds three tensors of
+            # x's size (gelu'(x), dout and dx), as PyTorch's does (x, dout and dx).
+            ctx.save_for_backward(_gelu_erf_slope(x, y))
         return y
 
     @staticmethod
     def backward(ctx, dout):
-        x, y = ctx.saved_tensors
-        # One new tensor, updated in place (each big allocation costs as much as the math).
-        # phi(x) = 2^(b - x^2 log2(e) / 2): the exponent is one addcmul (b + x * x * value),
-        # with b as a 0-d tensor since addcmul's first argument must be a tensor.
-        b = torch.full((), _LOG2_INV_SQRT_2PI, dtype=x.dtype, device=x.device)
-        dx = torch.addcmul(b, x, x, value=-0.5 * _LOG2E).exp2_()  # phi(x)
-        dx.mul_(x).addcdiv_(y, x)  # x * phi(x) + Phi(x), with Phi(x) read back as y / x
-        dx.nan_to_num_(nan=0.5)  # at x == 0, y / x is 0/0: there Phi + x * phi = 0.5
-        # That also turned the NaN of a NaN or infinite x into 0.5; adding x * 0 (0 for a
-        # finite x, NaN otherwise) gives it back, as PyTorch's gradient, without a new tensor.
-        dx.addcmul_(x, b.new_zeros(()))
-        return dx.mul_(dout)
+        (slope,) = ctx.saved_tensors
+        return slope * dout
+
+
+def _gelu_erf_slope(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """gelu'(x) = Phi(x) + x * phi(x) from x and y = gelu(x), in one new tensor of x's shape.
+
+    erf is the expensive part, so it is not computed again: Phi(x) is read back as y / x (exact
+    to rounding; only subnormal x within a few ulps of 0 lose digits), and phi(x) is one cheap
+    exp2 of x: phi(x) = 2^(b - x^2 log2(e) / 2), the exponent one addcmul (b + x * x * value),
+    with b as a 0-d tensor since addcmul's first argument must be a tensor.
+    """
+    b = torch.full((), _LOG2_INV_SQRT_2PI, dtype=x.dtype, device=x.device)
+    slope = torch.addcmul(b, x, x, value=-0.5 * _LOG2E).exp2_()  # phi(x)
+    slope.mul_(x).addcdiv_(y, x)  # x * phi(x) + Phi(x), with Phi(x) read back as y / x
+    slope.nan_to_num_(nan=0.5)  # at x == 0, y / x is 0/0: there Phi + x * phi = 0.5
+    # That also turned the NaN of a NaN or infinite x into 0.5; adding x * 0 (0 for a finite
+    # x, NaN otherwise) gives it back, as PyTorch's gradient, without a new tensor.
+    return slope.addcmul_(x, b.new_zeros(()))
 
 
 class _GeluTanh(torch.autograd.Function):

@@ -87,7 +87,7 @@ import torch
 from customnn.ops._apply import apply
 from customnn.ops._checks import check_float, check_rank, check_tensor
 from customnn.ops.attention_masks import (LOG2E, EmptyAttention, additive_bias, causal_mask, floor_row_max,
-                                          nonzero_sums, sum_to)
+                                          heads_last, nonzero_sums, sum_to)
 from customnn.ops.attention_tiled import TiledAttention
 from customnn.ops.dropout import uniforms
 
@@ -231,18 +231,20 @@ class DenseAttention(torch.autograd.Function):
         else:
             drop_mult = None
             att_d = att
-        y = torch.bmm(att_d, v3)  # (B*nh, T, hs)
+        y3 = torch.bmm(att_d, v3)  # (B*nh, T, hs)
+        y = heads_last(y3.view(B, nh, T, hs))  # (B, nh, T, hs), stored (B, T, nh, hs)
         # Saved for backward: q, k, v in their (B*nh, ., hs) form, the output y (for the
-        # softmax backward's row sums), the weights att (B*nh, T, S) and the dropout multiplier.
+        # softmax backward's row sums; stored heads-last, it is also the storage the next
+        # layer keeps), the weights att (B*nh, T, S) and the dropout multiplier.
         ctx.save_for_backward(q3, k3, v3, y, att, drop_mult)
         ctx.scale = scale
         ctx.shapes = (q.shape, k.shape)
         ctx.mask = None if mask is None else (mask.shape, mask.dtype)
-        return y.view(B, nh, T, hs)
+        return y
 
     @staticmethod
     def backward(ctx, dout):
-        q3, k3, v3, y3, att, drop_mult = ctx.saved_tensors
+        q3, k3, v3, y, att, drop_mult = ctx.saved_tensors
         q_shape, k_shape = ctx.shapes
         need_dq, need_dk, need_dv = ctx.needs_input_grad[:3]
         need_dmask = ctx.mask is not None and ctx.needs_input_grad[6]
@@ -259,7 +261,7 @@ class DenseAttention(torch.autograd.Function):
             # too: sum_j datt_ij att_ij = sum_j (dout_i . v_j) att_d_ij = dout_i . y_i). Masked
             # entries have att = 0, so they get no gradient. The 1/sqrt(hs) of the scores is
             # applied to dq and dk, which are smaller than dscores when hs < S.
-            row = (dout3 * y3).sum(dim=-1, keepdim=True)  # (B*nh, T, 1)
+            row = (dout3.view(y.shape) * y).sum(dim=-1, keepdim=True).reshape(dout3.shape[0], -1, 1)  # (B*nh, T, 1)
             dscores = datt.sub_(row).mul_(att)  # (B*nh, T, S)
             if need_dq:
                 dq = torch.bmm(dscores, k3).mul_(ctx.scale).view(q_shape)  # (B, nh, T, hs)
@@ -316,8 +318,9 @@ def attention(q, k, v, causal=True, dropout_p=0.0, *, attn_mask=None, generator=
     """Scaled dot-product attention, ``F.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p,
     is_causal=causal)``.
 
-    q: (B, nh, T, hs); k, v: (B, nh, S, hs). Returns (B, nh, T, hs). Unbatched q, k, v (nh, T, hs)
-    and (nh, S, hs) give (nh, T, hs). With ``causal=True`` query i attends to keys 0..i
+    q: (B, nh, T, hs); k, v: (B, nh, S, hs). Returns (B, nh, T, hs), stored as (B, T, nh, hs) as
+    SDPA's CPU kernels store it (``heads_last``: ``y.transpose(1, 2)`` is contiguous). Unbatched
+    q, k, v (nh, T, hs) and (nh, S, hs) give (nh, T, hs). With ``causal=True`` query i attends to keys 0..i
     (top-left aligned, as SDPA). ``dropout_p`` drops attention weights (inverted scaling) with
     ``torch.rand`` from ``generator`` if given; ``batch = (rows, total)``: q, k, v are rows
     ``rows`` of a batch of ``total``, and the mask is those rows of the whole batch's

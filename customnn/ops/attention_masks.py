@@ -6,6 +6,7 @@ one (attention_tiled.py).
   in the base-2 units the scores are formed in (attention.py's docstring: why exp2), its slice
   for one tile, and the gradient of the scores summed back to the mask's shape;
 - the guards that give a row whose keys are all masked the weights 0, as SDPA on the CPU;
+- the output's memory layout, heads side by side in each position's row (``heads_last``);
 - ``EmptyAttention``: no keys (S = 0) or an empty output.
 
 Dimension letters as in attention.py: B batch, nh heads, T queries, S keys, hs head size; a
@@ -75,6 +76,21 @@ def nonzero_sums(l: torch.Tensor) -> torch.Tensor:
     log-sum-exp finite. Any other row sums to 1 or more already (its maximum contributes
     exp2(0) = 1, the other terms are not negative), and NaN stays NaN."""
     return l.clamp_min_(1.0)
+
+
+def heads_last(y: torch.Tensor) -> torch.Tensor:
+    """The contiguous output y (B, nh, T, hs) with its values stored as (B, T, nh, hs), the
+    layout SDPA's CPU kernels return: y itself where the two layouts are one (one query or one
+    head, as in a generation step with the KV cache), else a copy.
+
+    A model that puts the heads side by side again, ``y.transpose(1, 2).reshape(B, T, C)``,
+    then gets a view, not a copy, and the layer it feeds (the output projection) keeps for its
+    backward the storage attention keeps (y, for the row sums D = dout . y): one (B, T, C)
+    tensor per layer, not two. The tiled path writes its blocks into such a tensor directly.
+    """
+    if y.shape[1] == 1 or y.shape[2] == 1:  # no tensor calls: they cost a cached generation step ~2%
+        return y
+    return y.transpose(1, 2).contiguous().transpose(1, 2)
 
 
 class EmptyAttention(torch.autograd.Function):

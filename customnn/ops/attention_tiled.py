@@ -83,7 +83,8 @@ class TiledAttention(torch.autograd.Function):
         qb = _blocks(q3, bq, scale * LOG2E)  # [(BH, bq, hs)]: scores in base-2 units
         kTb = [t.transpose(1, 2) for t in _blocks(k.reshape(BH, S, hs), bk)]  # [(BH, hs, bk)] K_j^T
         vb = _blocks(v.reshape(BH, S, hs), bk)  # [(BH, bk, hs)]
-        ys, lses = [], []
+        y = q.new_empty(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs), stored (B, T, nh, hs): see heads_last
+        lses = []
         for i, (r0, r1) in enumerate(_spans(T, bq)):
             qi = qb[i]  # (BH, bq, hs)
             seen = min(r1, S) if causal else S  # keys that queries r0..r1-1 see; later blocks skipped
@@ -113,16 +114,15 @@ class TiledAttention(torch.autograd.Function):
                     m = m_new
             if bias is not None:
                 nonzero_sums(l)  # a row with every key masked: the weights and the output 0, as SDPA
-            ys.append(o.div_(l))  # (BH, bq, hs) y_i
+            y[:, :, r0:r1].copy_(o.div_(l).view(B, nh, r1 - r0, hs))  # y_i, (BH, bq, hs) as (B, nh, bq, hs)
             lses.append(l.log2_().add_(m))  # (BH, bq, 1) L_i, base 2
-        y = torch.cat(ys, dim=1)  # (BH, T, hs)
         lse = torch.cat(lses, dim=1)  # (BH, T, 1)
         # Saved: the inputs (alive anyway), the output, one number per query row, and the
         # mask's additive form (the size of the mask given).
         ctx.save_for_backward(q, k, v, y, lse, *([] if bias is None else [bias]))
         ctx.config = (causal, bq, bk, scale)
         ctx.mask_dtype = None if mask is None else mask.dtype
-        return y.view(B, nh, T, hs)
+        return y
 
     @staticmethod
     def backward(ctx, dout):
@@ -135,7 +135,7 @@ class TiledAttention(torch.autograd.Function):
         S = k.shape[2]
         BH = B * nh
         dy = dout.reshape(BH, T, hs)
-        D = (dy * y).sum(dim=-1, keepdim=True)  # (BH, T, 1) rowsum(dY * Y)
+        D = (dy.view(y.shape) * y).sum(dim=-1, keepdim=True).reshape(BH, T, 1)  # (BH, T, 1) rowsum(dY * Y)
         qb = _blocks(q.reshape(BH, T, hs), bq, scale * LOG2E)  # [(BH, bq, hs)], base 2 as in forward
         kb = _blocks(k.reshape(BH, S, hs), bk)  # [(BH, bk, hs)]
         kTb = [t.transpose(1, 2) for t in kb]  # [(BH, hs, bk)]
