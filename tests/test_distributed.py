@@ -9,6 +9,7 @@ hang fails the test instead of blocking the suite.
 from __future__ import annotations
 
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -85,6 +86,20 @@ def test_two_processes_train_what_one_process_trains(tmp_path, one_process, mode
     b = load_checkpoint(one_process[model] / "last.safetensors").model_state
     for k in a:  # Adam's normalised steps carry the last bits of tiny gradients a little further
         assert (a[k] - b[k]).abs().max().item() <= 1e-8, k
+
+
+def test_no_sync_bn_keeps_each_process_s_own_statistics(tmp_path, one_process):
+    """--no-sync-bn: each process normalises by its own rows' statistics (DDP's default), so 2
+    processes no longer train what 1 trains, while 1 process trains as before."""
+    p = torchrun(*CNN, "--no-sync-bn", "--out", tmp_path / "two")
+    assert p.returncode == 0, p.stderr
+    two, one = rows(only_run(tmp_path / "two")), rows(one_process["cnn"])
+    assert [(r["kind"], r["step"]) for r in two] == [(r["kind"], r["step"]) for r in one]
+    assert all(math.isfinite(r["loss"]) for r in two)
+    assert max(abs(a["loss"] - b["loss"]) for a, b in zip(two, one)) > 1e-6  # other statistics, other losses
+    p = run_customnn(*CNN, "--no-sync-bn", "--out", tmp_path / "one", timeout=TIMEOUT)
+    assert p.returncode == 0, p.stderr
+    assert_same_rows(rows(only_run(tmp_path / "one")), one)
 
 
 @pytest.mark.parametrize("first, then", [(2, 1), (1, 2)])

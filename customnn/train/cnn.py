@@ -97,6 +97,11 @@ class CNNTrainConfig(TrainConfig):
     width: int | None = setting(None, "default net: channels of the first stage (default: 32)")
     # None: 32 (24 reaches 99.5% in 8 epochs but not 99.6% in ten minutes; 16 not 99.5%); the seed net has no width
     dropout: float = setting(0.3, "dropout before the classifier (default net)")  # enough with shifts
+    sync_bn: bool = setting(True, "under torchrun, batch norm's statistics over the whole batch, from every "
+                            "process (--no-sync-bn: each process's own rows, as DDP's default; faster, but not "
+                            "what one process trains)", resume="free")
+    # True: N processes train what one process trains; each of the default net's three batch norms
+    # then waits for the other processes twice a step (its sums in forward and in backward)
     train_samples: int | None = setting(None, "use the first N training images (default: all 60000)")
     test_samples: int | None = setting(None, "use the first N test images (default: all 10000)", resume="free")
     eval_batch_size: int = setting(1000, "test batch size", resume="free")  # the example's: no gradients kept
@@ -231,7 +236,7 @@ class CNNTrainer(Trainer):
         self.optimizer = (AdamW(groups, lr=cfg.lr) if cfg.optimizer == "adamw"
                           else SGD(groups, lr=cfg.lr, momentum=cfg.momentum))
         self.order, self.order_epoch = None, 0  # this epoch's permutation of the training set
-        if self.dist.active:  # batch norm's statistics are those of the whole batch, over every rank
+        if self.dist.active and cfg.sync_bn:  # batch norm's statistics are those of the whole batch, over every rank
             for m in self.model.modules():
                 if hasattr(m, "reduce"):
                     m.reduce = self.dist.sum_

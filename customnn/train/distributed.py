@@ -18,12 +18,17 @@ start. During backward each parameter's gradient, once accumulated, is copied in
 (``register_post_accumulate_grad_hook``); a bucket whose parameters are all in is all-reduced
 (SUM) asynchronously while backward goes on with earlier layers; ``finish`` waits for the
 buckets and writes the summed gradients back. Buckets are filled in the order backward
-produces gradients (the reverse of the parameters' order). Clipping and the finiteness check
-come after the exchange, so every rank sees the same gradients and makes the same decision.
+produces gradients (the reverse of the parameters' order). The last one, complete only when
+backward ends, is sent by ``finish`` with two more numbers: the rank's share of the loss and
+whether it was asked to stop, so that the step's loss and the stop decision cost no exchange of
+their own (each exchange, however small, waits for the slowest rank). Clipping and the
+finiteness check come after the exchange, so every rank sees the same gradients and makes the
+same decision.
 
 One run, not N: rank 0 alone writes the run folder, logs and checkpoints, and evaluates; the
-others wait at the evaluation's broadcast. Decisions that end or reshape a run (Ctrl-C or
-SIGTERM on any rank, the time budget's plan) are agreed by all ranks every step (``agree``).
+others wait at the evaluation's broadcast. Decisions that end or reshape a run are agreed by all
+ranks: Ctrl-C or SIGTERM on any rank in each step's gradient exchange (and, before a session's
+first step, by ``agree``), the time budget's plan every ``PLAN_SYNC_STEPS`` steps.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import torch
 from customnn.errors import UserError
 
 BUCKET_BYTES = 4 * 2**20  # all-reduce in pieces of about this size, overlapping with backward
+EXTRAS = 2  # numbers sent with the last bucket: the rank's loss and its stop request
 
 
 class PeerLost(UserError):
@@ -177,8 +183,9 @@ class Dist:
 class GradSync:
     """All-reduce the gradients in buckets as backward produces them (see the module docstring).
 
-    ``start()`` before a step's backward; ``finish()`` after it: every parameter's ``.grad`` is
-    then the sum over the ranks.
+    ``start()`` before a step's backward; ``finish(loss, stop)`` after it: every parameter's
+    ``.grad`` is then the sum over the ranks, and it returns the sum of the ranks' losses and
+    whether any rank asked to stop.
     """
 
     def __init__(self, params: list[torch.Tensor], dist: Dist, bucket_bytes: int = BUCKET_BYTES):
@@ -192,8 +199,9 @@ class GradSync:
             self.buckets[-1].append(p)
             size += p.numel() * p.element_size()
         self.bucket_of = {id(p): i for i, b in enumerate(self.buckets) for p in b}
-        self.flat = [torch.empty(sum(p.numel() for p in b), dtype=b[0].dtype, device=b[0].device)
-                     for b in self.buckets]
+        # The last bucket has two more places, after its gradients: the loss and the stop request.
+        self.flat = [torch.empty(sum(p.numel() for p in b) + (EXTRAS if i == len(self.buckets) - 1 else 0),
+                                 dtype=b[0].dtype, device=b[0].device) for i, b in enumerate(self.buckets)]
         self.offsets = [{id(p): o for p, o in zip(b, _cumsum([p.numel() for p in b]))} for b in self.buckets]
         self.hooks = [p.register_post_accumulate_grad_hook(self._ready) for p in params]
         self.pending: list[int] = []
@@ -211,19 +219,24 @@ class GradSync:
         o = self.offsets[i][id(p)]
         self.flat[i][o:o + p.numel()].copy_(p.grad.reshape(-1))
         self.pending[i] -= 1
-        if self.pending[i] == 0:
+        if self.pending[i] == 0 and i < len(self.buckets) - 1:  # the last one goes with finish's numbers
             import torch.distributed as dist
 
             self.works[i] = dist.all_reduce(self.flat[i], op=dist.ReduceOp.SUM, group=self.dist.group,
                                             async_op=True)
 
     @_guarded
-    def finish(self) -> None:
-        """Wait for every bucket and write the sums back into the gradients."""
+    def finish(self, loss: torch.Tensor, stop: bool) -> tuple[torch.Tensor, bool]:
+        """Send the last bucket with this rank's ``loss`` (a 0-d tensor) and ``stop`` request,
+        wait for every bucket and write the sums back into the gradients; return the sum of
+        the ranks' losses (a 0-d tensor of ``loss``'s dtype) and whether any rank asked to stop."""
         import torch.distributed as dist
 
+        last = self.flat[-1]
+        last[-EXTRAS:].copy_(torch.stack([loss.detach().reshape(()).to(last.dtype),
+                                          torch.tensor(1.0 if stop else 0.0, dtype=last.dtype)]))
         for i, bucket in enumerate(self.buckets):
-            if self.works[i] is None:  # a parameter without a gradient this step: reduce what there is
+            if self.works[i] is None:  # the last bucket, or a parameter without a gradient this step
                 for p in bucket:
                     o = self.offsets[i][id(p)]
                     if p.grad is None:
@@ -242,6 +255,8 @@ class GradSync:
         # Drop the finished works now: a gloo work still referenced when the interpreter shuts
         # down can be freed by gloo's thread without the interpreter (a SIGABRT at exit).
         self.pending, self.works = [], []
+        loss_sum, stops = last[-EXTRAS:].clone().unbind(0)
+        return loss_sum.to(loss.dtype), bool(stops.item() > 0)
 
     def remove(self) -> None:
         for h in self.hooks:

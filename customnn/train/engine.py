@@ -198,6 +198,7 @@ class Engine:
         planner = StepPlanner(cfg.time_budget, t.total_steps, t.warmup_steps, t.eval_interval, self.step, self.total)
         lr_at = t.schedule(self.total)
         announced, stopped = False, None
+        stop_agreed = None  # across processes: any rank's Ctrl-C, as of the last gradient exchange
         self.bar = progress_bar(self.total, t.progress(self.step), self.quiet, initial=self.step)
         last_save = time.perf_counter()
         t.model.train()
@@ -222,7 +223,9 @@ class Engine:
                         announced = True
                     if step >= self.total:
                         break
-                    requested = dist.agree(flag.requested)  # Ctrl-C on any rank stops every rank
+                    # Ctrl-C on any rank stops every rank: agreed in each step's gradient exchange
+                    # (one process, or before a session's first step: here)
+                    requested = dist.agree(flag.requested) if stop_agreed is None else stop_agreed
                     if requested or (cfg.max_steps is not None and step >= cfg.max_steps):
                         stopped = "interrupted" if requested else f"stopped by --max-steps {cfg.max_steps}"
                         break
@@ -232,9 +235,8 @@ class Engine:
                     if self.sync is not None:
                         self.sync.start()
                     loss = t.train_step(step)  # this rank's share of the batch's mean loss
-                    if self.sync is not None:
-                        self.sync.finish()  # every rank now holds the gradients of the whole batch
-                        loss = dist.sum_(loss.detach().clone())  # and its loss
+                    if self.sync is not None:  # every rank now holds the gradients of the whole batch,
+                        loss, stop_agreed = self.sync.finish(loss, flag.requested)  # its loss, any stop
                     self.check_finite(step, loss, lr)
                     t.optimizer.step()
                     t.optimizer.zero_grad()
