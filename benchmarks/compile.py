@@ -16,8 +16,8 @@ forward and the backward, is timed apart ("compile s"), from an empty compile ca
 with the KV cache, eager against compiled.
 
 Our models run through torch.compile in several graphs, not one: ``ops.embedding`` and
-``ops.cross_entropy`` read their index bounds with ``.item()`` (a graph break each), and the
-GPT's attention runs eagerly between graphs (``customnn/models/gpt.py`` says why).
+``ops.cross_entropy`` read their index bounds with ``.item()`` (a graph break each); attention,
+both paths, is traced into the graph like the other layers.
 """
 
 from __future__ import annotations

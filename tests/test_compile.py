@@ -13,6 +13,7 @@ import os
 import pytest
 import torch
 
+from customnn import ops
 from customnn.errors import UserError
 from customnn.models.cnn import CustomCNN
 from customnn.models.gpt import GPT, GPTConfig
@@ -70,6 +71,41 @@ def test_compiled_cnn_step_equals_eager(arch):
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(4, 1, 28, 28, generator=g), torch.randint(10, (4,), generator=g)
     same_steps(lambda: CustomCNN(arch, seed=0, dropout=0.0, width=2), x, y)
+
+
+@needs_compile
+@pytest.mark.parametrize("case", ["dense", "dense strided", "dense mask", "tiled", "tiled strided"])
+def test_attention_traces_into_one_graph(case):
+    """TorchDynamo traces ``ops.attention`` whole (fullgraph: no break, nothing run eagerly
+    between graphs), both paths, with inputs that are views (as the GPT's q, k, v) or not, and
+    the traced forward and hand-written backward give the eager results. ``aot_eager`` runs the
+    traced graphs without generating code, which keeps the test fast."""
+    import torch._dynamo
+
+    from customnn.ops import attention_masks
+
+    torch._dynamo.reset()
+    attention_masks._MASKS.clear()  # the causal masks are made (not read from the cache) while tracing
+    g = torch.Generator().manual_seed(0)
+    leaves = [torch.randn(2, 3, 20, 8, generator=g, requires_grad=True) for _ in range(3)]  # (B, nh, T, hs)
+    kwargs = {"block_q": 8, "block_k": 8} if "tiled" in case else {}
+    if "mask" in case:
+        kwargs = {"causal": False, "attn_mask": torch.rand(20, 20, generator=g) > 0.3}
+
+    def f(q, k, v):
+        return ops.attention(q, k, v, **kwargs)
+
+    results = []
+    for fn in (torch.compile(f, backend="aot_eager", fullgraph=True), f):
+        for t in leaves:
+            t.grad = None
+        # strided: stored (B, T, nh, hs) and seen as (B, nh, T, hs), as the GPT's q, k, v
+        q, k, v = [t.transpose(1, 2).contiguous().transpose(1, 2) if "strided" in case else t for t in leaves]
+        y = fn(q, k, v)
+        y.backward(torch.ones_like(y))
+        results.append([y.detach(), *(t.grad for t in leaves)])
+    for traced, eager in zip(*results):
+        torch.testing.assert_close(traced, eager, **TOL)
 
 
 @needs_compile

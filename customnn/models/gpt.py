@@ -166,32 +166,6 @@ class RMSNorm(Module):
         return ops.rms_norm(x, self.weight)
 
 
-# torch.compile (``--compile``) runs attention outside its graphs, as the eager function.
-# TorchDynamo (torch 2.13) refuses to trace a custom autograd.Function whose forward saves for
-# backward a tensor that aliases one of its inputs or its output, and both attention Functions
-# do: the output y itself, and in the dense path q, k, v reshaped (views of the inputs) and the
-# weights, computed in place on the scores. So under torch.compile the GPT runs ops.attention
-# eagerly, between two graphs.
-_eager_attention = None  # ops.attention wrapped by torch.compiler.disable, made on first use
-
-
-def eager_attention():
-    """``ops.attention`` as torch.compile runs it: eagerly, outside its graphs. Made once, on
-    first use (while TorchDynamo traces the model): making it imports TorchDynamo, about 0.8 s
-    that a command which does not compile does not spend."""
-    global _eager_attention
-    if _eager_attention is None:
-        _eager_attention = torch.compiler.disable(ops.attention, reason="saves views of its inputs and output")
-    return _eager_attention
-
-
-def attention(q, k, v, causal: bool, dropout_p: float, batch=None):
-    """``ops.attention``; under torch.compile, the same function run eagerly between two graphs."""
-    if torch.compiler.is_compiling():
-        return eager_attention()(q, k, v, causal=causal, dropout_p=dropout_p, batch=batch)
-    return ops.attention(q, k, v, causal=causal, dropout_p=dropout_p, batch=batch)
-
-
 def make_norm(config: GPTConfig) -> Module:
     return RMSNorm(config.n_embd) if config.norm == "rmsnorm" else LayerNorm(config.n_embd, config.bias)
 
@@ -260,7 +234,7 @@ class CausalSelfAttention(Module):
             k, v = cache.store(self.layer, k, v)  # (B, nh, S, hs)
             causal = T > 1
         p = self.dropout if self.training else 0.0
-        y = attention(q, k, v, causal=causal, dropout_p=p, batch=batch)  # (B, nh, T, hs)
+        y = ops.attention(q, k, v, causal=causal, dropout_p=p, batch=batch)  # (B, nh, T, hs)
         # (B, T, C): heads side by side again; a view, as attention stores y as (B, T, nh, hs)
         y = y.transpose(1, 2).reshape(B, T, C)
         y = self.c_proj(y)

@@ -127,7 +127,8 @@ THREADED_TILE = 2**17
 def _block_size(T: int, heads: int) -> int:
     """The default square tile's side for T queries and ``heads`` = B * nh (see above)."""
     block = BLOCK_SHORT if T <= SHORT_T else BLOCK
-    if torch.get_num_threads() > 1:
+    # (TorchDynamo cannot put the thread count into a graph: a compiled graph keeps 1 thread's tile)
+    if not torch.compiler.is_compiling() and torch.get_num_threads() > 1:
         while block < BLOCK_MAX and heads * block * block < THREADED_TILE:
             block *= 2
     return block

@@ -34,6 +34,8 @@ def causal_mask(tq: int, tk: int, dtype: torch.dtype, device: torch.device, offs
     if mask is None:
         above = torch.ones(tq, tk, dtype=torch.bool, device=device).triu_(1 - offset)
         mask = torch.zeros(tq, tk, dtype=dtype, device=device).masked_fill_(above, float("-inf"))  # (tq, tk)
+        if torch.compiler.is_compiling():  # the graph builds it (a constant): no cache to fill while tracing
+            return mask
         if len(_MASKS) > 64:  # keep the cache small when lengths vary (generation)
             _MASKS.clear()
         _MASKS[key] = mask
