@@ -139,7 +139,7 @@ MASK_WITH_CAUSAL = ("attn_mask with causal=True: F.scaled_dot_product_attention 
 
 
 def attention_reference(q, k, v, causal=True, dropout_p=0.0, *, attn_mask=None, generator=None, block_q=None,
-                        block_k=None):
+                        block_k=None, batch=None):
     """Scaled dot-product attention, one query position at a time, as
     ``F.scaled_dot_product_attention(q, k, v, attn_mask, is_causal=causal)``: the plain
     definition, differentiated by autograd, that ``attention`` is tested against.
@@ -148,7 +148,7 @@ def attention_reference(q, k, v, causal=True, dropout_p=0.0, *, attn_mask=None, 
     at keys 0..t when causal (the mask is aligned top-left, as PyTorch's is_causal), at all keys
     otherwise; ``attn_mask`` drops keys (boolean False) or adds to the scores (float). A query
     whose keys are all masked gets the output 0, as SDPA's on the CPU. Without dropout only
-    (dropout_p must be 0); ``generator``, ``block_q`` and ``block_k`` change nothing here: they
+    (dropout_p must be 0); ``generator``, ``block_q``, ``block_k`` and ``batch`` change nothing here: they
     are taken so that both have one signature."""
     if dropout_p != 0.0:
         raise ValueError(f"attention_reference supports dropout_p=0 only, got dropout_p={dropout_p}")
