@@ -222,32 +222,33 @@ class AdamW(Optimizer):
             raise ValueError(f"eps must be >= 0, got {group['eps']}")
 
     def _step_group(self, group: dict, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
-        lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-        states = []
-        for p in params:
-            s = self.state.setdefault(p, {})
-            if not s:
-                s["step"] = 0
-                s["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                s["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        states = [self.state.setdefault(p, {}) for p in params]
+        for p, s in zip(params, states):
+            if not s:  # zeros_like keeps p's memory format
+                s.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
             s["step"] += 1
-            states.append(s)
-        exp_avgs = [s["exp_avg"] for s in states]
-        exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+        adamw_update_(group, params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                      [s["step"] for s in states])
 
-        if wd != 0:
-            torch._foreach_mul_(params, 1 - lr * wd)  # decoupled decay
-        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)  # m = beta1 m + (1 - beta1) g
-        torch._foreach_mul_(exp_avg_sqs, beta2)  # v = beta2 v + (1 - beta2) g^2
-        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
 
-        bias_correction1 = [1 - beta1 ** s["step"] for s in states]
-        bias_correction2_sqrt = [(1 - beta2 ** s["step"]) ** 0.5 for s in states]
-        step_size = [-lr / bc for bc in bias_correction1]
-        denom = torch._foreach_sqrt(exp_avg_sqs)  # sqrt(v) / sqrt(1 - beta2^t) + eps
-        torch._foreach_div_(denom, bias_correction2_sqrt)
-        torch._foreach_add_(denom, eps)
-        torch._foreach_addcdiv_(params, exp_avgs, denom, step_size)  # p -= lr / bc1 * m / denom
+@torch.no_grad()
+def adamw_update_(group: dict, params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
+                  exp_avg_sqs: list[torch.Tensor], steps: list[int]) -> None:
+    """AdamW's update of ``params`` and their moments at step counts ``steps`` (already advanced), in
+    place, under ``group``'s hyperparameters: on whole parameters here, on slices in train/zero.py."""
+    lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+    if wd != 0:
+        torch._foreach_mul_(params, 1 - lr * wd)  # decoupled decay
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)  # m = beta1 m + (1 - beta1) g
+    torch._foreach_mul_(exp_avg_sqs, beta2)  # v = beta2 v + (1 - beta2) g^2
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+    bias_correction1 = [1 - beta1 ** t for t in steps]
+    bias_correction2_sqrt = [(1 - beta2 ** t) ** 0.5 for t in steps]
+    step_size = [-lr / bc for bc in bias_correction1]
+    denom = torch._foreach_sqrt(exp_avg_sqs)  # sqrt(v) / sqrt(1 - beta2^t) + eps
+    torch._foreach_div_(denom, bias_correction2_sqrt)
+    torch._foreach_add_(denom, eps)
+    torch._foreach_addcdiv_(params, exp_avgs, denom, step_size)  # p -= lr / bc1 * m / denom
 
 
 def decay_groups(named_params: Iterable[tuple[str, torch.Tensor]], weight_decay: float, *,
@@ -377,10 +378,15 @@ def clip_grad_norm_(params, max_norm: float) -> torch.Tensor:
     device = grads[0].device
     norms = torch._foreach_norm(grads)  # one L2 norm per gradient
     total_norm = torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]))
-    clip_coef = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+    clip_coef = clip_coefficient(total_norm, max_norm)
     for dev in {g.device for g in grads}:  # multiply on each gradient's own device
         torch._foreach_mul_([g for g in grads if g.device == dev], clip_coef.to(dev))
     return total_norm
+
+
+def clip_coefficient(total_norm: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """What every gradient is multiplied by to clip a global norm ``total_norm`` to ``max_norm``."""
+    return torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
 
 
 @torch.no_grad()

@@ -1,6 +1,7 @@
 """Data-parallel training: 2 gloo processes on the CPU, started by torchrun as a user starts them,
-train what 1 process trains (float64, 1e-10), write one run folder, resume each other's
-checkpoints at another process count, and stop together on Ctrl-C.
+train what 1 process trains (float64, 1e-10), with AdamW's moments sharded too (--zero), write
+one run folder, resume each other's checkpoints at another process count, and stop together on
+Ctrl-C.
 
 Every torchrun is started with ``--standalone`` (a free port, no fixed one) and a timeout, so a
 hang fails the test instead of blocking the suite.
@@ -116,6 +117,86 @@ def test_a_checkpoint_resumes_at_another_process_count(tmp_path, one_process, fi
     p = start(then, "train", "gpt", "--resume", run, "--quiet")
     assert p.returncode == 0, p.stderr
     assert_same_rows([r for r in rows(run)], rows(one_process["gpt"]))
+
+
+@pytest.mark.parametrize("model", ["gpt", "cnn"])
+def test_zero_trains_what_one_process_trains(tmp_path, one_process, model):
+    """--zero: each of 2 processes keeps half of AdamW's moments (reduce-scatter, update its
+    slice, all-gather), and saves every step (--save-interval, agreed across the ranks: each save
+    gathers the moments): every loss, evaluation and weight as in one process, and the
+    checkpoint's optimizer state is plain AdamW's, gathered."""
+    p = torchrun(*RUNS[model], "--zero", "--save-interval", 1e-3, "--out", tmp_path)
+    assert p.returncode == 0, p.stderr
+    run = only_run(tmp_path)
+    assert_same_rows(rows(run), rows(one_process[model]))
+    a, b = load_checkpoint(run / "last.safetensors"), load_checkpoint(one_process[model] / "last.safetensors")
+    for k in a.model_state:
+        assert (a.model_state[k] - b.model_state[k]).abs().max().item() <= 1e-8, k
+    sa, sb = a.state["optimizer"], b.state["optimizer"]
+    assert sa["param_groups"] == sb["param_groups"] and sa["state"].keys() == sb["state"].keys()
+    for i, s in sb["state"].items():
+        assert sa["state"][i]["step"] == s["step"]
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert (sa["state"][i][key] - s[key]).abs().max().item() <= 1e-8, (i, key)
+
+
+@pytest.mark.parametrize("first, then", [((2, "--zero"), (1, "--no-zero")), ((1, "--no-zero"), (2, "--zero"))])
+def test_a_zero_checkpoint_resumes_without_zero_and_back(tmp_path, one_process, first, then):
+    """Checkpoints are the same with and without --zero: a --zero run at 2 processes resumed by 1,
+    and a 1-process run resumed by 2 with --zero, train on as the uninterrupted run."""
+    def start(nproc, *args):
+        return run_customnn(*args, timeout=TIMEOUT) if nproc == 1 else torchrun(*args, nproc=nproc)
+
+    p = start(first[0], *GPT, first[1], "--max-steps", 5, "--out", tmp_path)
+    assert p.returncode == 0, p.stderr
+    run = only_run(tmp_path)
+    p = start(then[0], "train", "gpt", "--resume", run, then[1], "--quiet")
+    assert p.returncode == 0, p.stderr
+    assert_same_rows(rows(run), rows(one_process["gpt"]))
+
+
+EXCHANGE = """
+import torch
+from customnn.train.distributed import Dist, GradSync
+
+d = Dist.from_env("cpu")
+w = torch.zeros(5, dtype=torch.float64, requires_grad=True)  # 5 numbers: padded to 6 in shard mode
+summed = 3 * torch.arange(5.0, dtype=torch.float64)  # the gradient summed over ranks 0 and 1
+for shard in (False, True):
+    sync = GradSync([w], d, shard=shard)
+    sync.start()
+    ((d.rank + 1) * torch.arange(5.0, dtype=torch.float64) * w).sum().backward()
+    loss, stop, save, norm = sync.finish(torch.tensor(d.rank + 1.0), stop=d.rank == 1, save=d.rank == 0)
+    assert (loss.item(), stop, save) == (3.0, True, True), (loss, stop, save)
+    if shard:  # rank r keeps numbers [3 r, 3 r + 3) of the padded sum, and every rank the global norm
+        assert w.grad is None and torch.equal(sync.shards[0], torch.cat([summed, torch.zeros(1)])[3 * d.rank:][:3])
+        assert abs(norm.item() - summed.norm().item()) < 1e-12
+    else:
+        assert norm is None and torch.equal(w.grad, summed)
+    sync.remove()
+    w.grad = None
+d.close()
+"""
+
+
+def test_the_exchange_agrees_on_any_rank_s_requests(tmp_path):
+    """GradSync.finish in both modes: the losses summed, a stop asked by rank 1 only and a save
+    (--save-interval) by rank 0 only agreed by both; the gradient summed (all-reduce) or each
+    rank's slice of it and the global norm (shard mode, --zero)."""
+    script = tmp_path / "exchange.py"
+    script.write_text(EXCHANGE)
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                        str(script)], cwd=REPO, env=customnn_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert p.returncode == 0, p.stderr
+
+
+@pytest.mark.parametrize("args, optimizer", [(GPT, "muon"), (CNN, "sgd")])
+def test_zero_with_another_optimizer_is_a_one_line_error(tmp_path, args, optimizer):
+    p = run_customnn(*args, "--optimizer", optimizer, "--zero", "--out", tmp_path, timeout=TIMEOUT)
+    assert p.returncode != 0
+    assert p.stderr.splitlines() == [f"customnn: error: --zero shards AdamW's moments; it cannot be used with "
+                                     f"--optimizer {optimizer}"]
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
 
 
 def test_ctrl_c_stops_every_rank_with_a_checkpoint(tmp_path):

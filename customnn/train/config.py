@@ -68,6 +68,9 @@ class TrainConfig:
     compile: bool = setting(False, "run the model's forward and backward through torch.compile (the first "
                             "steps compile; needs a C++ compiler on the CPU)",
                             resume="free")  # off: eager is the reference, and compiling costs seconds to minutes
+    zero: bool = setting(False, "under torchrun, shard AdamW's moments across the processes (ZeRO stage 1): "
+                         "each keeps 1/N of them; AdamW only", resume="free")
+    # off: plain data parallelism; checkpoints are the same either way, so it may change on resume
     out: str = setting("runs", "folder for run folders", resume="free")  # run folders go to <out>/<model>-<time>
     resume: str | None = setting(None, "continue the run in this folder from its last.safetensors",
                                  resume="session")

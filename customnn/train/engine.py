@@ -47,6 +47,7 @@ from customnn.train.distributed import Dist, GradSync, PeerLost
 from customnn.train.loading import check_compile, compile_model
 from customnn.train.rundir import FollowerRunDir, RunDir, plot_curves
 from customnn.train.trainer import Trainer
+from customnn.train.zero import ZeroAdamW
 
 # Cross-entropy starts near ln(classes): 2.3 for 10 digits, 4.2 for 65 characters. A batch loss
 # above this means the run has blown up even while the numbers are still finite (Adam's bounded
@@ -80,6 +81,7 @@ class Engine:
         if run is not None and not self.main:
             self.run_dir = FollowerRunDir(run.path)
         self.sync: GradSync | None = None
+        self.zero: ZeroAdamW | None = None  # --zero under torchrun: this rank's slice of AdamW's moments
         self.step, self.evaluated_at, self.best, self.elapsed, self.train_time = 0, -1, None, 0.0, 0.0
         self.evals: list[dict] = []
         self.bar = None
@@ -103,7 +105,8 @@ class Engine:
         state = {"engine": {"step": self.step, "total_steps": self.total, "evaluated_at": self.evaluated_at,
                             "best": self.best, "elapsed": self.clock(), "train_time": self.train_time,
                             "evals": self.evals},
-                 "optimizer": t.optimizer.state_dict(), "rng": rng_state(t.generators), "trainer": t.extra_state(self.step)}
+                 "optimizer": (self.zero or t.optimizer).state_dict(),  # --zero: gathered from every rank
+                 "rng": rng_state(t.generators), "trainer": t.extra_state(self.step)}
         path = self.run_dir.checkpoint(name)
         if self.main:
             save_checkpoint(path, t.model.state_dict(), t.checkpoint_meta(self.step), state)
@@ -173,7 +176,7 @@ class Engine:
             compile_model(t.model, dist.device(device))
         if dist.active:  # every rank starts from rank 0's weights, and sums gradients with the others
             dist.broadcast_([*t.model.parameters(), *(b for _, b in t.model.named_buffers())])
-            self.sync = GradSync(t.model.parameters(), dist)
+            self.sync = GradSync(t.model.parameters(), dist, shard=cfg.zero)
         self.total = t.total_steps
         if self.ckpt is None:  # the folder is made only once the data and the model are known to be good
             path = None
@@ -195,6 +198,8 @@ class Engine:
             self.run_dir.truncate_metrics(lambda r: r.get("step", 0) <= self.step)
             self.run_dir.log(f"resumed {self.run_dir.path} at step {self.step}{t.where(self.step)}",
                              echo=not self.quiet)
+        if self.sync is not None and self.sync.shard:  # takes its slice of any resumed moments
+            self.zero = ZeroAdamW(t.optimizer, self.sync)
         planner = StepPlanner(cfg.time_budget, t.total_steps, t.warmup_steps, t.eval_interval, self.step, self.total)
         lr_at = t.schedule(self.total)
         announced, stopped = False, None
@@ -235,10 +240,14 @@ class Engine:
                     if self.sync is not None:
                         self.sync.start()
                     loss = t.train_step(step)  # this rank's share of the batch's mean loss
-                    if self.sync is not None:  # every rank now holds the gradients of the whole batch,
-                        loss, stop_agreed = self.sync.finish(loss, flag.requested)  # its loss, any stop
-                    self.check_finite(step, loss, lr)
-                    t.optimizer.step()
+                    # --save-interval: any rank's clock, agreed in the gradient exchange (a save is collective)
+                    save = cfg.save_interval is not None and time.perf_counter() - last_save >= cfg.save_interval
+                    norm = None  # the global gradient norm, when the exchange computes it (--zero)
+                    if self.sync is not None:  # every rank now holds the gradients of the whole batch
+                        # (--zero: its slice of them), its loss, any stop and save request
+                        loss, stop_agreed, save, norm = self.sync.finish(loss, flag.requested, save)
+                    self.check_finite(step, loss, lr, norm)
+                    (self.zero or t.optimizer).step()
                     t.optimizer.zero_grad()
                     self.step = step + 1
                     self.train_time += time.perf_counter() - t0
@@ -251,7 +260,7 @@ class Engine:
                         self.bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
                     if not self.bar.disable and self.step != self.total:
                         self.bar.set_description(t.progress(self.step), refresh=False)
-                    if cfg.save_interval is not None and time.perf_counter() - last_save >= cfg.save_interval:
+                    if save:
                         self.save("last")
                         release_free_memory()  # the save's buffers; see its docstring
                         last_save = time.perf_counter()
@@ -293,10 +302,15 @@ class Engine:
         self.save("last")
         release_free_memory()  # the evaluation's and the saves' buffers (see its docstring)
 
-    def check_finite(self, step: int, loss: torch.Tensor, lr: float) -> None:
-        """The one divergence rule, after clipping (so the clip's norm doubles as the check)."""
+    def check_finite(self, step: int, loss: torch.Tensor, lr: float, norm: torch.Tensor | None = None) -> None:
+        """The one divergence rule, after clipping (so the clip's norm doubles as the check);
+        ``norm``: the global gradient norm, already computed from this rank's slices (--zero)."""
         t, cfg = self.t, self.cfg
-        if cfg.grad_clip > 0:
+        if norm is not None:
+            if cfg.grad_clip > 0:
+                self.zero.clip_(norm, cfg.grad_clip)
+            grads_ok = bool(torch.isfinite(norm))
+        elif cfg.grad_clip > 0:
             norm = clip_grad_norm_(t.model.parameters(), cfg.grad_clip)
             grads_ok = bool(torch.isfinite(norm))
         else:
