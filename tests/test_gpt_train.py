@@ -277,3 +277,36 @@ def test_step_planner_fits_the_budget_and_follows_the_speed():
     assert all(later < earlier for (_, earlier), (_, later) in zip(plans, plans[1:]))
     unbudgeted = StepPlanner(None, 10_000, warmup_iters=100, eval_interval=1000, start_step=0, total_iters=123)
     assert not any(unbudgeted.update(s, clock(s)) for s in range(700)) and unbudgeted.total == 123
+
+
+def test_a_resumed_run_lets_go_of_the_loaded_checkpoint(tmp_path, monkeypatch):
+    """Once restored, the loaded checkpoint (a second copy of the weights, and of the optimizer
+    state where a --zero run takes only its slice) is freed: a resumed run holds no more memory
+    than an uninterrupted one."""
+    import gc
+    import weakref
+
+    import customnn.train.engine as engine
+    from customnn.train.gpt import GPTTrainer
+
+    first = train(make_config("tiny", out=str(tmp_path), max_iters=6, eval_interval=3), quiet=True)
+    refs = []
+    opened = engine.open_for_resume
+
+    def open_and_watch(*args, **kwargs):
+        run, ckpt, cfg = opened(*args, **kwargs)
+        refs.append(weakref.ref(ckpt))
+        return run, ckpt, cfg
+
+    alive_at_steps = []
+    step = GPTTrainer.train_step
+
+    def watched_step(self, i):
+        gc.collect()
+        alive_at_steps.append(refs[0]() is not None)
+        return step(self, i)
+
+    monkeypatch.setattr(engine, "open_for_resume", open_and_watch)
+    monkeypatch.setattr(GPTTrainer, "train_step", watched_step)
+    train(make_config("tiny", max_iters=9, resume=str(first["run_dir"])), quiet=True)
+    assert alive_at_steps and not any(alive_at_steps)

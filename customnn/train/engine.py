@@ -200,6 +200,7 @@ class Engine:
                              echo=not self.quiet)
         if self.sync is not None and self.sync.shard:  # takes its slice of any resumed moments
             self.zero = ZeroAdamW(t.optimizer, self.sync)
+        self.ckpt = None  # everything is restored: the loaded copy of the weights is not kept for the run
         planner = StepPlanner(cfg.time_budget, t.total_steps, t.warmup_steps, t.eval_interval, self.step, self.total)
         lr_at = t.schedule(self.total)
         announced, stopped = False, None
@@ -371,6 +372,7 @@ def train_with(trainer_cls, cfg, quiet: bool = False, given: dict | None = None)
             raise UserError(f"--batch-size {cfg.batch_size} is the global batch: it must be divisible by the "
                             f"{dist.world} processes")
         engine = Engine(trainer_cls(cfg), quiet, run, ckpt, dist)
+        del ckpt  # the engine's to restore from and let go
         result = engine.run(device)
     except BaseException as e:
         dist.close(wait=False)
