@@ -15,9 +15,8 @@ forward and the backward, is timed apart ("compile s"), from an empty compile ca
 ``--warm``. ``generate``: the sampling loop of ``customnn generate --compile``, 500 tokens
 with the KV cache, eager against compiled.
 
-Our models run through torch.compile in several graphs, not one: ``ops.embedding`` and
-``ops.cross_entropy`` read their index bounds with ``.item()`` (a graph break each); attention,
-both paths, is traced into the graph like the other layers.
+A training step of our models is one graph under torch.compile: the layers take traceable forms
+while TorchDynamo traces (docs/api.md, "--compile").
 """
 
 from __future__ import annotations

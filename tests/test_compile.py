@@ -74,6 +74,46 @@ def test_compiled_cnn_step_equals_eager(arch):
 
 
 @needs_compile
+@pytest.mark.parametrize("model", ["gpt learned", "gpt rope", "cnn seed", "cnn default"])
+def test_every_model_traces_into_one_graph(model):
+    """A training step's forward and backward are one graph (fullgraph: no break): no
+    ``.item()`` and no branch on data while TorchDynamo traces (the bounds checks of embedding
+    and cross-entropy are asserted on the device, max-pool and ReLU take their NaN rules at
+    once). ``aot_eager`` traces without generating code."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(0)
+    if model.startswith("gpt"):
+        net = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=16, pos=model.split()[1]), seed=3)
+        x, y = torch.randint(11, (2, 8), generator=g), torch.randint(11, (2, 8), generator=g)
+    else:
+        net = CustomCNN(model.split()[1], seed=0, dropout=0.0, width=2)
+        x, y = torch.randn(4, 1, 28, 28, generator=g), torch.randint(10, (4,), generator=g)
+    step = torch.compile(lambda a, b: net(a, b)[1], backend="aot_eager", fullgraph=True)
+    loss = step(x, y)
+    loss.backward()
+    torch.testing.assert_close(loss.detach(), net(x, y)[1].detach(), **TOL)
+
+
+@needs_compile
+def test_a_bad_index_is_refused_under_compile_too():
+    """Compiled, embedding's and cross-entropy's bounds are checked on the device: an index
+    out of range is still an error, not a silent read."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    net = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=16), seed=3)
+    step = torch.compile(lambda a, b: net(a, b)[1], backend="aot_eager", fullgraph=True)
+    good = torch.randint(11, (2, 8), generator=torch.Generator().manual_seed(0))
+    step(good, good)
+    for x, y, what in ((good.masked_fill(good == good[0, 0], 11), good, "embedding"),
+                       (good, good.masked_fill(good == good[0, 0], -3), "cross_entropy")):
+        with pytest.raises(RuntimeError, match=what):
+            step(x, y)
+
+
+@needs_compile
 @pytest.mark.parametrize("case", ["dense", "dense strided", "dense mask", "tiled", "tiled strided"])
 def test_attention_traces_into_one_graph(case):
     """TorchDynamo traces ``ops.attention`` whole (fullgraph: no break, nothing run eagerly

@@ -55,7 +55,9 @@ class _ReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         (y,) = ctx.saved_tensors
-        if torch.isnan(y.sum()):  # y >= 0 elsewhere, so only a NaN makes the sum NaN: one cheap pass
+        # y >= 0 elsewhere, so only a NaN makes the sum NaN: one cheap pass (while TorchDynamo
+        # traces, the general rule at once: a graph cannot branch on data)
+        if torch.compiler.is_compiling() or torch.isnan(y.sum()):
             # PyTorch's rule (threshold_backward): dout unless y <= 0, so at a NaN input the
             # upstream gradient passes, which sign(y) (0 at NaN) would not do.
             return dout.masked_fill(y <= 0, 0.0)

@@ -170,7 +170,9 @@ def embedding(idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if weight.dim() != 2:
         raise ValueError(f"weight must be 2-D (num_embeddings, embedding_dim), got shape {tuple(weight.shape)}")
     V = weight.shape[0]
-    if idx.numel() > 0:
+    if idx.numel() > 0 and torch.compiler.is_compiling():  # asserted on the device: no .item() in a graph
+        torch._assert_async(((idx >= 0) & (idx < V)).all(), "embedding: an index is outside [0, V)")
+    elif idx.numel() > 0:
         lo, hi = (int(v) for v in torch.aminmax(idx))  # one pass, one sync
         if lo < 0 or hi >= V:
             raise ValueError(

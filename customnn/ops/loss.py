@@ -338,7 +338,13 @@ def cross_entropy(
             f"expected target of shape {want} (logits carry the classes on dimension 1)"
         )
     may_ignore = False
-    if target.numel() > 0:
+    if target.numel() > 0 and torch.compiler.is_compiling():
+        # No .item() while TorchDynamo traces (a graph break, and on a GPU a sync each step):
+        # the range is asserted on the device, and every row is masked as if it might be ignored.
+        torch._assert_async(((target == ignore_index) | ((target >= 0) & (target < C))).all(),
+                            "cross_entropy: a target value is outside [0, C) and is not ignore_index")
+        may_ignore = True
+    elif target.numel() > 0:
         lo, hi = (int(v) for v in torch.aminmax(target))  # one pass, one sync
         if lo < 0 or hi >= C:  # out of range, unless it is ignore_index
             bad = target[(target != ignore_index) & ((target < 0) | (target >= C))]

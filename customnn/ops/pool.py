@@ -107,11 +107,12 @@ class MaxPool2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, g: Geometry, return_indices: bool):
         xp = pad_to(x, g.padding, g.extended, float("-inf"))  # (N, C, Hp, Wp)
-        out, arg = _max_and_argmax(xp, g, nan_moves=False)
         # A window holding a NaN outputs NaN (torch.maximum propagates it), and PyTorch then
         # points its gradient at the window's last NaN: walk again with that rule, only when
         # the output holds a NaN (its sum is NaN; one cheap reduction, not a pass of isnan).
-        if torch.isnan(out.sum()):
+        # While TorchDynamo traces, that rule from the start: a graph cannot branch on data.
+        out, arg = _max_and_argmax(xp, g, nan_moves=torch.compiler.is_compiling())
+        if not torch.compiler.is_compiling() and torch.isnan(out.sum()):
             out, arg = _max_and_argmax(xp, g, nan_moves=True)
         # Only the argmax (int32, an offset from its window's corner) is kept for backward.
         ctx.save_for_backward(arg)

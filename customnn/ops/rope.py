@@ -81,10 +81,13 @@ class _RoPE(torch.autograd.Function):
     def forward(ctx, x, cos, sin):
         h = x.shape[-1] // 2
         x1, x2 = x[..., :h], x[..., h:]  # (..., T, h) each
-        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        y1, y2 = y[..., :h], y[..., h:]
-        torch.mul(x1, cos, out=y1).addcmul_(x2, sin, value=-1.0)  # y1 = x1 cos - x2 sin
-        torch.mul(x1, sin, out=y2).addcmul_(x2, cos)  # y2 = x1 sin + x2 cos
+        if torch.compiler.is_compiling():  # TorchDynamo cannot trace out= into a strided half
+            y = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+        else:  # each half written in place: no (..., T, h) temporaries and no concatenation
+            y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+            y1, y2 = y[..., :h], y[..., h:]
+            torch.mul(x1, cos, out=y1).addcmul_(x2, sin, value=-1.0)  # y1 = x1 cos - x2 sin
+            torch.mul(x1, sin, out=y2).addcmul_(x2, cos)  # y2 = x1 sin + x2 cos
         # x is kept only when the tables want gradients (dcos, dsin need it).
         tables_need = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
         ctx.save_for_backward(cos, sin, x if tables_need else None)
@@ -97,7 +100,9 @@ class _RoPE(torch.autograd.Function):
         h = dout.shape[-1] // 2
         dy1, dy2 = dout[..., :h], dout[..., h:]
         dx = dcos = dsin = None
-        if need[0]:  # dx = R^T dy
+        if need[0] and torch.compiler.is_compiling():  # dx = R^T dy, traceable (see forward)
+            dx = torch.cat([dy1 * cos + dy2 * sin, dy2 * cos - dy1 * sin], dim=-1)
+        elif need[0]:  # dx = R^T dy
             dx = torch.empty(dout.shape, dtype=dout.dtype, device=dout.device)
             torch.mul(dy1, cos, out=dx[..., :h]).addcmul_(dy2, sin)  # dx1 = dy1 cos + dy2 sin
             torch.mul(dy2, cos, out=dx[..., h:]).addcmul_(dy1, sin, value=-1.0)  # dx2 = dy2 cos - dy1 sin

@@ -238,10 +238,9 @@ def check_compile(device="cpu") -> None:
         raise UserError(f"--compile: {reason}; run without --compile")
 
 
-def quiet_expected_breaks() -> None:
+def quiet_tracing_notes() -> None:
     """Keep TorchDynamo's notes on what our layers do by design off the command's stderr: the
-    graph breaks at the ``.item()`` bounds checks of ``embedding`` and ``cross_entropy``
-    (warnings of its ``torch._dynamo`` loggers), and its note that it traces through the
+    warnings of its ``torch._dynamo`` loggers, and its note that it traces through the
     ``lru_cache`` of the conv's index tensors, which depend on their arguments only, so tracing
     the wrapped function gives the same index. With ``TORCH_LOGS`` set, its logs are left as asked."""
     if not os.environ.get("TORCH_LOGS"):
@@ -265,7 +264,7 @@ def compile_model(model, device="cpu", generation: bool = False):
     shapes), so that a cache growing one position per token does not compile per token.
     """
     check_compile(device)
-    quiet_expected_breaks()
+    quiet_tracing_notes()
     eager = model.forward
     if generation:
         model.forward = torch.compile(eager)  # an attribute of this model only; Module.__call__ finds it
