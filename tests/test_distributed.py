@@ -176,6 +176,11 @@ for shard in (False, True):
     sync.remove()
     w.grad = None
 d.close()
+# Leave as ``python -m customnn`` does under torchrun (customnn/__main__.py): without the
+# interpreter's shutdown, which gloo's threads can abort (SIGABRT) after a run that ended well.
+import os, sys
+sys.stdout.flush()
+os._exit(0)
 """
 
 
