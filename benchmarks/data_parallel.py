@@ -30,6 +30,9 @@ from customnn.checkpoint import load_checkpoint  # noqa: E402
 MODELS = {
     "gpt nanogpt-cpu, batch 24": ["train", "gpt", "--preset", "nanogpt-cpu", "--batch-size", "24",
                                   "--eval-iters", "1", "--eval-interval", "100000"],
+    # the same with AdamW's moments sharded across the processes (ZeRO stage 1)
+    "gpt nanogpt-cpu --zero, 24": ["train", "gpt", "--preset", "nanogpt-cpu", "--batch-size", "24",
+                                   "--eval-iters", "1", "--eval-interval", "100000", "--zero"],
     # the default recipe: width 32, random rotations, scalings and shifts, label smoothing
     "cnn default, batch 64": ["train", "cnn", "--arch", "default", "--time-budget", "0"],
     # the same with each process's own batch-norm statistics: no exchange in the forward pass
