@@ -3,6 +3,7 @@ their torch.nn twins, eager and through torch.compile.
 
     python benchmarks/compile.py                    # nanogpt-cpu GPT, seed CNN, generation; 1 thread
     python benchmarks/compile.py --models gpt --reps 5 --out ""    # print only
+    python benchmarks/compile.py --device cuda      # on a GPU: benchmarks/results/cuda-compile.txt
 
 One step is forward, loss, backward, AdamW step, zero_grad (``benchmarks/bench.py``'s
 training step): ours with ``customnn.optim.AdamW`` and ``customnn.train.loading.compile_model``
@@ -33,38 +34,44 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/bench.py
-from bench import CNN_BATCH, VOCAB, gpt_preset, machine, training_step  # noqa: E402
+from bench import CNN_BATCH, VOCAB, _sync, gpt_preset, machine, training_step  # noqa: E402
 from customnn.models.cnn import CustomCNN  # noqa: E402
 from customnn.models.gpt import GPT  # noqa: E402
 from customnn.optim import AdamW  # noqa: E402
 from customnn.train.loading import compile_model, compile_unavailable  # noqa: E402
 from customnn_ref.twins import cnn_twin, gpt_twin  # noqa: E402
 
-DEFAULT_OUT = "benchmarks/results/cpu-compile.txt"
+DEFAULT_OUT = "benchmarks/results/{device}-compile.txt"
 KINDS = ("eager custom", "compiled custom", "eager torch.nn", "compiled torch.nn")
 
 
-def steps(name: str) -> tuple[dict, str]:
+def steps(name: str, device: torch.device) -> tuple[dict, str]:
     """The four training steps of model ``name`` ("gpt": nanogpt-cpu preset, "cnn": seed arch)
-    with the same weights and batch, and the batch's size."""
+    with the same weights and batch, on ``device``, and the batch's size."""
     g = torch.Generator().manual_seed(0)
     if name == "gpt":
         cfg, B = gpt_preset("nanogpt-cpu")
-        make = lambda: GPT(cfg, seed=0)  # noqa: E731
+        make = lambda: GPT(cfg, seed=0).to(device)  # noqa: E731
         x = torch.randint(0, VOCAB, (B, cfg.block_size), generator=g)  # (B, T)
         y = torch.randint(0, VOCAB, (B, cfg.block_size), generator=g)  # (B, T)
         size = f"B={B} T={cfg.block_size} L={cfg.n_layer} C={cfg.n_embd}"
     else:
-        make = lambda: CustomCNN("seed", seed=0)  # noqa: E731
+        make = lambda: CustomCNN("seed", seed=0).to(device)  # noqa: E731
         x = torch.randn(CNN_BATCH, 1, 28, 28, generator=g)  # (N, 1, 28, 28)
         y = torch.randint(0, 10, (CNN_BATCH,), generator=g)  # (N,)
         size = f"{CNN_BATCH}x1x28x28"
-    ours, ours_c = make(), compile_model(make(), "cpu")
+    x, y = x.to(device), y.to(device)
+    ours, ours_c = make(), compile_model(make(), device)
     twin_of = gpt_twin if name == "gpt" else cnn_twin
     twin, twin_c = twin_of(make()), twin_of(make())
 
     def step(forward, optimizer):
-        return training_step(forward, optimizer, x, y)
+        run = training_step(forward, optimizer, x, y)
+
+        def synced():  # on a GPU, the step's kernels finished, not only queued
+            run()
+            _sync(device)
+        return synced
 
     return {
         "eager custom": step(ours, AdamW(ours.parameters(), lr=1e-4, weight_decay=0.1)),
@@ -100,7 +107,7 @@ def measure(fns: dict, reps: int, sample_s: float) -> dict:
         calls=calls, reps=reps)
 
 
-def measure_generation(reps: int) -> dict:
+def measure_generation(reps: int, device: torch.device) -> dict:
     """``generate --compile``: 500 tokens with the KV cache (``benchmarks/bench.py``'s generation
     setting), eager and compiled, alternating; the first compiled run, which compiles every
     shape the cache goes through, is timed apart."""
@@ -108,12 +115,13 @@ def measure_generation(reps: int) -> dict:
     from customnn.models.gpt import GPTConfig
     from customnn.models.sampling import generate
 
-    eager = GPT(GPTConfig(**GEN_CONFIG), seed=0)
-    compiled = compile_model(GPT(GPTConfig(**GEN_CONFIG), seed=0), "cpu", generation=True)
+    eager = GPT(GPTConfig(**GEN_CONFIG), seed=0).to(device)
+    compiled = compile_model(GPT(GPTConfig(**GEN_CONFIG), seed=0).to(device), device, generation=True)
     models = {"eager": eager, "compiled": compiled}
 
     def run(model):
-        return generate(model, [0], GEN_TOKENS, temperature=1.0, generator=torch.Generator().manual_seed(1))
+        return generate(model, [0], GEN_TOKENS, temperature=1.0,
+                        generator=torch.Generator(device=device).manual_seed(1))
 
     start = time.perf_counter()
     tokens = {"compiled": run(compiled)}
@@ -137,10 +145,11 @@ def _time(fn, calls: int) -> float:
 
 
 def report(rows: list[dict], gen: dict | None, info: dict, args, seconds: float) -> str:
-    lines = [f"# python benchmarks/compile.py --models {','.join(args.models)} --threads {args.threads} "
-             f"--reps {args.reps}" + (" --warm" if args.warm else ""),
+    lines = [f"# python benchmarks/compile.py --models {','.join(args.models)} --device {args.device} "
+             f"--threads {args.threads} --reps {args.reps}" + (" --warm" if args.warm else ""),
              f"# {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {info['cpu']}, {info['usable_cores']} of "
-             f"{info['cores']} cores, torch {info['torch']}, {torch.get_num_threads()} thread(s), "
+             f"{info['cores']} cores" + (f", {info['gpu']} (CUDA {info['cuda']})" if "gpu" in info else "")
+             + f", torch {info['torch']}, {torch.get_num_threads()} thread(s), "
              f"load average before {info['load_average']} after {[round(x, 2) for x in os.getloadavg()]}",
              f"# one training step (forward, loss, backward, AdamW); medians of {args.reps} alternating "
              f"samples of ~{args.sample_s * 1e3:.0f} ms each; took {seconds:.0f} s; compile cache "
@@ -170,32 +179,36 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="gpt,cnn,generate",
                    help="comma-separated: gpt (nanogpt-cpu), cnn (seed), generate (500 tokens, KV cache)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--reps", type=int, default=9, help="samples of each step (default 9)")
     p.add_argument("--sample-s", type=float, default=0.3, help="seconds per sample (default 0.3)")
     p.add_argument("--warm", action="store_true",
                    help="use PyTorch's compile cache as it is (default: an empty one, so compiling is timed cold)")
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"results file (default {DEFAULT_OUT}; empty: print only)")
+    p.add_argument("--out", default=None, help=f"results file (default {DEFAULT_OUT}; empty: print only)")
     args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if args.out is None:
+        args.out = DEFAULT_OUT.format(device=device.type)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     if any(m not in ("gpt", "cnn", "generate") for m in args.models):
         p.error("--models takes gpt, cnn and/or generate")
     if not args.warm:  # an empty cache: "compile s" is what a first run on a new machine pays
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="customnn-compile-bench-")
-    reason = compile_unavailable("cpu")
+    reason = compile_unavailable(device)
     if reason is not None:
         print(f"compile benchmark: {reason}", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    info = machine(torch.device("cpu"))
+    info = machine(device)
     start = time.perf_counter()
     rows, gen = [], None
     for name in args.models:
         if name == "generate":
-            gen = measure_generation(args.reps)
+            gen = measure_generation(args.reps, device)
             print("  ... generate done", file=sys.stderr, flush=True)
             continue
-        fns, size = steps(name)
+        fns, size = steps(name, device)
         rows.append(dict(name=f"{name} {'nanogpt-cpu' if name == 'gpt' else 'seed'}", size=size,
                          **measure(fns, args.reps, args.sample_s)))
         print(f"  ... {name} done", file=sys.stderr, flush=True)

@@ -8,12 +8,14 @@
 #   BENCH_ARGS=--quick bash benchmarks/gpu_check.sh   # a shorter CUDA bench
 #   CPU_BENCH=0 ...                            # skip the closing CPU bench (on by default)
 #
-# Steps (each with its own time limit; about 5 minutes in all, most of it the CUDA bench):
+# Steps (each with its own time limit; about 8 minutes in all, most of it the CUDA bench and compiling):
 #   env      python, torch, CUDA, GPU, and which optional packages are importable
 #   check    python -m customnn check --device cuda       (every layer, float64 and float32)
 #   pytest   tests selected by -k cuda, if any exist (none are CUDA-parametrized yet)
 #   twins    our CNN and GPT against customnn_ref.twins on CUDA: same logits
 #   bench    python -m customnn bench --device cuda --json $OUT/bench-cuda.json
+#   compile  python benchmarks/compile.py --device cuda: --compile against eager, ours and torch.nn's
+#   nccl     train gpt nanogpt-cpu on cuda, 1 process and torchrun (NCCL) at world size 1: steps/s
 #   cpu      python -m customnn bench --quick --device cpu --threads 0 (an unloaded many-core CPU)
 # The exit code is 0 when every step passed; $OUT/summary.txt has one line per step.
 
@@ -100,6 +102,28 @@ EOF
 
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags
 step bench 330 "$PY" -m customnn bench --device cuda --json "$LOG/bench-cuda.json" ${BENCH_ARGS:-} || status=1
+
+step compile 300 "$PY" benchmarks/compile.py --device cuda --reps 5 --out "$LOG/cuda-compile.txt" || status=1
+
+step nccl 240 "$PY" - "$LOG/nccl" <<'EOF' || status=1
+import subprocess, sys
+from pathlib import Path
+from customnn.checkpoint import load_checkpoint
+out = Path(sys.argv[1])
+args = ["-m", "customnn", "train", "gpt", "--preset", "nanogpt-cpu", "--device", "cuda", "--max-steps", "200",
+        "--eval-interval", "100000", "--eval-iters", "1", "--quiet"]
+for name, launch in (("1 process", [sys.executable]),
+                     ("torchrun, NCCL, world size 1", [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                       "--nproc-per-node=1"])):
+    folder = out / name.split(",")[0].replace(" ", "-")
+    p = subprocess.run([*launch, *args, "--out", str(folder)], capture_output=True, text=True, timeout=200)
+    if p.returncode != 0:
+        print(name, "FAILED", p.stderr[-2000:])
+        sys.exit(1)
+    (run,) = folder.iterdir()
+    e = load_checkpoint(run / "last.safetensors").state["engine"]
+    print(f"{name:<30} {e['step'] / e['train_time']:8.1f} steps/s ({e['step']} steps in {e['train_time']:.2f} s)")
+EOF
 
 if [ "${CPU_BENCH:-1}" != "0" ]; then
     step cpu 120 "$PY" -m customnn bench --quick --device cpu --threads 0 --json "$LOG/bench-cpu-quick.json" \
