@@ -310,3 +310,21 @@ def test_a_resumed_run_lets_go_of_the_loaded_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(GPTTrainer, "train_step", watched_step)
     train(make_config("tiny", max_iters=9, resume=str(first["run_dir"])), quiet=True)
     assert alive_at_steps and not any(alive_at_steps)
+
+
+def test_a_resumed_run_builds_its_model_once(tmp_path, monkeypatch):
+    """Resuming allocates one GPT: the checked model from the checkpoint is the model trained on
+    (the shape check builds one on the meta device, which allocates nothing)."""
+    from customnn.models import gpt
+
+    first = train(make_config("tiny", out=str(tmp_path), max_iters=6, eval_interval=3), quiet=True)
+    built = []
+    init = gpt.GPT.__init__
+
+    def counted(self, *args, **kwargs):
+        built.append(torch.empty(()).device.type)  # "meta" inside config.state_shapes()
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(gpt.GPT, "__init__", counted)
+    train(make_config("tiny", max_iters=9, resume=str(first["run_dir"])), quiet=True)
+    assert built.count("cpu") == 1, built

@@ -104,9 +104,9 @@ class GPTTrainer(Trainer):
 
     def setup(self, device, ckpt) -> None:
         cfg = self.cfg
-        stored_vocab = None
-        if ckpt is not None:  # the stored model is checked before any use
-            _, stored_vocab = gpt_from_checkpoint(ckpt, ckpt.path)
+        stored, stored_vocab = None, None
+        if ckpt is not None:  # the stored model, checked before any use: the model resumed
+            stored, stored_vocab = gpt_from_checkpoint(ckpt, ckpt.path)
         self.corpus = corpus = load_corpus(cfg.text, cfg.data_dir, cfg.block_size, vocab=stored_vocab)
         # refused in one line, before anything is allocated, if it cannot fit (this process's rows)
         check_training_memory("gpt", replace(cfg, batch_size=max(1, cfg.batch_size // self.dist.world)), device,
@@ -115,13 +115,14 @@ class GPTTrainer(Trainer):
             raise UserError(f"{ckpt.path} was trained with a different model configuration")
         self.device = device
         seed_all(cfg.seed)
-        model = GPT(cfg.model_config(len(corpus.vocab)), seed=cfg.seed)
         self.batch_gen = torch.Generator().manual_seed(cfg.seed)
-        if cfg.nanogpt_rng:  # nanoGPT's one stream: its initialisation draws, then batches and evaluations
-            init_like_nanogpt_(model, self.batch_gen)
+        if stored is not None:  # its weights are the checkpoint's (and the generators are restored from it)
+            model = stored
+        else:
+            model = GPT(cfg.model_config(len(corpus.vocab)), seed=cfg.seed)
+            if cfg.nanogpt_rng:  # nanoGPT's one stream: its initialisation draws, then batches and evaluations
+                init_like_nanogpt_(model, self.batch_gen)
         self.model = model.to(device=device, dtype=cfg.torch_dtype)
-        if ckpt is not None:
-            self.model.load_state_dict({k: v.to(device) for k, v in ckpt.model_state.items()})
         if cfg.optimizer == "muon":  # Muon for the blocks' matrices, AdamW for embeddings, gains and head
             groups = muon_groups(model.named_parameters(), lr=cfg.lr, muon_lr=cfg.muon_lr,
                                  weight_decay=cfg.weight_decay)
