@@ -82,7 +82,7 @@ class _RoPE(torch.autograd.Function):
         h = x.shape[-1] // 2
         x1, x2 = x[..., :h], x[..., h:]  # (..., T, h) each
         if torch.compiler.is_compiling():  # TorchDynamo cannot trace out= into a strided half
-            y = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+            y = rope_reference(x, cos, sin)
         else:  # each half written in place: no (..., T, h) temporaries and no concatenation
             y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
             y1, y2 = y[..., :h], y[..., h:]
@@ -100,8 +100,8 @@ class _RoPE(torch.autograd.Function):
         h = dout.shape[-1] // 2
         dy1, dy2 = dout[..., :h], dout[..., h:]
         dx = dcos = dsin = None
-        if need[0] and torch.compiler.is_compiling():  # dx = R^T dy, traceable (see forward)
-            dx = torch.cat([dy1 * cos + dy2 * sin, dy2 * cos - dy1 * sin], dim=-1)
+        if need[0] and torch.compiler.is_compiling():  # dx = R^T dy = R(-angle) dy, traceable (see forward)
+            dx = rope_reference(dout, cos, -sin)
         elif need[0]:  # dx = R^T dy
             dx = torch.empty(dout.shape, dtype=dout.dtype, device=dout.device)
             torch.mul(dy1, cos, out=dx[..., :h]).addcmul_(dy2, sin)  # dx1 = dy1 cos + dy2 sin
