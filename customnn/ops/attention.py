@@ -87,7 +87,7 @@ import torch
 from customnn.ops._apply import apply
 from customnn.ops._checks import check_float, check_rank, check_tensor
 from customnn.ops.attention_masks import (LOG2E, EmptyAttention, additive_bias, causal_mask, floor_row_max,
-                                          heads_last, nonzero_sums, sum_to)
+                                          heads_last, nonzero_sums, output_row_sums, sum_to)
 from customnn.ops.attention_tiled import TiledAttention
 from customnn.ops.dropout import uniforms
 
@@ -262,7 +262,7 @@ class DenseAttention(torch.autograd.Function):
             # too: sum_j datt_ij att_ij = sum_j (dout_i . v_j) att_d_ij = dout_i . y_i). Masked
             # entries have att = 0, so they get no gradient. The 1/sqrt(hs) of the scores is
             # applied to dq and dk, which are smaller than dscores when hs < S.
-            row = (dout3.view(y.shape) * y).sum(dim=-1, keepdim=True).reshape(dout3.shape[0], -1, 1)  # (B*nh, T, 1)
+            row = output_row_sums(dout3, y)  # (B*nh, T, 1)
             dscores = datt.sub_(row).mul_(att)  # (B*nh, T, S)
             if need_dq:
                 dq = torch.bmm(dscores, k3).mul_(ctx.scale).view(q_shape)  # (B, nh, T, hs)

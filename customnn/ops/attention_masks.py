@@ -6,7 +6,8 @@ one (attention_tiled.py).
   in the base-2 units the scores are formed in (attention.py's docstring: why exp2), its slice
   for one tile, and the gradient of the scores summed back to the mask's shape;
 - the guards that give a row whose keys are all masked the weights 0, as SDPA on the CPU;
-- the output's memory layout, heads side by side in each position's row (``heads_last``);
+- the output's memory layout, heads side by side in each position's row (``heads_last``), and
+  the backward's row sums read in that layout (``output_row_sums``);
 - ``EmptyAttention``: no keys (S = 0) or an empty output.
 
 Dimension letters as in attention.py: B batch, nh heads, T queries, S keys, hs head size; a
@@ -93,6 +94,13 @@ def heads_last(y: torch.Tensor) -> torch.Tensor:
     if y.shape[1] == 1 or y.shape[2] == 1:  # no tensor calls: they cost a cached generation step ~2%
         return y
     return y.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+def output_row_sums(dout3: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """D_i = dout_i . y_i, each query's upstream gradient dotted with its output (the softmax
+    backward's row sums, both paths): dout3 (B*nh, T, hs), y (B, nh, T, hs) as stored by
+    ``heads_last`` -> (B*nh, T, 1)."""
+    return (dout3.view(y.shape) * y).sum(dim=-1, keepdim=True).reshape(dout3.shape[0], -1, 1)
 
 
 class EmptyAttention(torch.autograd.Function):

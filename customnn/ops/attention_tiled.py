@@ -47,7 +47,7 @@ import math
 import torch
 
 from customnn.ops.attention_masks import (LOG2E, additive_bias, bias_tile, causal_mask, floor_row_max, nonzero_sums,
-                                          sum_to)
+                                          output_row_sums, sum_to)
 
 
 def _spans(n: int, size: int) -> list[tuple[int, int]]:
@@ -135,7 +135,7 @@ class TiledAttention(torch.autograd.Function):
         S = k.shape[2]
         BH = B * nh
         dy = dout.reshape(BH, T, hs)
-        D = (dy.view(y.shape) * y).sum(dim=-1, keepdim=True).reshape(BH, T, 1)  # (BH, T, 1) rowsum(dY * Y)
+        D = output_row_sums(dy, y)  # (BH, T, 1) rowsum(dY * Y)
         qb = _blocks(q.reshape(BH, T, hs), bq, scale * LOG2E)  # [(BH, bq, hs)], base 2 as in forward
         kb = _blocks(k.reshape(BH, S, hs), bk)  # [(BH, bk, hs)]
         kTb = [t.transpose(1, 2) for t in kb]  # [(BH, hs, bk)]
