@@ -146,8 +146,6 @@ class CNNTrainConfig(TrainConfig):
             raise UserError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if not 0 <= self.momentum < 1:
             raise UserError(f"--momentum must be in [0, 1), got {self.momentum}")
-        if self.zero and self.optimizer != "adamw":
-            raise UserError(f"--zero shards AdamW's moments; it cannot be used with --optimizer {self.optimizer}")
         if not 0 <= self.dropout < 1:
             raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
         if not 0 <= self.shift <= 8:

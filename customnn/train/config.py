@@ -88,6 +88,9 @@ class TrainConfig:
         if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
             raise UserError(f"--grad-clip must be a finite number >= 0, got {self.grad_clip}")
         check_seed(self.seed)
+        optimizer = getattr(self, "optimizer", "adamw")  # each model's config names its optimizer
+        if self.zero and optimizer != "adamw":
+            raise UserError(f"--zero shards AdamW's moments; it cannot be used with --optimizer {optimizer}")
         if self.dtype not in ("float32", "float64"):
             raise UserError(f"--dtype must be float32 or float64, got {self.dtype!r}")
 

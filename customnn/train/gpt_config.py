@@ -107,8 +107,6 @@ class GPTTrainConfig(TrainConfig):
             raise UserError(f"--warmup-iters must be >= 0, got {self.warmup_iters}")
         if self.optimizer not in ("adamw", "muon"):
             raise UserError(f"--optimizer must be adamw or muon, got {self.optimizer!r}")
-        if self.zero and self.optimizer != "adamw":
-            raise UserError(f"--zero shards AdamW's moments; it cannot be used with --optimizer {self.optimizer}")
         if not (self.muon_lr > 0 and math.isfinite(self.muon_lr)):
             raise UserError(f"--muon-lr must be a finite number > 0, got {self.muon_lr}")
         changed = [flag_name(k) for k, v in GPT_OPTIONS.items() if getattr(self, k) != v]
