@@ -207,7 +207,8 @@ class GradSync:
             self.buckets[-1].append(p)
             size += p.numel() * p.element_size()
         self.bucket_of = {id(p): i for i, b in enumerate(self.buckets) for p in b}
-        sizes = [sum(p.numel() for p in b) for b in self.buckets]
+        self.used = [sum(p.numel() for p in b) for b in self.buckets]  # n_i: bucket i's gradient numbers
+        sizes = list(self.used)
         if shard:  # (ceil(n_i / N) * N,) per bucket, rank r's slice r of it summed into shards[i]
             sizes = [-(-n // dist.world) * dist.world for n in sizes]
         else:  # the last bucket has more places, after its gradients: the loss and the two requests
@@ -217,8 +218,8 @@ class GradSync:
         self.shards = []  # shard mode: (L_i / N,) per bucket
         if shard:
             self.shards = [torch.zeros(n // dist.world, dtype=b0.dtype, device=b0.device) for n in sizes]
-            for f, b in zip(self.flat, self.buckets):  # the padding stays 0
-                f[sum(p.numel() for p in b):].zero_()
+            for f, n in zip(self.flat, self.used):  # the padding stays 0
+                f[n:].zero_()
         self.offsets = [{id(p): o for p, o in zip(b, _cumsum([p.numel() for p in b]))} for b in self.buckets]
         self.hooks = [p.register_post_accumulate_grad_hook(self._ready) for p in params]
         self.pending: list[int] = []

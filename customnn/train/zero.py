@@ -73,7 +73,6 @@ class ZeroAdamW:
         self.owned = [{"index": [], "params": [], "grads": [], "exp_avgs": [], "exp_avg_sqs": []}
                       for _ in optimizer.param_groups]
         self.slices: list[list[tuple[torch.Tensor, torch.Tensor]]] = []  # per bucket: (param view, shard view)
-        self.used = [sum(p.numel() for p in b) for b in sync.buckets]  # n_i: bucket i's numbers before its padding
         with torch.no_grad():
             for i, bucket in enumerate(sync.buckets):
                 size = sync.shards[i].numel()
@@ -132,7 +131,7 @@ class ZeroAdamW:
             works.append(all_gather(sync.flat[i], sync.shards[i], sync.dist.group, async_op=True))
         for i, bucket in enumerate(sync.buckets):
             works[i].wait()
-            sync.flat[i][self.used[i]:].zero_()  # the padding stays 0 (it is reduce-scattered into the norm)
+            sync.flat[i][sync.used[i]:].zero_()  # the padding stays 0 (it is reduce-scattered into the norm)
             for p in bucket:
                 o = sync.offsets[i][id(p)]
                 p.detach().view(-1).copy_(sync.flat[i][o:o + p.numel()])
