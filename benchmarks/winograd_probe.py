@@ -1,5 +1,6 @@
-"""Would Winograd's F(2x2, 3x3) convolution close the gap to oneDNN? A probe, at 1 thread, on
-the default CNN's two widest 3x3 convolutions (stride 1, padding 1), forward only.
+"""Would Winograd's F(2x2, 3x3) convolution close the gap to oneDNN? A probe, at 1 thread and at
+torch's default thread count, on the default CNN's two widest 3x3 convolutions (stride 1,
+padding 1), forward only.
 
 Winograd (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016) computes
 each 2x2 output tile from a 4x4 input tile with 16 products instead of 36: V = B^T d B per
@@ -58,9 +59,15 @@ def median_ms(fns: dict, n: int = 30) -> dict:
 
 
 def main() -> None:
-    torch.set_num_threads(1)
+    default_threads = torch.get_num_threads()
+    for threads in sorted({1, default_threads}):
+        torch.set_num_threads(threads)
+        probe(threads)
+
+
+def probe(threads: int) -> None:
     torch.manual_seed(0)
-    print("3x3 convolution forward, batch 64, 1 thread, ms (median of 30)")
+    print(f"3x3 convolution forward, batch 64, {threads} thread(s), ms (median of 30)")
     for C, K, H in ((32, 64, 14), (64, 128, 7)):
         x, w = torch.randn(64, C, H, H), torch.randn(K, C, 3, 3)
         err = (winograd_conv3x3(x, w) - F.conv2d(x, w, padding=1)).abs().max().item()
