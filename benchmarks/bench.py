@@ -457,8 +457,8 @@ def resolve_device(name: str) -> torch.device:
 
 def thread_counts(text: str, device: torch.device) -> list[int]:
     """``--threads``: "1,0" -> [1, 0] (0: torch's default); one run on CUDA."""
-    from customnn.errors import UserError
-    from customnn.validate import thread_counts as checked
+    from customnn.core.errors import UserError
+    from customnn.core.validate import thread_counts as checked
 
     try:
         counts = checked(text)

@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from customnn.checkpoint import load_checkpoint  # noqa: E402
+from customnn.train.checkpoint import load_checkpoint  # noqa: E402
 
 MODELS = {
     "gpt nanogpt-cpu, batch 24": ["train", "gpt", "--preset", "nanogpt-cpu", "--batch-size", "24",

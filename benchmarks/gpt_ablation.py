@@ -47,7 +47,7 @@ def overrides(flags):
 def speed(names, rounds=12, steps=10):
     import torch
     from customnn.optim import clip_grad_norm_
-    from customnn.runtime import tune_allocator
+    from customnn.core.runtime import tune_allocator
     from customnn.train.gpt import GPTTrainer, make_config
 
     tune_allocator()

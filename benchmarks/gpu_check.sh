@@ -108,7 +108,7 @@ step compile 300 "$PY" benchmarks/compile.py --device cuda --reps 5 --out "$LOG/
 step nccl 240 "$PY" - "$LOG/nccl" <<'EOF' || status=1
 import subprocess, sys
 from pathlib import Path
-from customnn.checkpoint import load_checkpoint
+from customnn.train.checkpoint import load_checkpoint
 out = Path(sys.argv[1])
 args = ["-m", "customnn", "train", "gpt", "--preset", "nanogpt-cpu", "--device", "cuda", "--max-steps", "200",
         "--eval-interval", "100000", "--eval-iters", "1", "--quiet"]

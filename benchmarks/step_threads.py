@@ -6,7 +6,7 @@ with whole training runs:
     OMP_NUM_THREADS=2 python benchmarks/step_threads.py
 """
 import statistics, time, torch
-from customnn.runtime import tune_allocator; tune_allocator()
+from customnn.core.runtime import tune_allocator; tune_allocator()
 from customnn.models.gpt import GPT, GPTConfig
 from customnn.optim import AdamW
 from customnn_ref.twins import gpt_twin

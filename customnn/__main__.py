@@ -3,7 +3,7 @@
 import os
 import sys
 
-from customnn.cli import main
+from customnn.commands.cli import main
 
 if __name__ == "__main__":
     code = main()

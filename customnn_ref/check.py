@@ -23,7 +23,7 @@ tests and benchmarks. That is why it lives in ``customnn_ref``, the package of r
 beside the library, and not in ``customnn/``, which never touches ``torch.nn``
 (tests/test_purity.py checks every file there).
 
-Entry points: ``add_arguments(parser)`` and ``run(args)``, wired into ``customnn/cli.py``.
+Entry points: ``add_arguments(parser)`` and ``run(args)``, wired into ``customnn/commands/cli.py``.
 """
 
 from __future__ import annotations
@@ -410,7 +410,7 @@ def run(args: argparse.Namespace) -> int:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        from customnn.errors import UserError
+        from customnn.core.errors import UserError
 
         raise UserError("--device cuda was asked for, but PyTorch sees no CUDA device; use --device cpu")
     dtypes = DTYPES[args.dtype]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from customnn.cli import main as cli_main
+from customnn.commands.cli import main as cli_main
 from customnn.models.gpt import GPT, GPTConfig
 from customnn_ref.twins import TwinGPT, copy_weights
 

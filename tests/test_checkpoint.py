@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from customnn.errors import UserError
-from customnn import checkpoint as ckptmod
-from customnn import runtime
-from customnn.checkpoint import load_checkpoint, save_checkpoint
+from customnn.core.errors import UserError
+from customnn.train import checkpoint as ckptmod
+from customnn.core import runtime
+from customnn.train.checkpoint import load_checkpoint, save_checkpoint
 from customnn.train.rundir import RunDir
 
 
@@ -187,7 +187,7 @@ def test_failed_rename_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 SAVER = textwrap.dedent("""
     import sys, torch
-    from customnn.checkpoint import save_checkpoint
+    from customnn.train.checkpoint import save_checkpoint
     path = sys.argv[1]
     step = 0
     print("ready", flush=True)

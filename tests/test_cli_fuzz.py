@@ -1,10 +1,10 @@
 """Every flag of every command, drawn by hypothesis: a result or one line and exit 2, never a traceback.
 
-The flags are read from the parser itself (``customnn.cli.build_parser``), so a flag added later
+The flags are read from the parser itself (``customnn.commands.cli.build_parser``), so a flag added later
 is fuzzed too. Each value is drawn for its kind: integers (negative, zero, huge, past 64 bits),
 floats (NaN, infinities, values that round to zero in float32, huge), strings (empty, line
 breaks, lone surrogates as a command line's non-UTF-8 bytes arrive, device names, paths) and
-choices (with one that is not). The commands run in this process (``customnn.cli.main``) with
+choices (with one that is not). The commands run in this process (``customnn.commands.cli.main``) with
 tiny checkpoints, and their expensive parts (the training loop, full evaluations, the layer
 table, the benchmarks) replaced by stubs once the flags are accepted, so that every example
 takes milliseconds. Asserted for every example: exit 0 (or 130: the stubbed training loop
@@ -43,7 +43,7 @@ def flags_of(parser: argparse.ArgumentParser) -> list[argparse.Action]:
 
 
 def subparsers() -> dict[tuple[str, ...], argparse.ArgumentParser]:
-    from customnn.cli import build_parser
+    from customnn.commands.cli import build_parser
 
     found = {}
 
@@ -127,7 +127,7 @@ def positionals(words, files, data):
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_every_flag_gives_a_result_or_one_line_and_exit_2(words, files, stubs, capsys, data):
-    from customnn.cli import main
+    from customnn.commands.cli import main
 
     actions = flags_of(COMMANDS[words])
     chosen = data.draw(st.lists(st.sampled_from(actions), min_size=1, max_size=3, unique_by=lambda a: a.dest))

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from customnn.data.augment import random_shift
-from customnn.errors import UserError
+from customnn.core.errors import UserError
 from customnn.models.cnn import CustomCNN
 from customnn.train import cnn
 from customnn.train.cnn import CNNTrainConfig, train
-from customnn.checkpoint import load_checkpoint
+from customnn.train.checkpoint import load_checkpoint
 from helpers import train_losses
 
 TRAIN_LINE = re.compile(r"^Train Epoch: \d+ \[\d+/\d+ \(\d+%\)\]\tLoss: \d+\.\d{6}$")

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from customnn import ops
-from customnn.errors import UserError
+from customnn.core.errors import UserError
 from customnn.models.cnn import CustomCNN
 from customnn.models.gpt import GPT, GPTConfig
 from customnn.optim import SGD

@@ -4,7 +4,7 @@ An exception no command anticipated is one line and exit 70 (tests/test_edges.py
 training). When it escapes a training run that has a run folder, the traceback is appended to that
 folder's train.log, after the run's own lines, and the line names it; before the folder exists, or
 when train.log cannot be written, it goes to a temporary file as elsewhere. The failures are
-injected into a trainer's hooks, and ``customnn.cli.main`` runs in this process.
+injected into a trainer's hooks, and ``customnn.commands.cli.main`` runs in this process.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def temporary_files(monkeypatch, tmp_path):
 
 
 def main(capsys, *args):
-    from customnn.cli import main as cli_main
+    from customnn.commands.cli import main as cli_main
 
     capsys.readouterr()
     code = cli_main([str(a) for a in args])

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from customnn.checkpoint import load_checkpoint
+from customnn.train.checkpoint import load_checkpoint
 from helpers import REPO, customnn_env, run_customnn
 
 TIMEOUT = 240

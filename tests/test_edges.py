@@ -19,8 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from customnn.errors import UserError
-from customnn.memory import check_memory, gpt_bytes, human
+from customnn.core.errors import UserError
+from customnn.core.memory import check_memory, gpt_bytes, human
 from helpers import REPO, customnn_env
 from tiny_models import cnn_checkpoint, digit_picture, gpt_checkpoint
 
@@ -33,7 +33,7 @@ def offline(monkeypatch):
 
 
 def main(capsys, *args):
-    from customnn.cli import main as cli_main
+    from customnn.commands.cli import main as cli_main
 
     capsys.readouterr()
     try:
@@ -58,7 +58,7 @@ def test_check_memory_says_what_was_asked_and_what_is_available():
     with pytest.raises(UserError, match=r"a big thing needs about 1\.0 GiB of memory, but only 1\.0 MiB is "
                                         r"available on cpu; use less"):
         check_memory(2**30, "a big thing", "cpu", "use less", available=2**20)
-    from customnn.memory import available_memory
+    from customnn.core.memory import available_memory
 
     assert available_memory("cpu") is None or available_memory("cpu") > 0
 
@@ -99,12 +99,12 @@ def _rss_script(body: str) -> dict:
 
 def test_a_large_checkpoint_is_mapped_not_read_whole(tmp_path):
     """A checkpoint with 400 MB of training state: reading it costs a few MB of resident memory."""
-    from customnn.checkpoint import save_checkpoint
+    from customnn.train.checkpoint import save_checkpoint
 
     path = tmp_path / "big.safetensors"
     save_checkpoint(path, {"w": torch.zeros(4)}, {"model": "cnn"}, {"moments": torch.zeros(100_000_000)})
     r = _rss_script(f"""
-from customnn.checkpoint import load_checkpoint
+from customnn.train.checkpoint import load_checkpoint
 def rss():
     return int(next(l for l in open('/proc/self/status') if l.startswith('VmRSS')).split()[1]) / 1024
 before = rss()
@@ -250,7 +250,7 @@ def test_the_shared_checks_refuse_what_crashed_before(tmp_path, capsys):
 
 
 def test_validators_one_per_kind():
-    from customnn import validate
+    from customnn.core import validate
 
     assert validate.count(3, "--n", 1, 5) == 3 and validate.threads(0) == 0
     assert validate.probability(1.0, "--p") == 1.0 and str(validate.device("cpu")) == "cpu"

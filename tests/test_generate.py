@@ -128,7 +128,7 @@ def test_cli_generate_errors_are_one_line(run_dir, args, message):
 def test_cli_generate_refuses_a_missing_run_and_a_non_gpt_checkpoint(tmp_path, run_dir):
     r = run_customnn("generate", tmp_path / "nope", "--prompt", "a")
     assert r.returncode == 2 and "not found" in r.stderr
-    from customnn.checkpoint import save_checkpoint
+    from customnn.train.checkpoint import save_checkpoint
 
     save_checkpoint(tmp_path / "cnn.safetensors", {"w": torch.zeros(2)}, {"model": "cnn", "config": {}})
     r = run_customnn("generate", tmp_path / "cnn.safetensors", "--prompt", "a")

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from customnn.errors import UserError
+from customnn.core.errors import UserError
 from customnn.train.budget import StepPlanner
 from customnn.train.gpt import PRESETS, make_config, param_groups, train
-from customnn.checkpoint import load_checkpoint
+from customnn.train.checkpoint import load_checkpoint
 from helpers import interrupt_once_training, read_metrics, run_customnn
 
 
@@ -159,7 +159,7 @@ def test_nanogpt_rng_replays_nanogpts_training_loop(tmp_path, capsys):
     assert flat == pytest.approx([value for row in theirs for value in row[1:]], abs=2e-5)  # float32 sums, other order
     assert ours[-1][2] < ours[0][2] - 0.5  # and it learns: not the same numbers by standing still
     # customnn eval draws the batches the run's last evaluation drew from the stream
-    from customnn.cli import main
+    from customnn.commands.cli import main
 
     capsys.readouterr()
     assert main(["eval", str(result["run_dir"]), "--checkpoint", "last"]) == 0
@@ -214,7 +214,7 @@ def test_cli_train_eval_and_errors(tmp_path, capsys):
 
 def main_in_process(capsys, *args) -> tuple[int, str]:
     """``customnn ARGS`` in this process (argparse's errors exit through SystemExit): (exit code, stderr)."""
-    from customnn.cli import main
+    from customnn.commands.cli import main
 
     capsys.readouterr()
     try:

@@ -1,10 +1,11 @@
 """The code's layers: every import in ``customnn/`` points down, there is no import cycle, and no
 module is over 400 lines (docs/architecture.md).
 
-    0 basic parts    errors, fileio, runtime, ops/, module, init, optim
+    0 basic parts    core/ (errors, fileio, runtime, validate, memory, module, init), ops/, optim/, testing
     1                models/, data/
-    2                checkpoint, train/
-    3 commands       commands/, cli, __main__ (and only they may use customnn_ref, the reference)
+    2                train/ (the engine, the tasks, the checkpoint format)
+    3 commands       commands/ (the parser, cli.py, among them), __main__ (and only they may use
+                     customnn_ref, the reference)
 
 Imports inside functions count as much as those at the top of a file.
 """
@@ -26,9 +27,9 @@ def layer_of(module: str) -> int:
     top = parts[0] if parts else "__init__"
     if top in ("models", "data"):
         return 1
-    if top in ("checkpoint", "train"):
+    if top == "train":
         return 2
-    if top in ("commands", "cli", "__main__"):
+    if top in ("commands", "__main__"):
         return 3
     return 0
 
@@ -119,7 +120,7 @@ def test_the_command_line_starts_without_torchdynamo():
     import subprocess
     import sys
 
-    code = ("import sys; from customnn.cli import build_parser; build_parser(); "
+    code = ("import sys; from customnn.commands.cli import build_parser; build_parser(); "
             "import customnn.models.gpt, customnn.train.engine, customnn.train.loading; "
             "print('torch._dynamo' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True, timeout=120)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from customnn.data import cache, mnist
 from customnn.data.mnist import IDXError, load_mnist, parse_idx, read_idx
-from customnn.errors import UserError
+from customnn.core.errors import UserError
 
 
 def idx_bytes(array: np.ndarray, type_code: int = 0x08) -> bytes:

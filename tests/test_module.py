@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from customnn.module import Module
+from customnn.core.module import Module
 
 
 class Leaf(Module):

@@ -1,4 +1,4 @@
-"""Muon (customnn/muon.py): Newton-Schulz against the SVD's U V^T, updates computed by hand and by
+"""Muon (customnn/optim/muon.py): Newton-Schulz against the SVD's U V^T, updates computed by hand and by
 a line-by-line transcription of the published ``muon_update`` on PyTorch's (out, in) layout, the
 AdamW half equal to optim.AdamW, the standard split, one schedule for both halves through
 set_lr, and a state_dict round trip that resumes bit for bit."""
@@ -12,7 +12,7 @@ import torch
 
 from customnn import optim
 from customnn.models.gpt import GPT, GPTConfig
-from customnn.muon import NS_COEFFICIENTS, Muon, muon_groups, newton_schulz5, state_keys
+from customnn.optim.muon import NS_COEFFICIENTS, Muon, muon_groups, newton_schulz5, state_keys
 
 
 # --- Newton-Schulz -------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from customnn.cli import main
+from customnn.commands.cli import main
 
 DATA = Path(__file__).resolve().parent / "data" / "pre-engine"
 

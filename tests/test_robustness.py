@@ -14,7 +14,7 @@
 
 Ctrl-C then ``--resume`` equal to an uninterrupted run is in tests/test_cli_cnn.py (CNN) and
 tests/test_gpt_train.py (GPT); the checkpoint format's unit tests are in tests/test_checkpoint.py.
-Most command-line cases call ``customnn.cli.main`` in this process (a ``python -m customnn``
+Most command-line cases call ``customnn.commands.cli.main`` in this process (a ``python -m customnn``
 start costs seconds); a few go through a real process to prove the same there.
 """
 
@@ -39,13 +39,13 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 
-from customnn.errors import UserError
-from customnn import checkpoint as ckptmod
+from customnn.core.errors import UserError
+from customnn.train import checkpoint as ckptmod
 from customnn.train.cnn import CNNTrainConfig
 from customnn.train.cnn import train as train_cnn
 from customnn.train.gpt import make_config
 from customnn.train.gpt import train as train_gpt
-from customnn.checkpoint import load_checkpoint
+from customnn.train.checkpoint import load_checkpoint
 from customnn.train.rundir import RunDir
 from helpers import REPO, customnn_env, run_customnn
 
@@ -61,7 +61,7 @@ def offline(monkeypatch, one_thread):
 
 def main(capsys, *args) -> tuple[int, str, str]:
     """``customnn ARGS`` in this process: (exit code, stdout, stderr). A traceback would fail the test."""
-    from customnn.cli import main as cli_main
+    from customnn.commands.cli import main as cli_main
 
     capsys.readouterr()
     try:

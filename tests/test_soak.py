@@ -39,8 +39,8 @@ from pathlib import Path
 
 import pytest
 
-from customnn.errors import UserError
-from customnn.checkpoint import load_checkpoint
+from customnn.core.errors import UserError
+from customnn.train.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 MINUTES = float(os.environ.get("CUSTOMNN_SOAK_MINUTES", "20"))

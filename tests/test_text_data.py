@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from customnn.data.text import Vocab, get_batch, load_corpus, read_text
-from customnn.errors import UserError
+from customnn.core.errors import UserError
 
 
 def test_tiny_shakespeare_split_and_vocabulary(data_dir):
@@ -99,7 +99,7 @@ def test_a_name_too_long_for_the_file_system_is_a_clear_error(tmp_path):
 
 
 def test_an_unexpected_os_error_in_a_command_is_one_line(capsys, monkeypatch):
-    from customnn import cli
+    from customnn.commands import cli
 
     def broken(args):
         raise OSError(28, "No space left on device", "/tmp/somewhere")

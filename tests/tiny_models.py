@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from customnn.checkpoint import save_checkpoint
+from customnn.train.checkpoint import save_checkpoint
 from customnn.models.cnn import CustomCNN
 from customnn.models.gpt import GPT, GPTConfig
 

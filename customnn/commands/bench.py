@@ -21,8 +21,8 @@ import runpy
 import sys
 from pathlib import Path
 
-from customnn import validate
-from customnn.errors import UserError
+from customnn.core import validate
+from customnn.core.errors import UserError
 
 BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
 GROUPS = ("cnn", "gpt", "attention", "conv", "reference", "generate", "memory", "layers")
@@ -43,7 +43,7 @@ def add_arguments(p) -> None:
 
 
 def check_args(args) -> None:
-    """Every flag checked here, before the benchmarks start (``customnn/validate.py``)."""
+    """Every flag checked here, before the benchmarks start (``customnn/core/validate.py``)."""
     validate.device(args.device)
     if args.threads is not None:
         validate.thread_counts(args.threads)

@@ -37,10 +37,10 @@ from pathlib import Path
 
 import torch
 
-from customnn import validate
+from customnn.core import validate
 from customnn.data.text import default_prompt
-from customnn.errors import UserError
-from customnn.fileio import atomic_write_bytes, atomic_write_text
+from customnn.core.errors import UserError
+from customnn.core.fileio import atomic_write_bytes, atomic_write_text
 from customnn.train.rundir import RunDir
 
 BANNER = "=========="
@@ -166,7 +166,7 @@ def run(args) -> int:
     device = validate.device(args.device)
     name, cnn_cfg, gpt_cfg = settings(args)
     cnn_cfg.resolved()  # every setting checked before the demo folder is made and anything is trained
-    from customnn.memory import check_training_memory
+    from customnn.core.memory import check_training_memory
 
     check_training_memory("cnn", cnn_cfg.resolved(), device)
     check_training_memory("gpt", gpt_cfg, device)

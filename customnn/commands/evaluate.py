@@ -17,12 +17,12 @@ import torch
 
 from customnn.data.mnist import SIZES, load_mnist
 from customnn.data.text import load_corpus
-from customnn.errors import UserError
-from customnn.memory import check_memory, cnn_bytes, gpt_bytes
+from customnn.core.errors import UserError
+from customnn.core.memory import check_memory, cnn_bytes, gpt_bytes
 from customnn.train import cnn, gpt
 from customnn.train.loading import (MAX_BATCH_SIZE, MAX_EVAL_ITERS, check_compile, compile_model, load_model,
                                     stored_train_config)
-from customnn.validate import device as resolve_device
+from customnn.core.validate import device as resolve_device
 
 
 def finite_results(result: dict, path) -> dict:

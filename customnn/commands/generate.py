@@ -14,9 +14,9 @@ import sys
 
 import torch
 
-from customnn import validate
+from customnn.core import validate
 from customnn.data.text import default_prompt
-from customnn.errors import UserError
+from customnn.core.errors import UserError
 from customnn.models.sampling import generate
 from customnn.train.loading import check_compile, compile_model, load_model
 
@@ -43,7 +43,7 @@ def add_arguments(p) -> None:
 
 
 def check_sampling_args(max_new_tokens: int, temperature: float, top_k, top_p) -> None:
-    """Every sampling setting in its range (``customnn/validate.py``), or a one-line error.
+    """Every sampling setting in its range (``customnn/core/validate.py``), or a one-line error.
 
     Every accepted value is well defined in the sampler: a temperature so small that the
     logits overflow is greedy decoding, a top-p that would keep nothing keeps the most likely

@@ -15,10 +15,10 @@ import torch
 from customnn import ops
 from customnn.data.images import load_image, to_mnist
 from customnn.data.mnist import MEAN, STD
-from customnn.errors import UserError
+from customnn.core.errors import UserError
 from customnn.train.loading import load_model
-from customnn.validate import device as resolve_device
-from customnn.validate import shown
+from customnn.core.validate import device as resolve_device
+from customnn.core.validate import shown
 
 
 def add_arguments(p) -> None:

@@ -24,9 +24,9 @@ import sys
 from pathlib import Path
 
 from customnn.data.mnist import SIZES
-from customnn.memory import check_training_memory
+from customnn.core.memory import check_training_memory
 from customnn.train.config import add_flags, given_settings
-from customnn.validate import device as resolve_device
+from customnn.core.validate import device as resolve_device
 
 MODELS = {"cnn": ("customnn.train.cnn", "CNNTrainConfig"), "gpt": ("customnn.train.gpt", "GPTTrainConfig")}
 
@@ -64,8 +64,8 @@ def newest_run(out: Path, name: str, before: set) -> Path | None:
 
 def interrupted_at_once(model: str, run: Path | None) -> str:
     """What a second Ctrl-C (which stops at once, without saving) leaves, and how to go on."""
-    from customnn.checkpoint import read_header
-    from customnn.errors import UserError
+    from customnn.train.checkpoint import read_header
+    from customnn.core.errors import UserError
 
     last = run / "last.safetensors" if run is not None else None
     if last is None or not last.is_file():

@@ -29,8 +29,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from customnn.errors import UserError
-from customnn.fileio import atomic_write_bytes
+from customnn.core.errors import UserError
+from customnn.core.fileio import atomic_write_bytes
 
 ENV_VAR = "CUSTOMNN_DATA"
 OFFLINE_VAR = "CUSTOMNN_OFFLINE"  # set (to anything but "" or "0"): never download

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from customnn.errors import UserError
+from customnn.core.errors import UserError
 
 INK_THRESHOLD = 0.1  # after contrast stretching, pixels above this count as ink for the crop
 MAX_PIXELS = 2**28  # 268 megapixels (16384 x 16384): larger pictures are refused before decoding
@@ -48,8 +48,8 @@ def load_image(path: str | Path) -> np.ndarray:
 
     from PIL import Image, UnidentifiedImageError
 
-    from customnn.memory import check_memory
-    from customnn.validate import shown
+    from customnn.core.memory import check_memory
+    from customnn.core.validate import shown
 
     path = Path(path)
     name = shown(path)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from customnn.data.cache import ensure_file
-from customnn.errors import UserError
+from customnn.core.errors import UserError
 
 # The mean and standard deviation of the MNIST training pixels (in [0, 1]), as the PyTorch
 # MNIST example normalises them.

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from customnn.errors import UserError
-from customnn.memory import check_memory
-from customnn.validate import vocabulary
+from customnn.core.errors import UserError
+from customnn.core.memory import check_memory
+from customnn.core.validate import vocabulary
 
 DEFAULT_TEXT = "tinyshakespeare/input.txt"  # relative to the data directory
 TRAIN_FRACTION = 0.9  # nanoGPT's split: first 90% train, last 10% validation

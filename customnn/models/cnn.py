@@ -22,7 +22,7 @@ test set in 8 epochs. ``customnn train cnn`` trains it at w = 32 (105k parameter
 rotations, scalings and shifts and label smoothing, which reaches 99.6% in ten minutes on 2 cores.
 
 Parameters are initialised as PyTorch's ``nn.Conv2d`` / ``nn.Linear`` defaults
-(``customnn.init.fan_in_uniform``) from a seeded generator; batch norm starts at gain 1,
+(``customnn.core.init.fan_in_uniform``) from a seeded generator; batch norm starts at gain 1,
 shift 0. Dropout draws its masks from ``model.generator`` when set (the training loop sets
 a dedicated, checkpointed generator so a resumed run draws the same masks).
 
@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 
 from customnn import init, ops
-from customnn.module import Module
+from customnn.core.module import Module
 
 ARCHS = ("seed", "default")
 

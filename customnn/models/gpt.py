@@ -51,7 +51,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from customnn import ops
-from customnn.module import Module
+from customnn.core.module import Module
 
 
 # The architecture options and their defaults (the GPT-2 model), and the values each may take.

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from customnn import ops
-from customnn.errors import UserError
+from customnn.core.errors import UserError
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,

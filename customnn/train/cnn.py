@@ -37,11 +37,11 @@ import torch
 from customnn import ops
 from customnn.data.augment import augment
 from customnn.data.mnist import SIZES, load_mnist
-from customnn.errors import UserError
-from customnn.memory import check_training_memory
+from customnn.core.errors import UserError
+from customnn.core.memory import check_training_memory
 from customnn.models.cnn import ARCHS, CustomCNN
 from customnn.optim import SGD, AdamW, constant_lr, cosine_lr, decay_groups
-from customnn.runtime import seed_all
+from customnn.core.runtime import seed_all
 from customnn.train.config import TrainConfig, flag_name, setting, time_budget_setting
 from customnn.train.engine import progress_bar, train_with
 from customnn.train.loading import MAX_WIDTH, check_weights

@@ -27,9 +27,9 @@ import argparse
 import math
 from dataclasses import MISSING, dataclass, field, fields
 
-from customnn.checkpoint import load_checkpoint
-from customnn.errors import UserError
-from customnn.runtime import check_seed
+from customnn.train.checkpoint import load_checkpoint
+from customnn.core.errors import UserError
+from customnn.core.runtime import check_seed
 from customnn.train.rundir import RunDir
 
 RESUME_RULES = ("fixed", "free", "session")

@@ -41,7 +41,7 @@ import os
 
 import torch
 
-from customnn.errors import UserError
+from customnn.core.errors import UserError
 
 BUCKET_BYTES = 4 * 2**20  # all-reduce in pieces of about this size, overlapping with backward
 EXTRAS = 3  # numbers sent with the last bucket: the rank's loss, its stop and its save requests

@@ -36,11 +36,11 @@ from pathlib import Path
 
 import torch
 
-from customnn.checkpoint import DAMAGED, save_checkpoint
-from customnn.errors import UserError
-from customnn.fileio import atomic_write_text
+from customnn.train.checkpoint import DAMAGED, save_checkpoint
+from customnn.core.errors import UserError
+from customnn.core.fileio import atomic_write_text
 from customnn.optim import clip_grad_norm_, grads_are_finite, set_lr
-from customnn.runtime import InterruptFlag, release_free_memory, rng_state, set_rng_state
+from customnn.core.runtime import InterruptFlag, release_free_memory, rng_state, set_rng_state
 from customnn.train.budget import StepPlanner
 from customnn.train.config import open_for_resume
 from customnn.train.distributed import Dist, GradSync, PeerLost
@@ -358,7 +358,7 @@ class Engine:
 
 def train_with(trainer_cls, cfg, quiet: bool = False, given: dict | None = None) -> dict:
     """Train (or, with ``cfg.resume``, continue) one run of ``trainer_cls``; returns its figures."""
-    from customnn.runtime import resolve_device
+    from customnn.core.runtime import resolve_device
 
     run, ckpt = None, None
     if cfg.resume:
@@ -377,7 +377,7 @@ def train_with(trainer_cls, cfg, quiet: bool = False, given: dict | None = None)
     except BaseException as e:
         dist.close(wait=False)
         if engine is not None and engine.main and engine.run_dir is not None:
-            e.run_log = engine.run_dir.log_path  # where customnn/cli.py writes the traceback of a bug
+            e.run_log = engine.run_dir.log_path  # where customnn/commands/cli.py writes the traceback of a bug
         raise
     dist.close()
     return result

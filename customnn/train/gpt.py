@@ -36,13 +36,13 @@ from dataclasses import asdict, replace
 import torch
 
 from customnn.data.text import Corpus, blocks_at, default_prompt, get_batch, load_corpus, random_offsets
-from customnn.errors import UserError
-from customnn.memory import check_training_memory
+from customnn.core.errors import UserError
+from customnn.core.memory import check_training_memory
 from customnn.models.gpt import GPT
 from customnn.models.sampling import generate
-from customnn.muon import Muon, muon_groups, state_keys
+from customnn.optim.muon import Muon, muon_groups, state_keys
 from customnn.optim import AdamW, cosine_lr, decay_groups
-from customnn.runtime import seed_all
+from customnn.core.runtime import seed_all
 from customnn.train.engine import train_with
 from customnn.train.gpt_config import PRESETS, GPTTrainConfig, adapt_defaults, make_config  # noqa: F401 (also customnn.train.gpt's)
 from customnn.train.loading import check_optimizer_state, gpt_from_checkpoint

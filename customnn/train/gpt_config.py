@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from customnn.errors import UserError
+from customnn.core.errors import UserError
 from customnn.models.gpt import GPTConfig
 from customnn.models.gpt import OPTIONS as GPT_OPTIONS  # the options' GPT-2 values
 from customnn.train.config import TrainConfig, flag_name, setting, time_budget_setting

@@ -8,11 +8,11 @@ For either model, ``<model>_from_checkpoint(ckpt, path, device)``:
    (``state_mismatch``; the shapes come from the model itself);
 3. checks that every stored weight is a finite number (``non_finite``: a NaN or an infinity
    would make every output NaN), naming the first tensor that is not;
-4. checks that the model fits in the memory the device has (``customnn/memory.py``);
+4. checks that the model fits in the memory the device has (``customnn/core/memory.py``);
 5. builds the model and loads the weights (the dtypes are checked there), in eval mode.
 
 ``load_model(run_or_path)`` finds the checkpoint of a run folder, reads it
-(``customnn/checkpoint.py``) and dispatches on the model kind in its header; ``eval``,
+(``customnn/train/checkpoint.py``) and dispatches on the model kind in its header; ``eval``,
 ``generate`` and ``predict`` and ``--resume`` all come through here.
 
 ``compile_model(model, device)`` is ``--compile`` for training, ``eval`` and ``generate``: the
@@ -31,13 +31,13 @@ from pathlib import Path
 
 import torch
 
-from customnn.checkpoint import load_checkpoint, resolve_checkpoint
+from customnn.train.checkpoint import load_checkpoint, resolve_checkpoint
 from customnn.data.text import Vocab
-from customnn.errors import UserError
-from customnn.memory import FLOAT, check_memory
+from customnn.core.errors import UserError
+from customnn.core.memory import FLOAT, check_memory
 from customnn.models.cnn import ARCHS, CustomCNN
 from customnn.models.gpt import GPT, GPTConfig
-from customnn.runtime import SEED_MAX, SEED_MIN
+from customnn.core.runtime import SEED_MAX, SEED_MIN
 
 # Bounds on what a checkpoint's settings may make ``customnn eval``, ``generate`` or ``predict`` do.
 MAX_WIDTH = 256  # CNN --width: far above any useful MNIST net (24 reaches 99.5%)

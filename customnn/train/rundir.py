@@ -9,7 +9,7 @@
     loss.png          the loss curves
     report.md         the figures of the run
 
-Every file but the two append-only logs is written atomically (``customnn/fileio.py``); the
+Every file but the two append-only logs is written atomically (``customnn/core/fileio.py``); the
 temporaries a killed process leaves behind are removed when the run is opened again.
 """
 
@@ -19,8 +19,8 @@ import json
 import time
 from pathlib import Path
 
-from customnn.errors import UserError
-from customnn.fileio import atomic_write_bytes, atomic_write_text, remove_stale_temporaries
+from customnn.core.errors import UserError
+from customnn.core.fileio import atomic_write_bytes, atomic_write_text, remove_stale_temporaries
 
 
 class RunDir:

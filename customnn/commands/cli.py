@@ -12,7 +12,7 @@
 Each command lives in its own module (``customnn/commands/``), which provides
 ``add_arguments(parser)`` (``add_arguments(parser, model)`` for ``train MODEL``) and
 ``run(args) -> int``; this file builds the parser, applies the argument checks every command
-shares (``customnn/validate.py``), and turns whatever ends a command into an exit code:
+shares (``customnn/core/validate.py``), and turns whatever ends a command into an exit code:
 
 - a user error (``UserError``, a file-system error, memory exhausted): one line on stderr, exit 2;
 - standard output closed before the command starts: one line, exit 2; a reader that goes away
@@ -30,7 +30,7 @@ import importlib
 import os
 import sys
 
-from customnn.errors import UserError
+from customnn.core.errors import UserError
 
 # (command words, module, one-line help)
 COMMANDS = [
@@ -93,7 +93,7 @@ def _say(message: str) -> None:
     """One line on stderr (nothing if stderr is closed)."""
     if sys.stderr is None:
         return
-    from customnn.validate import shown
+    from customnn.core.validate import shown
 
     try:
         print(f"customnn: {shown(message).translate(_ESCAPE_LINE_BREAKS)}", file=sys.stderr, flush=True)
@@ -160,12 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     words = " ".join(w for w in (args.command, getattr(args, "model", None)) if w)
-    from customnn.runtime import tune_allocator
+    from customnn.core.runtime import tune_allocator
 
     try:
         if sys.stdout is None:  # started with its standard output closed (`customnn ... >&-`)
             raise UserError("standard output is closed: nothing to write the results to")
-        from customnn.validate import check_args
+        from customnn.core.validate import check_args
 
         check_args(args)  # the checks every command shares (seed, device, threads, paths, text)
         module = importlib.import_module(args._module)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 
-from customnn.errors import UserError
+from customnn.core.errors import UserError
 
 FLOAT = 4  # bytes of a float32
 

@@ -16,7 +16,7 @@ size, a probability, a path or a text is refused the same way wherever it is giv
 - ``vocabulary``: a model's characters, distinct and encodable as UTF-8.
 
 ``check_args(args)`` applies the checks every command shares, by the argument's name, before
-the command runs (``customnn/cli.py``); a command checks its own ranges with the same functions.
+the command runs (``customnn/commands/cli.py``); a command checks its own ranges with the same functions.
 ``shown(text)`` makes any string printable (a file name that is not UTF-8 shows its bytes as
 ``\\xff``).
 """
@@ -28,8 +28,8 @@ import os
 import re
 from pathlib import Path
 
-from customnn.errors import UserError
-from customnn.runtime import SEED_MAX, SEED_MIN, check_seed, resolve_device
+from customnn.core.errors import UserError
+from customnn.core.runtime import SEED_MAX, SEED_MIN, check_seed, resolve_device
 
 MAX_THREADS = 1024  # far above any machine's cores; torch's pools fail in odd ways past that
 

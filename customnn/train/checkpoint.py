@@ -15,7 +15,7 @@ bounded JSON document), the tensors are mapped rather than read into memory, and
 becomes a one-line ``UserError``; each model's loader then checks the configuration against
 the tensors before it builds anything (``customnn/train/loading.py``).
 
-Files are written atomically (``customnn/fileio.py``): a crash leaves the previous
+Files are written atomically (``customnn/core/fileio.py``): a crash leaves the previous
 checkpoint, never half of one.
 
     save_checkpoint("last.safetensors", model.state_dict(), {"model": "gpt", ...}, state)
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from customnn.errors import UserError
-from customnn.fileio import atomic_write_bytes
+from customnn.core.errors import UserError
+from customnn.core.fileio import atomic_write_bytes
 
 FORMAT = "customnn-checkpoint"
 FORMAT_VERSION = 1

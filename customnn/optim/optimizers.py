@@ -1,43 +1,16 @@
-"""Optimizers, learning-rate schedules and gradient clipping, written on plain tensors.
+"""The optimizers: a base with parameter groups and state dicts, ``SGD`` and ``AdamW``.
 
-Nothing here uses ``torch.optim``; the tests pin every update against it.
-
-- ``SGD``: stochastic gradient descent with momentum and Nesterov momentum in the form
-  PyTorch uses (Sutskever, Martens, Dahl & Hinton, "On the importance of initialization and
-  momentum in deep learning", ICML 2013, as reformulated in ``torch.optim.SGD``'s docs).
-- ``AdamW``: Adam (Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015) with
-  decoupled weight decay (Loshchilov & Hutter, "Decoupled Weight Decay Regularization",
-  ICLR 2019), in ``torch.optim.AdamW``'s arithmetic.
-- Schedules: ``constant_lr``, ``step_lr`` (``torch.optim.lr_scheduler.StepLR``) and
-  ``cosine_lr`` (linear warmup then cosine decay, nanoGPT's ``get_lr`` exactly), each a
-  callable ``lr_at(step) -> float``; ``set_lr`` writes an lr into an optimizer.
-- ``clip_grad_norm_`` (``torch.nn.utils.clip_grad_norm_``) and ``grads_are_finite``.
-
-Parameters are given as a list of tensors, or as a list of parameter groups like
-``torch.optim``'s (``[{"params": decay, "weight_decay": 0.1}, {"params": no_decay,
-"weight_decay": 0.0}]``); a group's keys override the optimizer's defaults. ``decay_groups``
-builds the usual split (matrices decay; biases, norm gains, other vectors and any names it is
-told to exclude do not).
-
-Updates run under ``torch.no_grad`` with in-place ``torch._foreach_*`` ops, one call per
-group instead of one per tensor; the per-parameter formula is written next to each.
-
-Use::
-
-    opt = AdamW(decay_groups(model.named_parameters(), 0.1), lr=3e-4)
-    lr_at = cosine_lr(3e-4, warmup_steps=100, total_steps=5000, min_lr=3e-5)
-    for it in range(5000):
-        set_lr(opt, lr_at(it))
-        loss = model(x, y)[1]; loss.backward()
-        clip_grad_norm_(model.parameters(), 1.0)
-        opt.step(); opt.zero_grad()
+``SGD`` follows ``torch.optim.SGD`` (momentum and Nesterov momentum; Sutskever, Martens, Dahl &
+Hinton, ICML 2013, as reformulated in PyTorch's docs); ``AdamW`` is Adam (Kingma & Ba, ICLR 2015)
+with decoupled weight decay (Loshchilov & Hutter, ICLR 2019) in ``torch.optim.AdamW``'s
+arithmetic. ``decay_groups`` builds the usual parameter groups (matrices decay; biases, norm
+gains and other vectors do not). Updates run under ``torch.no_grad`` with in-place
+``torch._foreach_*`` ops, one call per group; the per-parameter formula is written next to each.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import torch
 
@@ -273,127 +246,3 @@ def decay_groups(named_params: Iterable[tuple[str, torch.Tensor]], weight_decay:
     return groups if keep_empty else [g for g in groups if g["params"]]
 
 
-# --- learning-rate schedules -------------------------------------------------------------
-@dataclass(frozen=True)
-class ConstantLR:
-    """The same lr at every step."""
-    base_lr: float
-
-    def __call__(self, step: int) -> float:
-        return self.base_lr
-
-
-@dataclass(frozen=True)
-class StepLR:
-    """``base_lr * gamma ** (step // step_size)``, torch's StepLR after ``step`` scheduler steps."""
-    base_lr: float
-    step_size: int
-    gamma: float = 0.1
-
-    def __call__(self, step: int) -> float:
-        return self.base_lr * self.gamma ** (step // self.step_size)
-
-
-@dataclass(frozen=True)
-class CosineLR:
-    """Linear warmup, then cosine decay to ``min_lr`` at ``total_steps``, then ``min_lr``.
-
-    This is nanoGPT's ``get_lr(it)`` line for line (``lr_decay_iters`` = ``total_steps``).
-    Warmup follows nanoGPT's current convention, ``base_lr * (step + 1) / (warmup + 1)``, so
-    step 0 already takes a small non-zero step and warmup never quite reaches ``base_lr``;
-    the cosine part starts at ``base_lr`` exactly at ``step == warmup_steps``. With no warmup
-    it is CosineAnnealingLR's closed form with ``T_max = total_steps``, ``eta_min = min_lr``.
-    """
-    base_lr: float
-    warmup_steps: int
-    total_steps: int
-    min_lr: float = 0.0
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:  # 1) linear warmup
-            return self.base_lr * (step + 1) / (self.warmup_steps + 1)
-        if step > self.total_steps:  # 2) after the decay, min_lr
-            return self.min_lr
-        decay_ratio = (step - self.warmup_steps) / (self.total_steps - self.warmup_steps)  # 3) cosine
-        coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # 1 -> 0
-        return self.min_lr + coeff * (self.base_lr - self.min_lr)
-
-
-def _check_lr(name: str, value: float) -> None:
-    if not value >= 0.0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-
-
-def constant_lr(base_lr: float) -> ConstantLR:
-    _check_lr("base_lr", base_lr)
-    return ConstantLR(base_lr)
-
-
-def step_lr(base_lr: float, step_size: int, gamma: float = 0.1) -> StepLR:
-    _check_lr("base_lr", base_lr)
-    if step_size < 1:
-        raise ValueError(f"step_size must be >= 1, got {step_size}")
-    if gamma < 0:
-        raise ValueError(f"gamma must be >= 0, got {gamma}")
-    return StepLR(base_lr, step_size, gamma)
-
-
-def cosine_lr(base_lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0) -> CosineLR:
-    _check_lr("base_lr", base_lr)
-    _check_lr("min_lr", min_lr)
-    if warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
-    if total_steps <= warmup_steps:
-        raise ValueError(f"total_steps must be > warmup_steps, "
-                         f"got total_steps={total_steps}, warmup_steps={warmup_steps}")
-    return CosineLR(base_lr, warmup_steps, total_steps, min_lr)
-
-
-def set_lr(optimizer: Optimizer, lr: float) -> None:
-    """Set every group's lr to ``lr``, times the group's ``lr_scale`` where it has one."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
-
-
-# --- gradient clipping -------------------------------------------------------------------
-def _grads(params) -> list[torch.Tensor]:
-    params = [params] if isinstance(params, torch.Tensor) else params
-    return [p.grad for p in params if p.grad is not None]
-
-
-@torch.no_grad()
-def clip_grad_norm_(params, max_norm: float) -> torch.Tensor:
-    """Scale all gradients together so their global L2 norm is at most ``max_norm``.
-
-    As ``torch.nn.utils.clip_grad_norm_``: ``total = ||(||g_1||, ||g_2||, ...)||``, every
-    gradient is multiplied by ``min(1, max_norm / (total + 1e-6))``. Returns ``total``, the
-    norm before clipping, as a 0-dim tensor (no device sync here; it is inf or nan when a
-    gradient is).
-    """
-    if not max_norm > 0:
-        raise ValueError(f"max_norm must be > 0, got {max_norm}")
-    grads = _grads(params)
-    if not grads:
-        return torch.tensor(0.0)
-    device = grads[0].device
-    norms = torch._foreach_norm(grads)  # one L2 norm per gradient
-    total_norm = torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]))
-    clip_coef = clip_coefficient(total_norm, max_norm)
-    for dev in {g.device for g in grads}:  # multiply on each gradient's own device
-        torch._foreach_mul_([g for g in grads if g.device == dev], clip_coef.to(dev))
-    return total_norm
-
-
-def clip_coefficient(total_norm: torch.Tensor, max_norm: float) -> torch.Tensor:
-    """What every gradient is multiplied by to clip a global norm ``total_norm`` to ``max_norm``."""
-    return torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
-
-
-@torch.no_grad()
-def grads_are_finite(params) -> bool:
-    """True when every gradient is free of inf and nan (parameters without one are skipped)."""
-    grads = _grads(params)
-    if not grads:
-        return True
-    device = grads[0].device
-    return bool(torch.stack([torch.isfinite(g).all().to(device) for g in grads]).all())

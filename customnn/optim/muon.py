@@ -45,7 +45,7 @@ from collections.abc import Iterable
 
 import torch
 
-from customnn.optim import AdamW, Optimizer
+from customnn.optim.optimizers import AdamW, Optimizer
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # (a, b, c) of the quintic a s + b s^3 + c s^5
 

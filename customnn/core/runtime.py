@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from customnn.errors import UserError
+from customnn.core.errors import UserError
 
 
 class InterruptFlag:
