@@ -14,9 +14,9 @@ For each layer in ``customnn.ops`` it builds random inputs in a few awkward conf
   (``conv2d_reference``, ...), the plain-math definition differentiated by autograd.
 
 Each row holds the largest forward error and the largest gradient error for each input, over
-all its configurations, measured by ``customnn_ref/oracle.py`` (the harness the tests use too):
-``max |ours - ref| / max(max |ref|, 1)``; a row is OK when every error is at most 1e-10
-(float64) or 1e-5 (float32). The exit code is 0 when every row is OK, 1 otherwise.
+all its configurations, measured by ``customnn.testing.compare`` (the harness the tests and
+``check_layer`` use too): ``max |ours - ref| / max(max |ref|, 1)``; a row is OK when every error
+is at most 1e-10 (float64) or 1e-5 (float32). The exit code is 0 when every row is OK, 1 otherwise.
 
 This module calls ``torch.nn.functional``: PyTorch's layers are the reference here, as in the
 tests and benchmarks. That is why it lives in ``customnn_ref``, the package of references
@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import torch
 
 from customnn_ref.check_options import option_trials
-from customnn_ref.oracle import TOL, compare
+from customnn.testing import TOL, compare
 from customnn_ref.twins import apply_rope, rope_cos_sin
 
 DTYPES = {"float64": [torch.float64], "float32": [torch.float32], "both": [torch.float64, torch.float32]}
@@ -87,7 +87,7 @@ def trial_seed(seed: int, i: int) -> int:
 
 
 def run_trial(trial: Trial, seed: int) -> tuple[float, dict[str, float]]:
-    """Forward and backward through both (oracle.compare); (forward error, gradient errors)."""
+    """Forward and backward through both (customnn.testing.compare); (forward error, gradient errors)."""
     values = [t.detach().requires_grad_(wants) if isinstance(t, torch.Tensor) else t for _, t, wants in trial.inputs]
     errors = compare(trial.ours, trial.ref, values, trial.kwargs, names=[n for n, _, _ in trial.inputs], seed=seed)
     return errors.pop("forward"), errors
