@@ -3,6 +3,7 @@ forward and every gradient, as a table.
 
     customnn check                      # float64 and float32, on the CPU (or CUDA if present)
     customnn check --dtype float64 --device cpu --seed 0
+    customnn check --layers my_layers.py   # and the layers that file declares (check_user.py)
 
 For each layer in ``customnn.ops`` it builds random inputs in a few awkward configurations
 (odd sizes, batch 1, strides, padding, dilation, non-contiguous views) and prints, per dtype:
@@ -402,6 +403,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="where to run (auto: cuda if available, else cpu)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the random inputs (default: 0)")
+    parser.add_argument("--layers", action="append", default=[], metavar="FILE.py",
+                        help="also check the layers FILE.py declares in LAYERS (repeatable)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -415,8 +418,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--device cuda was asked for, but PyTorch sees no CUDA device; use --device cpu")
     dtypes = DTYPES[args.dtype]
     start = time.perf_counter()
+    from customnn_ref.check_user import declared, user_rows
+
+    theirs = declared(args.layers)  # a file missing, failing to import or declaring nothing: exit 2 now
     rows = check_layers(dtypes, torch.device(device), args.seed)
-    print(f"customnn check: every layer against PyTorch's and against its readable reference on {device}, "
+    rows += user_rows(theirs, dtypes, torch.device(device), args.seed, Row)
+    yours = f" and the layers of {', '.join(args.layers)} against their declared references" if args.layers else ""
+    print(f"customnn check: every layer against PyTorch's and against its readable reference{yours} on {device}, "
           f"seed {args.seed}")
     print("errors: max |ours - ref| / max(|ref|, 1), ref = PyTorch's layer or the layer's _reference; "
           "tolerance 1e-10 (float64), 1e-5 (float32)\n")
