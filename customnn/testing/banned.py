@@ -16,6 +16,7 @@ it is checked against, never a part of it. The rule is checked twice, from this 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from dataclasses import dataclass
@@ -169,23 +170,12 @@ class BannedCallTracer:
     def record(self, name: str) -> None:
         self.calls.append(BannedCall(name, self._phase, _call_site()))
 
+    @contextlib.contextmanager
     def phase(self, phase: str):
-        tracer = self
-
-        class _Phase:
-            def __enter__(self):
-                tracer._phase = phase
-                self.modes = (_FunctionTracer(tracer), _OperatorTracer(tracer))
-                for m in self.modes:
-                    m.__enter__()
-                return tracer
-
-            def __exit__(self, *exc):
-                for m in reversed(self.modes):
-                    m.__exit__(*exc)
-                return False
-
-        return _Phase()
+        """Record, as made in ``phase`` ("forward" or "backward"), the calls made inside."""
+        self._phase = phase
+        with _FunctionTracer(self), _OperatorTracer(self):
+            yield self
 
 
 def run_backward(outputs, douts, inputs) -> tuple:
