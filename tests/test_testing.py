@@ -88,7 +88,9 @@ def test_a_layer_that_assumes_contiguous_memory_fails_only_the_non_contiguous_ch
     (lambda x: torch.softmax(x, -1), "torch.softmax"),
     (lambda x: x.softmax(-1), "Tensor.softmax"),
     (lambda x: torch.ops.aten._softmax(x, -1, False), "torch.ops.aten._softmax"),
-], ids=["F.softmax", "torch.softmax", "Tensor.softmax", "aten._softmax"])
+    (lambda x: F.scaled_dot_product_attention(x, x, x) * 0 + ops.softmax_reference(x, -1),
+     "torch.nn.functional.scaled_dot_product_attention"),
+], ids=["F.softmax", "torch.softmax", "Tensor.softmax", "aten._softmax", "F.sdpa"])
 def test_a_pytorch_layer_called_in_forward_is_caught_by_name(call, name):
     def my_softmax(x):
         return call(x)

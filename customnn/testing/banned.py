@@ -91,6 +91,8 @@ def readable_name(func) -> str:
         return f"torch.{name}"
     if module == "torch._C._special":
         return f"torch.special.{name}"
+    if module == "torch._C._nn":  # F.linear, F.gelu, F.scaled_dot_product_attention live here
+        return f"torch.nn.functional.{name}"
     return f"{module}.{qualname}" if module.startswith("torch") else qualname
 
 
