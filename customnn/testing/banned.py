@@ -93,7 +93,7 @@ def readable_name(func) -> str:
         return f"torch.special.{name}"
     if module == "torch._C._nn":  # F.linear, F.gelu, F.scaled_dot_product_attention live here
         return f"torch.nn.functional.{name}"
-    return f"{module}.{qualname}" if module.startswith("torch") else qualname
+    return f"{module}.{name}" if module.startswith("torch") else qualname
 
 
 @dataclass

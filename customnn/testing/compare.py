@@ -13,7 +13,8 @@ What ``check_layer`` (harness.py), ``customnn check`` and the test suite mean by
   statistics, max-pool's indices) are compared but not differentiated;
 - the gradient of every input that requires grad is compared;
 - an error is ``max |ours - ref| / max(max |ref|, 1)``: relative to the reference's largest
-  magnitude, absolute below 1. Equal means an error of at most ``TOL[dtype]``.
+  magnitude, absolute below 1 (NaN against NaN, and equal infinities, differ by 0; NaN against a
+  number by infinity). Equal means an error of at most ``TOL[dtype]``.
 """
 
 from __future__ import annotations
@@ -55,10 +56,13 @@ def diff(ours: torch.Tensor, ref: torch.Tensor, what: str = "output") -> Diff:
     same = (a == b) | (torch.isnan(a) & torch.isnan(b))  # equal infinities, NaN on both sides: equal
     d = torch.where(same, torch.zeros_like(a), (a - b).abs()).nan_to_num(nan=float("inf"))
     i = int(d.flatten().argmax())
-    where = tuple(int(k) for k in torch.unravel_index(torch.tensor(i), d.shape)) if d.dim() else ()
+    where, rest = [], i
+    for size in reversed(d.shape):  # the flat index as one index per dim
+        where.insert(0, rest % size)
+        rest //= size
     scale = b.abs().nan_to_num(nan=0.0, posinf=0.0).max().item()
     max_abs = d.flatten()[i].item()
-    return Diff(what, max_abs / max(scale, 1.0), max_abs, where, a.flatten()[i].item(), b.flatten()[i].item())
+    return Diff(what, max_abs / max(scale, 1.0), max_abs, tuple(where), a.flatten()[i].item(), b.flatten()[i].item())
 
 
 def max_rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
