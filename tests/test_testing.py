@@ -102,6 +102,15 @@ def test_a_pytorch_layer_called_in_forward_is_caught_by_name(call, name):
     assert message.count("FAIL") == 1  # the numbers agree: only the one rule fails
 
 
+def test_a_call_around_the_python_api_is_caught_at_the_operator_level():
+    def hidden_softmax(x):
+        with torch._C.DisableTorchFunction():  # no TorchFunctionMode sees this call
+            return torch.softmax(x, -1)
+
+    with pytest.raises(AssertionError, match=r"aten\._softmax in forward \(test_testing.py:\d+ in hidden_softmax\)"):
+        check_layer(hidden_softmax, lambda x: ops.softmax_reference(x, -1), randn(3, 5))
+
+
 @pytest.mark.parametrize("which", ["F.softmax", "torch.softmax", "Tensor.softmax"])
 def test_a_pytorch_layer_called_only_in_backward_is_caught(which):
     calls = {"F.softmax": lambda t: F.softmax(t, -1), "torch.softmax": lambda t: torch.softmax(t, -1),
