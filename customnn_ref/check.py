@@ -3,6 +3,7 @@ forward and every gradient, as a table.
 
     customnn check                      # float64 and float32, on the CPU (or CUDA if present)
     customnn check --dtype float64 --device cpu --seed 0
+    customnn check --layers my_layers.py   # and the layers that file declares (check_user.py)
 
 For each layer in ``customnn.ops`` it builds random inputs in a few awkward configurations
 (odd sizes, batch 1, strides, padding, dilation, non-contiguous views) and prints, per dtype:
@@ -14,9 +15,9 @@ For each layer in ``customnn.ops`` it builds random inputs in a few awkward conf
   (``conv2d_reference``, ...), the plain-math definition differentiated by autograd.
 
 Each row holds the largest forward error and the largest gradient error for each input, over
-all its configurations, measured by ``customnn_ref/oracle.py`` (the harness the tests use too):
-``max |ours - ref| / max(max |ref|, 1)``; a row is OK when every error is at most 1e-10
-(float64) or 1e-5 (float32). The exit code is 0 when every row is OK, 1 otherwise.
+all its configurations, measured by ``customnn.testing.compare`` (the harness the tests and
+``check_layer`` use too): ``max |ours - ref| / max(max |ref|, 1)``; a row is OK when every error
+is at most 1e-10 (float64) or 1e-5 (float32). The exit code is 0 when every row is OK, 1 otherwise.
 
 This module calls ``torch.nn.functional``: PyTorch's layers are the reference here, as in the
 tests and benchmarks. That is why it lives in ``customnn_ref``, the package of references
@@ -36,7 +37,7 @@ from dataclasses import dataclass, field
 import torch
 
 from customnn_ref.check_options import option_trials
-from customnn_ref.oracle import TOL, compare
+from customnn.testing import TOL, compare
 from customnn_ref.twins import apply_rope, rope_cos_sin
 
 DTYPES = {"float64": [torch.float64], "float32": [torch.float32], "both": [torch.float64, torch.float32]}
@@ -87,7 +88,7 @@ def trial_seed(seed: int, i: int) -> int:
 
 
 def run_trial(trial: Trial, seed: int) -> tuple[float, dict[str, float]]:
-    """Forward and backward through both (oracle.compare); (forward error, gradient errors)."""
+    """Forward and backward through both (customnn.testing.compare); (forward error, gradient errors)."""
     values = [t.detach().requires_grad_(wants) if isinstance(t, torch.Tensor) else t for _, t, wants in trial.inputs]
     errors = compare(trial.ours, trial.ref, values, trial.kwargs, names=[n for n, _, _ in trial.inputs], seed=seed)
     return errors.pop("forward"), errors
@@ -402,6 +403,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="where to run (auto: cuda if available, else cpu)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the random inputs (default: 0)")
+    parser.add_argument("--layers", action="append", default=[], metavar="FILE.py",
+                        help="also check the layers FILE.py declares in LAYERS (repeatable)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -415,8 +418,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--device cuda was asked for, but PyTorch sees no CUDA device; use --device cpu")
     dtypes = DTYPES[args.dtype]
     start = time.perf_counter()
+    from customnn_ref.check_user import declared, user_rows
+
+    theirs = declared(args.layers)  # a file missing, failing to import or declaring nothing: exit 2 now
     rows = check_layers(dtypes, torch.device(device), args.seed)
-    print(f"customnn check: every layer against PyTorch's and against its readable reference on {device}, "
+    rows += user_rows(theirs, dtypes, torch.device(device), args.seed, Row)
+    yours = f" and the layers of {', '.join(args.layers)} against their declared references" if args.layers else ""
+    print(f"customnn check: every layer against PyTorch's and against its readable reference{yours} on {device}, "
           f"seed {args.seed}")
     print("errors: max |ours - ref| / max(|ref|, 1), ref = PyTorch's layer or the layer's _reference; "
           "tolerance 1e-10 (float64), 1e-5 (float32)\n")

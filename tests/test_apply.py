@@ -54,3 +54,21 @@ def test_the_stand_in_context_keeps_nothing():
     ctx.mark_dirty(t)
     ctx.set_materialize_grads(False)
     assert not hasattr(ctx, "saved_tensors")
+
+
+def test_apply_is_public_for_a_layer_of_ones_own():
+    class Double(torch.autograd.Function):  # a user's layer, as docs/api.md shows it
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, dout):
+            return dout * 2
+
+    assert ops.apply is _apply.apply and "apply" in ops.__all__
+    x = torch.randn(3, dtype=torch.float64)
+    assert ops.apply(Double, x).grad_fn is None  # no gradient can flow: the forward alone
+    y = ops.apply(Double, x.requires_grad_())
+    y.sum().backward()
+    assert y.grad_fn is not None and torch.equal(x.grad, torch.full((3,), 2.0, dtype=torch.float64))

@@ -1,5 +1,6 @@
 """The one rule, checked automatically: nothing in customnn/ uses torch.nn, torch.optim, or
-PyTorch's layer-level functions (the list below names them). Each violation is reported with its
+PyTorch's layer-level functions (``customnn/testing/banned.py`` lists them: the one list, which
+``customnn.testing.check_layer`` also enforces at run time on a user's layer). Each violation is reported with its
 file and line."""
 
 from __future__ import annotations
@@ -9,29 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from customnn.testing.banned import BANNED_MODULES, BANNED_NAMES
+
 PACKAGE = Path(__file__).resolve().parents[1] / "customnn"
 
-# Layer-level functions PyTorch exports at the top level (and their Tensor-method twins).
-BANNED_NAMES = {
-    "softmax", "log_softmax", "softmin",
-    "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
-    "convolution", "_convolution", "conv_tbc",
-    "max_pool1d", "max_pool2d", "max_pool3d", "max_pool1d_with_indices", "max_pool2d_with_indices",
-    "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
-    "adaptive_max_pool1d", "adaptive_max_pool2d", "max_unpool2d", "lp_pool2d",
-    "layer_norm", "native_layer_norm", "batch_norm", "native_batch_norm", "group_norm",
-    "instance_norm", "rms_norm",
-    "embedding", "embedding_bag",
-    "dropout", "dropout_", "native_dropout", "alpha_dropout", "feature_dropout", "feature_alpha_dropout",
-    "relu", "relu_", "relu6", "gelu", "silu", "selu", "celu", "elu", "rrelu", "prelu", "leaky_relu",
-    "hardtanh", "threshold", "threshold_", "mish", "hardswish", "softplus",
-    "scaled_dot_product_attention", "_scaled_dot_product_attention", "multi_head_attention_forward",
-    "cross_entropy", "nll_loss", "binary_cross_entropy", "mse_loss", "kl_div",
-    "im2col", "col2im", "linear", "bilinear", "pad", "one_hot",
-}
-# Whole namespaces that are off limits.
-BANNED_MODULES = ("torch.nn", "torch.optim", "torch._C._nn", "torch.ops.aten", "torch._refs",
-                  "torch._decomp", "torch.special.softmax", "torch.special.log_softmax")
+BANNED_LIST_FILE = "customnn/testing/banned.py"  # the list itself holds the names as strings
 # Method calls on these names are our own layers (``ops.softmax(x)``), not PyTorch's.
 ALLOWED_BASES = {"self", "cls"}
 
@@ -101,7 +84,8 @@ def violations(source: str, filename: str) -> list[str]:
             root = base.split(".")[0] if base else None
             if root not in torch_aliases and root not in own_names:
                 bad(node, f"method .{node.func.attr}() (a PyTorch layer-level function)")
-        elif isinstance(node, ast.Constant) and node.value == "scaled_dot_product_attention":
+        elif (isinstance(node, ast.Constant) and node.value == "scaled_dot_product_attention"
+              and filename != BANNED_LIST_FILE):
             bad(node, "scaled_dot_product_attention by name")
     return found
 

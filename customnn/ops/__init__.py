@@ -14,8 +14,13 @@ Every layer ``<layer>`` has a ``<layer>_reference`` with the same arguments: the
 plain tensor math or explicit loops, differentiated by autograd, against which the fast
 version is tested. Each sits in its layer's file just above the fast version (``reference.py``
 lists where; ``attention_reference``, which takes ``attn_mask``, is attention.py's).
+
+``apply(Function, *args)`` is how each layer calls its ``torch.autograd.Function``: the Function
+(with its hand-written backward recorded) where a gradient may flow, its forward alone where none
+can (evaluation, generation). A layer of one's own calls it the same way (docs/api.md).
 """
 
+from customnn.ops._apply import apply
 from customnn.ops.activation import gelu, gelu_reference, relu, relu_reference, silu, silu_reference
 from customnn.ops.attention import attention, attention_reference
 from customnn.ops.conv import conv2d, conv2d_reference, pad2d, pad2d_reference
@@ -34,4 +39,4 @@ LAYERS = ("conv2d", "pad2d", "max_pool2d", "avg_pool2d", "relu", "gelu", "flatte
           "softmax", "log_softmax", "cross_entropy", "layer_norm", "batch_norm", "dropout", "attention",
           "rms_norm", "rope", "silu")
 
-__all__ = [*LAYERS, *(f"{name}_reference" for name in LAYERS), "LAYERS", "rope_tables"]
+__all__ = [*LAYERS, *(f"{name}_reference" for name in LAYERS), "LAYERS", "rope_tables", "apply"]

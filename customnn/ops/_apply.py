@@ -1,4 +1,5 @@
-"""How the layers call their ``torch.autograd.Function``: ``apply(Function, *args)``.
+"""How the layers call their ``torch.autograd.Function``: ``apply(Function, *args)``, public as
+``customnn.ops.apply`` (a layer of one's own uses it the same way).
 
 Where a gradient may flow (grad mode on and some tensor argument requiring grad) this is
 ``Function.apply(*args)``: autograd records the node whose ``backward`` is the hand-written one.
