@@ -3,7 +3,8 @@
     customnn bench                     # everything, a few minutes on a 2-core CPU
     customnn bench --quick             # fewer repetitions, under a minute
     customnn bench --device cuda --json bench-results/bench-cuda.json
-    customnn bench --only cnn,gpt      # some groups: cnn gpt attention conv reference generate memory layers
+    customnn bench --only cnn,gpt      # some groups: cnn textbook gpt attention conv reference generate memory
+                                       # calls layers
     python benchmarks/bench.py --quick # the same, without the command
 
 Each comparison builds our version (``customnn.ops``, ``customnn.optim``) and PyTorch's twin
@@ -17,6 +18,10 @@ Groups:
 - ``cnn``, ``gpt``: one training step (forward, loss, backward, AdamW step, zero_grad) of
   CustomCNN (seed, and default at the width `customnn train cnn` trains; batch 64) and GPT (``nanogpt-cpu`` and ``default``
   presets) against their torch.nn twins with ``torch.optim.AdamW``.
+- ``textbook``: training steps (forward, loss, backward) of models written straight from
+  ``ops`` calls in the textbook order (conv, ReLU, then pool), against the same code calling
+  ``torch.nn.functional``: the seed CNN (and in our models' order), issue 25's 5x5 32/64-channel
+  conv net, and a GPT of nanogpt-cpu's shape (benchmarks/textbook.py).
 - ``attention``: causal attention forward+backward against ``F.scaled_dot_product_attention``
   at T = 64, 256, 1024 (nh=4, hs=32; batch 12, 3, 1, so 768 tokens each).
 - ``conv``: conv2d forward+backward at every conv layer size of the two CNNs, batch 64.
@@ -30,6 +35,8 @@ Groups:
   (CPU: peak RSS above the RSS before the step, from /proc/self/status VmHWM after resetting
   it through /proc/self/clear_refs, with glibc's mmap threshold fixed so freed tensors leave
   RSS; CUDA: ``torch.cuda.max_memory_allocated`` above the memory allocated before the step).
+- ``calls``: the cost of a call, every public op on tiny inputs against F's, forward,
+  forward+backward and no-grad forward, in microseconds (benchmarks/calls.py).
 - ``layers``: benchmarks/ops.py's per-layer table (CPU only; not in the default set).
 
 On the CPU every group runs twice by default (``--threads 1,0``): at one torch thread, steady
@@ -68,13 +75,15 @@ from customnn.optim import AdamW  # noqa: E402
 from customnn.train.cnn import CNNTrainConfig  # noqa: E402
 from customnn_ref.twins import cnn_twin, gpt_twin  # noqa: E402
 
-GROUPS = ("cnn", "gpt", "attention", "conv", "reference", "generate", "memory", "layers")
+GROUPS = ("cnn", "textbook", "gpt", "attention", "conv", "reference", "generate", "memory", "calls", "layers")
 DEFAULT_GROUPS = GROUPS[:-1]
 DEFAULT_JSON = "bench-results/bench.json"
 VOCAB = 65  # Tiny Shakespeare's characters
 CNN_BATCH = 64
 # Issue 5's targets, custom / PyTorch (generation: cached / uncached).
 TARGETS = {"cnn": 1.3, "gpt": 1.1, "generate": 5.0, "memory": 1.5}
+# Issue 25's: models written from ops (CNN <= 1.2, GPT <= 1.1), each op's call <= 2x F's.
+TEXTBOOK_TARGETS = {"seed": 1.2, "conv5": 1.2, "gpt": 1.1}
 
 
 # --- timing -----------------------------------------------------------------------------------
@@ -380,6 +389,8 @@ def format_table(rows: list[dict]) -> str:
     out = []
     sections = [
         ("cnn", "training step: forward, backward, AdamW (custom vs torch.nn twin)", "custom ms", "torch ms", "ratio"),
+        ("textbook", "models written from ops in the textbook order: fwd, loss, bwd (ops vs F)",
+         "custom ms", "torch ms", "ratio"),
         ("gpt", None, None, None, None),
         ("attention", "causal attention fwd+bwd (custom vs F.scaled_dot_product_attention)",
          "custom ms", "torch ms", "ratio"),
@@ -419,6 +430,14 @@ def check_targets(rows: list[dict]) -> list[dict]:
         if g in ("cnn", "gpt"):
             checks.append(dict(what=f"{row['name']} training step, custom / torch", value=row["ratio"],
                                target=f"<= {TARGETS[g]}", met=row["ratio"] <= TARGETS[g]))
+        elif g == "textbook":
+            target = TEXTBOOK_TARGETS[row["name"].split()[0]]
+            checks.append(dict(what=f"{row['name']} step (issue 25), ops / F", value=row["ratio"],
+                               target=f"<= {target}", met=row["ratio"] <= target))
+        elif g == "calls":
+            worst = max(row["fwd_ratio"], row["fwd_bwd_ratio"])
+            checks.append(dict(what=f"call {row['name']}, worst of fwd, fwd+bwd (issue 25)", value=worst,
+                               target="<= 2", met=worst <= 2.0))
         elif g == "generate":
             pos = "" if row.get("pos", "learned") == "learned" else f" ({row['pos']})"
             checks.append(dict(what=f"generation{pos}, cached / uncached tokens per second", value=row["speedup"],
@@ -524,6 +543,17 @@ def run(args: argparse.Namespace, device: torch.device, threads: int) -> tuple[i
         group_start = time.perf_counter()
         if group in ("cnn", "gpt"):
             rows += bench_training([n for n in MODELS if MODELS[n]["group"] == group], device, reps, sample_s)
+        elif group == "textbook":
+            from textbook import bench_textbook  # benchmarks/textbook.py
+            rows += bench_textbook(device, reps, sample_s)
+        elif group == "calls":
+            if device.type != "cpu":
+                print("bench: the calls group runs on the CPU only; skipped", file=sys.stderr)
+                continue
+            from calls import bench_calls, format_table as calls_table  # benchmarks/calls.py
+            call_rows = bench_calls(threads=threads or None, quick=args.quick)
+            print("\nthe cost of a call, tiny inputs, us (benchmarks/calls.py)\n" + calls_table(call_rows))
+            rows += call_rows
         elif group == "attention":
             rows += bench_attention(device, reps, sample_s)
         elif group == "conv":
@@ -546,7 +576,7 @@ def run(args: argparse.Namespace, device: torch.device, threads: int) -> tuple[i
     targets = check_targets(rows)
     print(format_table(rows))
     if targets:
-        print("\ntargets (issue 5)")
+        print("\ntargets (issues 5 and 25)")
         for t in targets:
             print(f"  {t['what']:<58} {t['value']:>7.2f}  target {t['target']:<7} {'met' if t['met'] else 'NOT met'}")
     elapsed = time.perf_counter() - start

@@ -4,8 +4,9 @@
     python benchmarks/ops.py --quick    # a few seconds, fewer repetitions
     python benchmarks/ops.py --threads 0  # torch's default thread count (default here: 1)
 
-Sizes are the ones the two models use: the MNIST CNNs at batch 64 (the seed net's 5x5
-convolutions, and the bigger net's 3x3 padded convolutions with batch norm) and the GPT at
+Sizes are the ones the models use: the MNIST CNNs at batch 64 (the seed net's 5x5
+convolutions, the bigger net's 3x3 padded convolutions with batch norm, and issue 25's net of
+5x5 padded convolutions with 32 and 64 channels, ``conv5`` in benchmarks/textbook.py) and the GPT at
 B=12, T=64, C=128 with 4 heads. For every layer both versions run on their own copies of
 the same inputs, with the same upstream gradient, alternating custom / PyTorch in one
 process; each sample times enough calls to last about 50 ms (21 samples each); the table
@@ -113,6 +114,21 @@ def cases() -> list[Case]:
         ("cnn big", "batch_norm train", "64x64x14x14", lambda: _batch_norm((N, 64, 14, 14))),
         ("cnn big", "avg_pool2d 2", "64x64x14x14",
          lambda: _pair(lambda x: ops.avg_pool2d(x, 2), lambda x: F.avg_pool2d(x, 2), (N, 64, 14, 14))),
+        ("conv5", "conv2d 1->32 5x5 p2", "64x1x28x28",
+         lambda: _pair(lambda x, w, b: ops.conv2d(x, w, b, padding=2), lambda x, w, b: F.conv2d(x, w, b, padding=2),
+                       (N, 1, 28, 28), (32, 1, 5, 5), (32,))),
+        ("conv5", "relu", "64x32x28x28", lambda: _pair(ops.relu, F.relu, (N, 32, 28, 28))),
+        ("conv5", "max_pool2d 2", "64x32x28x28",
+         lambda: _pair(lambda x: ops.max_pool2d(x, 2), lambda x: F.max_pool2d(x, 2), (N, 32, 28, 28))),
+        ("conv5", "conv2d 32->64 5x5 p2", "64x32x14x14",
+         lambda: _pair(lambda x, w, b: ops.conv2d(x, w, b, padding=2), lambda x, w, b: F.conv2d(x, w, b, padding=2),
+                       (N, 32, 14, 14), (64, 32, 5, 5), (64,))),
+        ("conv5", "relu", "64x64x14x14", lambda: _pair(ops.relu, F.relu, (N, 64, 14, 14))),
+        ("conv5", "max_pool2d 2", "64x64x14x14",
+         lambda: _pair(lambda x: ops.max_pool2d(x, 2), lambda x: F.max_pool2d(x, 2), (N, 64, 14, 14))),
+        ("conv5", "linear 3136->256", "64x3136", lambda: _linear(3136, 256, (N,))),
+        ("conv5", "relu", "64x256", lambda: _pair(ops.relu, F.relu, (N, 256))),
+        ("conv5", "linear 256->10", "64x256", lambda: _linear(256, 10, (N,))),
         ("gpt", "embedding 65x128", "12x64", lambda: _embedding(V, C, (B, T))),
         ("gpt", "layer_norm", "12x64x128",
          lambda: _pair(ops.layer_norm, lambda x, w, b: F.layer_norm(x, (C,), w, b), (B, T, C), (C,), (C,))),

@@ -8,8 +8,10 @@ folder and runs ``benchmarks/bench.py`` in-process with the same arguments.
     customnn bench --device cuda --json bench.json
     customnn bench --only cnn,gpt --threads 0    # some groups, at torch's default thread count only
 
-Groups: cnn, gpt (training steps), attention, conv, reference (the loop versions), generate
-(KV cache), memory (peak memory, one process each), layers (benchmarks/ops.py; not by default).
+Groups: cnn, gpt (training steps), textbook (models written from ops in the textbook order,
+against the same code on torch.nn.functional), attention, conv, reference (the loop versions),
+generate (KV cache), memory (peak memory, one process each), calls (the cost of a call: every
+op on tiny inputs against F's), layers (benchmarks/ops.py; not by default).
 By default every group runs at 1 thread and then at torch's default thread count (``--threads
 1,0``), each with its own table. Results go to bench-results/bench.json unless ``--json`` says
 otherwise.
@@ -25,7 +27,7 @@ from customnn.core import validate
 from customnn.core.errors import UserError
 
 BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
-GROUPS = ("cnn", "gpt", "attention", "conv", "reference", "generate", "memory", "layers")
+GROUPS = ("cnn", "textbook", "gpt", "attention", "conv", "reference", "generate", "memory", "calls", "layers")
 MAX_REPS = 10_000
 
 
@@ -35,7 +37,7 @@ def add_arguments(p) -> None:
     p.add_argument("--json", default=None, metavar="PATH",
                    help="write the results to this JSON file (default bench-results/bench.json)")
     p.add_argument("--only", default=None,
-                   help="comma-separated groups: cnn, gpt, attention, conv, reference, generate, memory, layers")
+                   help="comma-separated groups: " + ", ".join(GROUPS))
     p.add_argument("--threads", default=None,
                    help="comma-separated torch thread counts on the CPU, one run each (0: torch's default; "
                         "default 1,0: one thread, then torch's default)")

@@ -1,17 +1,28 @@
 """How the layers call their ``torch.autograd.Function``: ``apply(Function, *args)``, public as
 ``customnn.ops.apply`` (a layer of one's own uses it the same way).
 
-Where a gradient may flow (grad mode on and some tensor argument requiring grad) this is
-``Function.apply(*args)``: autograd records the node whose ``backward`` is the hand-written one.
-Where none can (under ``torch.no_grad()``, or on inputs that require no grad: evaluation,
-generation), it runs ``Function.forward`` alone on a stand-in context that keeps nothing: the
-same arithmetic, without autograd's bookkeeping, which costs about 3 us a call and is most of
-the time of a token generated with the KV cache by a small GPT (tiny tensors, some 40 calls).
+Where a gradient may flow (grad mode on and some tensor argument requiring grad) autograd
+records the node whose ``backward`` is the hand-written one. Where none can (under
+``torch.no_grad()``, or on inputs that require no grad: evaluation, generation), it runs
+``Function.forward`` alone on a stand-in context that keeps nothing: the same arithmetic,
+without autograd's bookkeeping, which costs a few microseconds a call and is most of the time
+of a token generated with the KV cache by a small GPT (tiny tensors, some 40 calls).
+
+Recording goes straight to autograd's C++ ``apply`` (``_FunctionBase.apply``, what
+``Function.apply`` ends in), skipping ``Function.apply``'s Python prologue: that prologue binds
+default arguments for a ``setup_context`` (none of the layers has one) and unwraps functorch
+wrappers. While TorchDynamo traces or a functorch transform (``torch.func.grad``, ``vmap``) is
+active, ``Function.apply`` itself is called, as those machineries expect.
 """
 
 from __future__ import annotations
 
 import torch
+
+_are_transforms_active = torch._C._are_functorch_transforms_active
+_is_compiling = torch.compiler.is_compiling
+_is_grad_enabled = torch.is_grad_enabled
+_Tensor = torch.Tensor
 
 
 class _NoGradContext:
@@ -34,8 +45,17 @@ class _NoGradContext:
         pass
 
 
+def record(function: type[torch.autograd.Function], *args):
+    """``function.apply(*args)``: the forward, with a node of its backward in autograd's graph."""
+    if _is_compiling() or _are_transforms_active():
+        return function.apply(*args)
+    return super(torch.autograd.Function, function).apply(*args)  # _FunctionBase.apply, in C++
+
+
 def apply(function: type[torch.autograd.Function], *args):
     """``function.apply(*args)``, or ``function.forward`` alone where no gradient can flow."""
-    if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
-        return function.apply(*args)
+    if _is_grad_enabled():
+        for a in args:
+            if isinstance(a, _Tensor) and a.requires_grad:
+                return record(function, *args)
     return function.forward(_NoGradContext(len(args)), *args)

@@ -53,3 +53,17 @@ def check_non_negative(value: tuple[int, ...], name: str) -> None:
 def check_float(x: torch.Tensor, name: str) -> None:
     if not x.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+
+
+def plain_ints(*values) -> bool:
+    """Is every value an int, a tuple of ints or None (bools excluded)? Such arguments can key a
+    cache of checked geometry: a bool must not hit the entry of the int it equals."""
+    for v in values:
+        if v is None or type(v) is int:
+            continue
+        if type(v) is not tuple:
+            return False
+        for e in v:
+            if type(e) is not int:
+                return False
+    return True

@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import torch
 
-from customnn.ops._checks import check_float, check_non_negative, check_positive, check_rank, pair
+from customnn.ops._checks import check_float, check_non_negative, check_positive, check_rank, pair, plain_ints
 from customnn.ops.pad import pad2d_reference
 
 
@@ -45,11 +45,25 @@ def _out_len(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:
 
 
 def pool_args(x, kernel_size, stride, padding, dilation, ceil_mode, name) -> Geometry:
-    """Check a pooling layer's arguments (ValueError naming argument and shapes); return its Geometry."""
+    """Check a pooling layer's arguments (ValueError naming argument and shapes); return its Geometry.
+
+    The geometry depends on integers only (the input's H and W and the arguments), so it is
+    computed once per shape and arguments (``_geometry``, cached) when every argument is a
+    plain int, a tuple of ints or None; other forms (lists, bools, which must be refused)
+    take the same function uncached."""
     check_rank(x, "x", (3, 4), "(N, C, H, W) or unbatched (C, H, W)")
     check_float(x, "x")
     if min(x.shape[-3:]) < 1:
         raise ValueError(f"{name}: x must have C, H, W >= 1 (only the batch may be empty), got shape {tuple(x.shape)}")
+    args = (x.shape, kernel_size, stride, padding, dilation, bool(ceil_mode), name)
+    if plain_ints(kernel_size, stride, padding, dilation):
+        return _geometry(*args)
+    return _geometry.__wrapped__(*args)
+
+
+@functools.lru_cache(maxsize=256)
+def _geometry(shape, kernel_size, stride, padding, dilation, ceil_mode, name) -> Geometry:
+    H, W = shape[-2:]
     kernel = pair(kernel_size, "kernel_size")
     # An empty stride means the default, as in PyTorch.
     stride = kernel if stride is None or (not isinstance(stride, int) and len(stride) == 0) else pair(stride, "stride")
@@ -62,15 +76,13 @@ def pool_args(x, kernel_size, stride, padding, dilation, ceil_mode, name) -> Geo
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
     if ph > kh // 2 or pw > kw // 2:
         raise ValueError(f"{name}: padding {padding} must be at most half of kernel_size {kernel}")
-    H, W = x.shape[-2:]
-    ceil_mode = bool(ceil_mode)
     Ho, Wo = _out_len(H, kh, sh, ph, dh, ceil_mode), _out_len(W, kw, sw, pw, dw, ceil_mode)
     if Ho < 1 or Wo < 1:  # floor mode: the dilated window is larger than the padded input
         dilated = f" (dilation {dilation})" if dilation != (1, 1) else ""
         raise ValueError(f"{name}: kernel_size {kernel}{dilated} is larger than the padded input "
-                         f"{(H + 2 * ph, W + 2 * pw)}: x {tuple(x.shape)}, padding {padding}")
+                         f"{(H + 2 * ph, W + 2 * pw)}: x {tuple(shape)}, padding {padding}")
     extended = (max(H + 2 * ph, (Ho - 1) * sh + dh * (kh - 1) + 1), max(W + 2 * pw, (Wo - 1) * sw + dw * (kw - 1) + 1))
-    return Geometry(kernel, stride, padding, dilation, (Ho, Wo), extended, x.dim() == 4)
+    return Geometry(kernel, stride, padding, dilation, (Ho, Wo), extended, len(shape) == 4)
 
 
 def pad_to(x: torch.Tensor, padding, extended, value: float) -> torch.Tensor:
@@ -87,9 +99,19 @@ def pad_to(x: torch.Tensor, padding, extended, value: float) -> torch.Tensor:
 def offset_view(xp: torch.Tensor, i: int, j: int, stride, out_size) -> torch.Tensor:
     """Pixel (i, j) (already dilated) of every window, as a view: (N, C, Ho, Wo). Looping over
     the kh*kw kernel offsets and combining these views elementwise is much faster than
-    reducing a window axis."""
+    reducing a window axis (on large inputs)."""
     (sh, sw), (Ho, Wo) = stride, out_size
-    return xp[:, :, i: i + sh * (Ho - 1) + 1: sh, j: j + sw * (Wo - 1) + 1: sw]
+    sN, sC, sH, sW = xp.stride()
+    return xp.as_strided((xp.shape[0], xp.shape[1], Ho, Wo), (sN, sC, sh * sH, sw * sW),
+                         xp.storage_offset() + i * sH + j * sW)
+
+
+def windows_view(xp: torch.Tensor, g: Geometry) -> torch.Tensor:
+    """Every window of the padded input as a view, no copy: (N, C, Ho, Wo, kh, kw)."""
+    (kh, kw), (sh, sw), (dh, dw), (Ho, Wo) = g.kernel, g.stride, g.dilation, g.out_size
+    sN, sC, sH, sW = xp.stride()
+    return xp.as_strided((xp.shape[0], xp.shape[1], Ho, Wo, kh, kw),
+                         (sN, sC, sh * sH, sw * sW, dh * sH, dw * sW), xp.storage_offset())
 
 
 def tiles(g: Geometry, in_size) -> bool:

@@ -55,16 +55,11 @@ class _ReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         (y,) = ctx.saved_tensors
-        # y >= 0 elsewhere, so only a NaN makes the sum NaN: one cheap pass (while TorchDynamo
-        # traces, the general rule at once: a graph cannot branch on data)
-        if torch.compiler.is_compiling() or torch.isnan(y.sum()):
-            # PyTorch's rule (threshold_backward): dout unless y <= 0, so at a NaN input the
-            # upstream gradient passes, which sign(y) (0 at NaN) would not do.
-            return dout.masked_fill(y <= 0, 0.0)
-        # sign(y) is 1 where y > 0 and 0 where y == 0: the step function as a float mask
-        # (a bool mask is several times slower to build and apply on CPU).
-        dx = torch.sign(y).mul_(dout)
-        return dx
+        # sign(y) is 1 where y > 0 and 0 where y == 0: the step function as a float mask (a bool
+        # mask is several times slower to build and apply on CPU). PyTorch's rule
+        # (threshold_backward: dout unless y <= 0) passes the upstream gradient at a NaN input,
+        # where sign would give 0: the NaNs become 1 first, with no branch on the data.
+        return y.nan_to_num(1.0).sign_().mul_(dout)
 
 
 def gelu_reference(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:

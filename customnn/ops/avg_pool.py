@@ -31,7 +31,12 @@ import functools
 import torch
 
 from customnn.ops._apply import apply
-from customnn.ops._pool_geometry import Geometry, offset_view, pad_to, pool_args, tiles, window_spans, windows_reference
+from customnn.ops._pool_geometry import (Geometry, offset_view, pad_to, pool_args, tiles, window_spans, windows_reference,
+                                         windows_view)
+
+# Up to this many window values (N*C*Ho*Wo*kh*kw) the window sums are one reduction over the
+# strided windows; above it, one add per kernel position is faster.
+_SMALL = 16384
 
 
 @functools.lru_cache(maxsize=64)
@@ -92,9 +97,12 @@ class AvgPool2d(torch.autograd.Function):
         (kh, kw) = g.kernel
         # Padding counts as zeros in the sum; the divisor says what is counted.
         xp = pad_to(x, g.padding, g.extended, 0.0)  # (N, C, Hp, Wp)
-        out = offset_view(xp, 0, 0, g.stride, g.out_size).clone()  # (N, C, Ho, Wo)
-        for p in range(1, kh * kw):
-            out += offset_view(xp, p // kw, p % kw, g.stride, g.out_size)
+        if x.shape[0] * x.shape[1] * g.out_size[0] * g.out_size[1] * kh * kw <= _SMALL:
+            out = windows_view(xp, g).sum((-2, -1))  # (N, C, Ho, Wo): one reduction of the window views
+        else:  # one add per kernel position, each over a strided view: faster on large inputs
+            out = offset_view(xp, 0, 0, g.stride, g.out_size).clone()  # (N, C, Ho, Wo)
+            for p in range(1, kh * kw):
+                out += offset_view(xp, p // kw, p % kw, g.stride, g.out_size)
         out /= divisor  # a number, or (Ho, Wo) broadcast
         # Nothing but the geometry and the divisor is needed for backward.
         ctx.geometry = (x.shape, xp.shape, g, divisor)
@@ -107,7 +115,8 @@ class AvgPool2d(torch.autograd.Function):
         (kh, kw), (ph, pw) = g.kernel, g.padding
         share = dout / divisor  # (N, C, Ho, Wo): what each position of a window receives
         if not isinstance(divisor, torch.Tensor) and tiles(g, (H, W)):
-            dx = share.repeat_interleave(kh, dim=2).repeat_interleave(kw, dim=3)  # (N, C, H, W)
+            Ho, Wo = g.out_size  # each share spread over its kh x kw tile: one copy of an expanded view
+            dx = share.view(N, C, Ho, 1, Wo, 1).expand(N, C, Ho, kh, Wo, kw).reshape(N, C, H, W)
             return dx, None, None
         dxp = dout.new_zeros(xp_shape)  # (N, C, Hp, Wp)
         for i in range(kh):  # windows may overlap: add one kernel offset at a time

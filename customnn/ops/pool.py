@@ -35,7 +35,8 @@ import functools
 import torch
 
 from customnn.ops._apply import apply
-from customnn.ops._pool_geometry import Geometry, offset_view, pad_to, pool_args, window_base, windows_reference
+from customnn.ops._pool_geometry import (Geometry, offset_view, pad_to, pool_args, window_base, windows_reference,
+                                         windows_view)
 from customnn.ops.avg_pool import avg_pool2d, avg_pool2d_reference  # noqa: F401  (exported from here too)
 
 
@@ -70,16 +71,51 @@ def _first_inside(g: Geometry, Wp: int, device) -> torch.Tensor:
     return (rows.view(Ho, 1) * Wp + cols.view(1, Wo)).to(torch.int32)
 
 
-def _max_and_argmax(xp, g: Geometry, nan_moves: bool):
+# Up to this many window values (N*C*Ho*Wo*kh*kw) the windows are copied out and reduced with
+# one ``max``: a few dispatched operations whatever the kernel. Above it, the walk over kernel
+# positions (``_walk``), which reads the input in place, is several times faster.
+_SMALL = 16384
+
+
+@functools.lru_cache(maxsize=64)
+def _offsets(g: Geometry, Wp: int, device) -> torch.Tensor:
+    """For window position p (row-major), its offset a*dh*Wp + b*dw from the window's corner: (kh*kw,) int32."""
+    (kh, kw), (dh, dw) = g.kernel, g.dilation
+    a, b = torch.arange(kh, device=device), torch.arange(kw, device=device)
+    return ((a * dh * Wp).view(kh, 1) + (b * dw).view(1, kw)).reshape(-1).to(torch.int32)
+
+
+@functools.lru_cache(maxsize=16)
+def _positions(K: int, device) -> torch.Tensor:
+    return torch.arange(K, device=device)  # (K,) int64: each window position
+
+
+def _max_small(xp, g: Geometry):
+    """Maximum of every window and where it is, from one copy of the windows: (N, C, Ho, Wo) each.
+
+    ``max`` over the window's positions returns the first maximum when several are equal
+    (PyTorch's rule) and, where the window holds NaN, NaN at its first NaN; PyTorch points at
+    the *last* NaN: the largest position * isnan, which is at least the first NaN's position
+    and 0 where there is none, so one elementwise maximum applies the rule with no branch on
+    the data."""
+    K = g.kernel[0] * g.kernel[1]
+    win = windows_view(xp, g).reshape(*xp.shape[:2], *g.out_size, K)  # (N, C, Ho, Wo, K), the copy
+    out, pos = win.max(-1)  # (N, C, Ho, Wo) each
+    last_nan = torch.isnan(win).mul(_positions(K, xp.device)).amax(-1)  # (N, C, Ho, Wo) int64
+    pos = torch.maximum(pos, last_nan)
+    return out, torch.take(_offsets(g, xp.shape[-1], xp.device), pos)  # int32 offsets from each window's corner
+
+
+def _walk(xp, g: Geometry):
     """Maximum of every window of the padded input xp, and where it is: (N, C, Ho, Wo) each.
 
     Walk the window in row-major order keeping the running maximum and where it was, as a
     flat offset into the padded input (a*dh*Wp + b*dw for window position (a, b)). Only a
-    strictly larger value moves it, so ties keep the first maximum (PyTorch's rule); as offsets
-    only grow along the walk, "the last offset that moved it" is a running max of offset *
-    moved, much cheaper than masked_fill. With ``nan_moves`` a NaN moves it too, as in PyTorch.
-    Without padding the walk starts from position (0, 0); with padding it starts from -inf at
-    each window's first position inside x, which a padded -inf never beats.
+    strictly larger value, or a NaN, moves it, so ties keep the first maximum and a window
+    holding NaN points at its last NaN (PyTorch's rules); as offsets only grow along the walk,
+    "the last offset that moved it" is a running max of offset * moved, much cheaper than
+    masked_fill. Without padding the walk starts from position (0, 0); with padding it starts
+    from -inf at each window's first position inside x, which a padded -inf never beats.
     """
     (kh, kw), (dh, dw), Wp = g.kernel, g.dilation, xp.shape[-1]
     if g.padding == (0, 0):
@@ -94,8 +130,7 @@ def _max_and_argmax(xp, g: Geometry, nan_moves: bool):
         i, j = (p // kw) * dh, (p % kw) * dw
         value = offset_view(xp, i, j, g.stride, g.out_size)  # (N, C, Ho, Wo)
         moved = torch.gt(value, out)
-        if nan_moves:
-            moved |= torch.isnan(value)
+        moved |= torch.isnan(value)
         moved = moved.to(torch.int32).mul_(i * Wp + j)
         torch.maximum(arg, moved, out=arg)
         torch.maximum(out, value, out=out)  # propagates NaN
@@ -107,20 +142,15 @@ class MaxPool2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, g: Geometry, return_indices: bool):
         xp = pad_to(x, g.padding, g.extended, float("-inf"))  # (N, C, Hp, Wp)
-        # A window holding a NaN outputs NaN (torch.maximum propagates it), and PyTorch then
-        # points its gradient at the window's last NaN: walk again with that rule, only when
-        # the output holds a NaN (its sum is NaN; one cheap reduction, not a pass of isnan).
-        # While TorchDynamo traces, that rule from the start: a graph cannot branch on data.
-        out, arg = _max_and_argmax(xp, g, nan_moves=torch.compiler.is_compiling())
-        if not torch.compiler.is_compiling() and torch.isnan(out.sum()):
-            out, arg = _max_and_argmax(xp, g, nan_moves=True)
+        (Ho, Wo), (kh, kw) = g.out_size, g.kernel
+        small = g.padding == (0, 0) and x.shape[0] * x.shape[1] * Ho * Wo * kh * kw <= _SMALL
+        out, arg = _max_small(xp, g) if small else _walk(xp, g)
         # Only the argmax (int32, an offset from its window's corner) is kept for backward.
         ctx.save_for_backward(arg)
         ctx.geometry = (x.shape, xp.shape, g)
         if not return_indices:
             return out
-        Ho, Wo = g.out_size
-        Hp, Wp = xp.shape[-2:]
+        Wp = xp.shape[-1]
         where = window_base(Ho, Wo, Wp, g.stride, arg.device).view(Ho, Wo) + arg  # (N, C, Ho, Wo) int64
         idx = (where // Wp - g.padding[0]) * x.shape[-1] + (where % Wp - g.padding[1])
         ctx.mark_non_differentiable(idx)
@@ -138,7 +168,9 @@ class MaxPool2d(torch.autograd.Function):
         where = window_base(Ho, Wo, Wp, g.stride, arg.device) + arg.view(N * C, Ho * Wo)  # (N*C, Ho*Wo)
         dxp = dout.new_zeros((N * C, Hp * Wp))  # (N*C, Hp*Wp)
         dxp.scatter_add_(1, where, dout.reshape(N * C, Ho * Wo))
-        dx = dxp.view(N, C, Hp, Wp)[:, :, ph: ph + H, pw: pw + W]  # un-pad: a view
+        dx = dxp.view(N, C, Hp, Wp)
+        if (Hp, Wp) != (H, W):
+            dx = dx[:, :, ph: ph + H, pw: pw + W]  # un-pad: a view
         return dx, None, None
 
 
