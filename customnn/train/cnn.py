@@ -178,6 +178,7 @@ def evaluate(model: CustomCNN, x: torch.Tensor, y: torch.Tensor, batch_size: int
     for i in range(0, len(x), batch_size):
         xb, yb = x[i:i + batch_size], y[i:i + batch_size]
         logits, _ = model(xb)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # a sum of 1000 losses: not in bfloat16
         total_loss += ops.cross_entropy(logits, yb, reduction="sum").item()
         correct += int((logits.argmax(dim=1) == yb).sum().item())
         bar.update(len(xb))
