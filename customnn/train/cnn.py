@@ -275,7 +275,7 @@ class CNNTrainer(Trainer):
             loss = ops.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
         if self.dist.active:  # its share of the batch's mean loss: the ranks' shares sum to it
             loss = loss * (len(yb) / len(idx))
-        loss.backward()
+        self.backward(loss)
         return loss
 
     def train_row(self, step, loss, lr):

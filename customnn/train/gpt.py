@@ -159,7 +159,7 @@ class GPTTrainer(Trainer):
         _, loss = self.model(x, y)
         if self.dist.active:  # its share of the batch's mean loss: the ranks' shares sum to it
             loss = loss * ((rows.stop - rows.start) / len(ix))
-        loss.backward()
+        self.backward(loss)
         return loss
 
     def evaluate(self, step: int) -> dict:
