@@ -25,7 +25,7 @@ from customnn import validate
 from customnn.errors import UserError
 
 BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
-GROUPS = ("cnn", "gpt", "attention", "conv", "reference", "generate", "memory", "layers")
+GROUPS = ("cnn", "gpt", "amp", "attention", "conv", "reference", "generate", "memory", "layers")
 MAX_REPS = 10_000
 
 
@@ -35,7 +35,7 @@ def add_arguments(p) -> None:
     p.add_argument("--json", default=None, metavar="PATH",
                    help="write the results to this JSON file (default bench-results/bench.json)")
     p.add_argument("--only", default=None,
-                   help="comma-separated groups: cnn, gpt, attention, conv, reference, generate, memory, layers")
+                   help="comma-separated groups: cnn, gpt, amp, attention, conv, reference, generate, memory, layers")
     p.add_argument("--threads", default=None,
                    help="comma-separated torch thread counts on the CPU, one run each (0: torch's default; "
                         "default 1,0: one thread, then torch's default)")
