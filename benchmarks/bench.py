@@ -3,8 +3,8 @@
     customnn bench                     # everything, a few minutes on a 2-core CPU
     customnn bench --quick             # fewer repetitions, under a minute
     customnn bench --device cuda --json bench-results/bench-cuda.json
-    customnn bench --only cnn,gpt      # some groups: cnn textbook gpt attention conv reference generate memory
-                                       # calls layers
+    customnn bench --only cnn,gpt      # some groups: cnn textbook gpt amp attention conv reference generate
+                                       # memory calls layers
     python benchmarks/bench.py --quick # the same, without the command
 
 Each comparison builds our version (``customnn.ops``, ``customnn.optim``) and PyTorch's twin
@@ -22,6 +22,9 @@ Groups:
   ``ops`` calls in the textbook order (conv, ReLU, then pool), against the same code calling
   ``torch.nn.functional``: the seed CNN (and in our models' order), issue 25's 5x5 32/64-channel
   conv net, and a GPT of nanogpt-cpu's shape (benchmarks/textbook.py).
+- ``amp``: the same steps with the forward under bfloat16 autocast (``--precision bf16``), ours
+  against the twin under the same autocast, and ours in bf16 against ours in float32
+  (benchmarks/bench_amp.py).
 - ``attention``: causal attention forward+backward against ``F.scaled_dot_product_attention``
   at T = 64, 256, 1024 (nh=4, hs=32; batch 12, 3, 1, so 768 tokens each).
 - ``conv``: conv2d forward+backward at every conv layer size of the two CNNs, batch 64.
@@ -74,8 +77,9 @@ from customnn.models.gpt import GPT, GPTConfig  # noqa: E402
 from customnn.optim import AdamW  # noqa: E402
 from customnn.train.cnn import CNNTrainConfig  # noqa: E402
 from customnn_ref.twins import cnn_twin, gpt_twin  # noqa: E402
+import bench_amp  # noqa: E402
 
-GROUPS = ("cnn", "textbook", "gpt", "attention", "conv", "reference", "generate", "memory", "calls", "layers")
+GROUPS = ("cnn", "textbook", "gpt", "amp", "attention", "conv", "reference", "generate", "memory", "calls", "layers")
 DEFAULT_GROUPS = GROUPS[:-1]
 DEFAULT_JSON = "bench-results/bench.json"
 VOCAB = 65  # Tiny Shakespeare's characters
@@ -142,6 +146,12 @@ MODELS = {  # name -> what one training step sees
 
 def training_pair(name: str, device: torch.device):
     """(our step, the twin's step, input size): forward, loss, backward, AdamW step, zero_grad."""
+    model, opt, twin, topt, x, y, size = training_parts(name, device)
+    return training_step(model, opt, x, y), training_step(twin, topt, x, y), size
+
+
+def training_parts(name: str, device: torch.device):
+    """(our model, its AdamW, the torch.nn twin, torch's AdamW, x, y, input size) of one model."""
     spec = MODELS[name]
     g = torch.Generator().manual_seed(0)
     if spec["group"] == "cnn":
@@ -160,8 +170,7 @@ def training_pair(name: str, device: torch.device):
         size = f"B={B} T={cfg.block_size} L={cfg.n_layer} C={cfg.n_embd}"
     opt = AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
     topt = torch.optim.AdamW(twin.parameters(), lr=1e-4, weight_decay=0.1)
-
-    return training_step(model, opt, x, y), training_step(twin, topt, x, y), size
+    return model, opt, twin, topt, x, y, size
 
 
 def training_step(net, optimizer, x, y):
@@ -392,6 +401,9 @@ def format_table(rows: list[dict]) -> str:
         ("textbook", "models written from ops in the textbook order: fwd, loss, bwd (ops vs F)",
          "custom ms", "torch ms", "ratio"),
         ("gpt", None, None, None, None),
+        ("amp", "training step under bf16 autocast (custom vs torch.nn twin, both autocast)", "custom ms", "torch ms",
+         "ratio"),
+        ("amp-self", "custom training step, bf16 autocast vs float32", "bf16 ms", "f32 ms", "ratio"),
         ("attention", "causal attention fwd+bwd (custom vs F.scaled_dot_product_attention)",
          "custom ms", "torch ms", "ratio"),
         ("conv", "conv2d fwd+bwd (custom vs F.conv2d)", "custom ms", "torch ms", "ratio"),
@@ -445,7 +457,7 @@ def check_targets(rows: list[dict]) -> list[dict]:
         elif g == "memory":
             checks.append(dict(what=f"{row['name']} peak memory, custom / torch", value=row["ratio"],
                                target=f"<= {TARGETS['memory']}", met=row["ratio"] <= TARGETS["memory"]))
-    return checks
+    return checks + bench_amp.check_targets(rows)
 
 
 # --- main -------------------------------------------------------------------------------------
@@ -554,6 +566,8 @@ def run(args: argparse.Namespace, device: torch.device, threads: int) -> tuple[i
             call_rows = bench_calls(threads=threads or None, quick=args.quick)
             print("\nthe cost of a call, tiny inputs, us (benchmarks/calls.py)\n" + calls_table(call_rows))
             rows += call_rows
+        elif group == "amp":
+            rows += bench_amp.bench_amp(list(MODELS), device, reps, sample_s, training_parts, compare, _progress)
         elif group == "attention":
             rows += bench_attention(device, reps, sample_s)
         elif group == "conv":

@@ -143,3 +143,16 @@ def test_everyday_pictures_become_mnist_digits(tmp_path):
 
     one = to_mnist(load_image(tmp_path / "one.png"))
     assert one[4:24, 12:16].min() > 0.9 and one.sum() < 85  # a 4x20 bar (8x40 scaled to fit 20), centred
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_eval_in_half_precision(trained_run, dtype):
+    """``eval --dtype bfloat16`` (or float16) runs the model cast: loss and accuracy near float32's."""
+    def figures(*extra):
+        p = run_customnn("eval", trained_run, "--test-samples", "200", "--quiet", *extra)
+        assert p.returncode == 0, p.stderr
+        line = p.stdout.strip()  # Test set: Average loss: 0.4123, Accuracy: 180/200 (90.00%)
+        return float(line.split("loss: ")[1].split(",")[0]), int(line.split("Accuracy: ")[1].split("/")[0])
+    loss32, correct32 = figures()
+    loss16, correct16 = figures("--dtype", dtype)
+    assert abs(loss16 - loss32) <= 0.02 * max(1.0, loss32) and abs(correct16 - correct32) <= 3

@@ -3,6 +3,8 @@ per token, sampling options behave, and ``customnn generate`` prints only the te
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -133,3 +135,20 @@ def test_cli_generate_refuses_a_missing_run_and_a_non_gpt_checkpoint(tmp_path, r
     save_checkpoint(tmp_path / "cnn.safetensors", {"w": torch.zeros(2)}, {"model": "cnn", "config": {}})
     r = run_customnn("generate", tmp_path / "cnn.safetensors", "--prompt", "a")
     assert r.returncode == 2 and "not a GPT" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_cli_eval_and_generate_in_half_precision(run_dir, dtype):
+    """``--dtype bfloat16`` (or float16): the model cast to half the memory evaluates to nearly
+    float32's losses and generates text."""
+    def losses(*extra):
+        r = run_customnn("eval", run_dir, "--quiet", *extra)
+        assert r.returncode == 0, r.stderr
+        found = [float(v) for v in re.findall(r"loss (\d+\.\d+)", r.stdout)]  # train, val
+        assert len(found) == 2, r.stdout
+        return found
+    for ours, full in zip(losses("--dtype", dtype), losses()):
+        assert abs(ours - full) <= 0.02, (ours, full)
+    r = run_customnn("generate", run_dir, "--prompt", "ROMEO:", "--max-new-tokens", 40, "--dtype", dtype)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("ROMEO:") and len(r.stdout) == len("ROMEO:") + 40 + 1

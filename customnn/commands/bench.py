@@ -27,7 +27,7 @@ from customnn.core import validate
 from customnn.core.errors import UserError
 
 BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
-GROUPS = ("cnn", "textbook", "gpt", "attention", "conv", "reference", "generate", "memory", "calls", "layers")
+GROUPS = ("cnn", "textbook", "gpt", "amp", "attention", "conv", "reference", "generate", "memory", "calls", "layers")
 MAX_REPS = 10_000
 
 

@@ -20,7 +20,7 @@ from customnn.data.text import load_corpus
 from customnn.core.errors import UserError
 from customnn.core.memory import check_memory, cnn_bytes, gpt_bytes
 from customnn.train import cnn, gpt
-from customnn.train.loading import (MAX_BATCH_SIZE, MAX_EVAL_ITERS, check_compile, compile_model, load_model,
+from customnn.train.loading import (MAX_BATCH_SIZE, MAX_EVAL_ITERS, DTYPES, check_compile, compile_model, load_model,
                                     stored_train_config)
 from customnn.core.validate import device as resolve_device
 
@@ -40,6 +40,8 @@ def add_arguments(p) -> None:
                    help="which checkpoint of a run folder (default: best, else last)")
     p.add_argument("--data-dir", default=None, help="data directory (default: $CUSTOMNN_DATA, else ~/.cache/customnn)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--dtype", choices=list(DTYPES), default=None,
+                   help="cast the weights to this dtype (default: as saved); bfloat16 or float16 halve the memory")
     p.add_argument("--batch-size", type=int, default=None, help="evaluation batch size")
     p.add_argument("--test-samples", type=int, default=None, help="CNN: evaluate on the first N test images")
     p.add_argument("--eval-iters", type=int, default=None, help="GPT: batches per split")
@@ -53,7 +55,7 @@ def run(args) -> int:
     device = resolve_device(args.device)
     if args.compile:
         check_compile(device)
-    model, vocab, path, ckpt = load_model(args.run, prefer=args.checkpoint, device=device)
+    model, vocab, path, ckpt = load_model(args.run, prefer=args.checkpoint, device=device, dtype=args.dtype)
     if args.compile:
         compile_model(model, device)
     if vocab is None:
@@ -75,7 +77,8 @@ def evaluate_cnn(args, model, device) -> dict:
                  f"evaluating a {model.arch} CNN of width {model.width} on batches of {batch}", device,
                  "use a smaller --batch-size")
     x, y = load_mnist("test", args.data_dir, args.test_samples)
-    return cnn.evaluate(model, x.to(device), y.to(device), batch, args.quiet)
+    dtype = model.parameters()[0].dtype  # the images in the weights' dtype
+    return cnn.evaluate(model, x.to(device=device, dtype=dtype), y.to(device), batch, args.quiet)
 
 
 def evaluate_gpt(args, model, vocab, path, ckpt, device) -> dict:

@@ -18,7 +18,7 @@ from customnn.core import validate
 from customnn.data.text import default_prompt
 from customnn.core.errors import UserError
 from customnn.models.sampling import generate
-from customnn.train.loading import check_compile, compile_model, load_model
+from customnn.train.loading import DTYPES, check_compile, compile_model, load_model
 
 MAX_NEW_TOKENS = 10**9  # a billion characters: days of generation, far past any use
 
@@ -37,6 +37,8 @@ def add_arguments(p) -> None:
                    help="sample only from the most likely characters whose probability sums to p")
     p.add_argument("--seed", type=int, default=1337, help="random seed (default 1337)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--dtype", choices=list(DTYPES), default=None,
+                   help="cast the weights to this dtype (default: as saved); bfloat16 or float16 halve the memory")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context for every token")
     p.add_argument("--compile", action="store_true",
                    help="run the model through torch.compile (the first tokens compile; needs a C++ compiler on the CPU)")
@@ -68,7 +70,7 @@ def run(args) -> int:
     device = validate.device(args.device)
     if args.compile:
         check_compile(device)
-    model, vocab, path, ckpt = load_model(args.run, prefer=args.checkpoint, device=device, kind="gpt")
+    model, vocab, path, ckpt = load_model(args.run, prefer=args.checkpoint, device=device, kind="gpt", dtype=args.dtype)
     if args.compile:
         compile_model(model, device, generation=True)
     meta = ckpt.meta

@@ -27,6 +27,7 @@ import math
 import torch
 
 from customnn.ops._apply import apply
+from customnn.ops._autocast import autocast_call, autocast_on
 from customnn.ops._checks import check_float, check_tensor
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
@@ -142,6 +143,8 @@ def _inner2(x: torch.Tensor) -> torch.Tensor:
 
 def relu(x: torch.Tensor) -> torch.Tensor:
     """max(x, 0) elementwise, as ``F.relu``."""
+    if autocast_on():
+        return autocast_call("relu", relu, x)
     check_tensor(x, "x")
     check_float(x, "x")
     return apply(_ReLU, x)
@@ -149,6 +152,8 @@ def relu(x: torch.Tensor) -> torch.Tensor:
 
 def gelu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
     """GELU elementwise, as ``F.gelu``: ``approximate="none"`` (erf) or ``"tanh"``."""
+    if autocast_on():
+        return autocast_call("gelu", gelu, x, approximate)
     check_tensor(x, "x")
     check_float(x, "x")
     if approximate == "none":
@@ -185,6 +190,8 @@ class _SiLU(torch.autograd.Function):
 
 def silu(x: torch.Tensor) -> torch.Tensor:
     """x * sigmoid(x) elementwise, as ``F.silu``."""
+    if autocast_on():
+        return autocast_call("silu", silu, x)
     check_tensor(x, "x")
     check_float(x, "x")
     return apply(_SiLU, x)

@@ -85,6 +85,7 @@ import math
 import torch
 
 from customnn.ops._apply import apply
+from customnn.ops._autocast import autocast_call, autocast_on
 from customnn.ops._checks import check_float, check_rank, check_tensor
 from customnn.ops.attention_masks import (LOG2E, EmptyAttention, additive_bias, causal_mask, floor_row_max,
                                           heads_last, nonzero_sums, output_row_sums, sum_to)
@@ -346,6 +347,9 @@ def attention(q, k, v, causal=True, dropout_p=0.0, *, attn_mask=None, generator=
     float32 or q's dtype, or does not broadcast to (B, nh, T, S), or comes with ``causal=True``
     (SDPA documents the two as exclusive).
     """
+    if autocast_on():
+        return autocast_call("attention", attention, q, k, v, causal, dropout_p, attn_mask=attn_mask,
+                             generator=generator, block_q=block_q, block_k=block_k, batch=batch)
     _check_arguments(q, k, v, causal, dropout_p, attn_mask, block_q, block_k)
     unbatched = q.dim() == 3
     if unbatched:  # (nh, T, hs): a batch of one

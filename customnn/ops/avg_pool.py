@@ -31,6 +31,7 @@ import functools
 import torch
 
 from customnn.ops._apply import apply
+from customnn.ops._autocast import autocast_call, autocast_on
 from customnn.ops._pool_geometry import (Geometry, offset_view, pad_to, pool_args, tiles, window_spans, windows_reference,
                                          windows_view)
 
@@ -136,6 +137,9 @@ def avg_pool2d(x: torch.Tensor, kernel_size, stride=None, padding=0, ceil_mode: 
     Refuses (ValueError): x not 3-D or 4-D, not floating point, or with an empty C, H or W;
     kernel_size or stride < 1; negative padding or padding above half the kernel (PyTorch's
     limit); a window that fits nowhere (no output pixel); a divisor_override of 0 (or not an int)."""
+    if autocast_on():
+        return autocast_call("avg_pool2d", avg_pool2d, x, kernel_size, stride, padding, ceil_mode,
+                             count_include_pad, divisor_override)
     _check_avg(count_include_pad, divisor_override)
     g = pool_args(x, kernel_size, stride, padding, 1, ceil_mode, "avg_pool2d")
     xb = x if g.batched else x.unsqueeze(0)  # (N, C, H, W), a view

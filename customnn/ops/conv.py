@@ -50,6 +50,7 @@ import functools
 import torch
 
 from customnn.ops._apply import apply
+from customnn.ops._autocast import autocast_call, autocast_on
 from customnn.ops._checks import check_float, check_non_negative, check_positive, check_rank, pair
 from customnn.ops.pad import pad2d, pad2d_reference  # ops imports pad2d from here too
 
@@ -302,6 +303,8 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     padded input, dtypes that differ, an empty weight or an x empty other than in its batch
     (PyTorch raises too, but for zero input channels, where it returns an (N, 0, Ho, Wo) tensor;
     tests/test_degenerate.py). An empty batch gives an empty output."""
+    if autocast_on():
+        return autocast_call("conv2d", conv2d, x, weight, bias, stride, padding, dilation, groups)
     stride, (top, bottom, left, right), dilation, batched = conv_args(x, weight, bias, stride, padding,
                                                                       dilation, groups)
     if not batched:

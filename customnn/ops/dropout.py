@@ -28,6 +28,7 @@ import numbers
 import torch
 
 from customnn.ops._apply import apply
+from customnn.ops._autocast import autocast_call, autocast_on
 from customnn.ops._checks import check_tensor
 
 
@@ -92,6 +93,8 @@ def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True,
     when training. ``batch = (rows, total)``: x is rows
     ``rows`` (a slice) of a batch of ``total`` rows, and its mask is those rows of the whole
     batch's (data-parallel training, customnn/train/distributed.py)."""
+    if autocast_on():
+        return autocast_call("dropout", dropout, x, p, training, generator, batch=batch)
     check_tensor(x, "x")
     if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability p must be a number in [0, 1], got {p!r}")

@@ -26,6 +26,7 @@ import math
 import torch
 
 from customnn.ops._apply import apply
+from customnn.ops._autocast import autocast_call, autocast_on
 from customnn.ops._checks import check_float, check_tensor
 
 
@@ -127,6 +128,8 @@ class _Embedding(torch.autograd.Function):
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ weight + bias`` for x (..., C), weight (C, OC), bias (OC,) -> (..., OC)."""
+    if autocast_on():
+        return autocast_call("linear", linear, x, weight, bias)
     check_tensor(x, "x")
     check_tensor(weight, "weight")
     check_float(x, "x")
@@ -155,6 +158,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 def flatten(x: torch.Tensor) -> torch.Tensor:
     """``x.flatten(1)``: keep the batch dimension, merge the rest."""
+    if autocast_on():
+        return autocast_call("flatten", flatten, x)
     check_tensor(x, "x")
     if x.dim() < 2:
         raise ValueError(f"flatten needs x with at least 2 dimensions (batch, ...), got shape {tuple(x.shape)}")
@@ -163,6 +168,8 @@ def flatten(x: torch.Tensor) -> torch.Tensor:
 
 def embedding(idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Rows of weight (V, C) picked by integer indices idx (any shape) -> (*idx.shape, C)."""
+    if autocast_on():
+        return autocast_call("embedding", embedding, idx, weight)
     check_tensor(idx, "idx")
     check_tensor(weight, "weight")
     if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:

@@ -29,6 +29,7 @@ import math
 import torch
 
 from customnn.ops._apply import apply
+from customnn.ops._autocast import autocast_call, autocast_on
 from customnn.ops._checks import check_float, check_tensor
 from customnn.ops.cross_entropy_soft import NoClassesCrossEntropy, SoftCrossEntropy, no_classes_loss
 
@@ -260,6 +261,8 @@ def _weighted_forward(ctx, shifted, e, s, safe, valid, w, reduction, eps, target
 
 def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """exp(x) / sum(exp(x)) along dim, as ``F.softmax``."""
+    if autocast_on():
+        return autocast_call("softmax", softmax, x, dim)
     check_tensor(x, "x")
     check_float(x, "x")
     _check_dim(x, dim)
@@ -268,6 +271,8 @@ def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 def log_softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """x - log(sum(exp(x))) along dim, as ``F.log_softmax``."""
+    if autocast_on():
+        return autocast_call("log_softmax", log_softmax, x, dim)
     check_tensor(x, "x")
     check_float(x, "x")
     _check_dim(x, dim)
@@ -301,6 +306,9 @@ def cross_entropy(
     than -100 (PyTorch refuses it too); a weight that is not a (C,)
     tensor of logits' dtype; an unknown reduction; label_smoothing outside [0, 1].
     """
+    if autocast_on():
+        return autocast_call("cross_entropy", cross_entropy, logits, target, ignore_index, reduction,
+                             label_smoothing, weight=weight)
     check_tensor(logits, "logits")
     check_tensor(target, "target")
     check_float(logits, "logits")

@@ -35,6 +35,7 @@ import math
 import torch
 
 from customnn.ops._apply import apply
+from customnn.ops._autocast import autocast_call, autocast_on
 from customnn.ops._checks import check_float, check_tensor
 
 
@@ -268,6 +269,8 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor 
 
     Refuses (ValueError): non-float or 0-d x; a normalized_shape that is empty or not ints, or
     that is not x's trailing shape; a weight or bias not of that shape."""
+    if autocast_on():
+        return autocast_call("layer_norm", layer_norm, x, weight, bias, eps, normalized_shape)
     check_tensor(x, "x")
     check_float(x, "x")
     if x.dim() < 1:
@@ -302,6 +305,9 @@ def batch_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor 
     fewer than 2 dims or with no channel (PyTorch raises too), parameters not (C,), training with
     exactly one value per channel, eval without running statistics.
     """
+    if autocast_on():
+        return autocast_call("batch_norm", batch_norm, x, weight, bias, running_mean, running_var, training,
+                             momentum, eps, reduce=reduce)
     check_tensor(x, "x")
     check_float(x, "x")
     if x.dim() < 2:
@@ -380,6 +386,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float | N
     _check_param(weight, "weight", x.shape[-1], x, "the last dimension")
     if eps is None:
         eps = torch.finfo(x.dtype).eps
+    if autocast_on():  # after eps: None is the input dtype's epsilon, as F.rms_norm
+        return autocast_call("rms_norm", rms_norm, x, weight, eps)
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
         raise ValueError(f"eps must be a number >= 0 or None, got {eps!r}")
     return apply(_RMSNorm, x, weight, float(eps))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from customnn.ops._apply import apply
+from customnn.ops._autocast import autocast_call, autocast_on
 from customnn.ops._checks import check_tensor
 
 _MODES = ("constant",)
@@ -124,6 +125,8 @@ def pad2d(x: torch.Tensor, padding, value: float = 0.0, mode: str = "constant") 
     dim of x. Negative amounts crop. Refuses (ValueError): ``mode`` other than "constant"
     (reflect, replicate and circular are not implemented), an odd-length or non-int padding,
     more pairs than x has dims, a crop below size zero."""
+    if autocast_on():
+        return autocast_call("pad2d", pad2d, x, padding, value, mode)
     amounts = _check(x, padding, mode)
     if not any(amounts):
         return x

@@ -35,6 +35,7 @@ import functools
 import torch
 
 from customnn.ops._apply import apply
+from customnn.ops._autocast import autocast_call, autocast_on
 from customnn.ops._pool_geometry import (Geometry, offset_view, pad_to, pool_args, window_base, windows_reference,
                                          windows_view)
 from customnn.ops.avg_pool import avg_pool2d, avg_pool2d_reference  # noqa: F401  (exported from here too)
@@ -186,6 +187,9 @@ def max_pool2d(x: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1,
     kernel_size, stride or dilation < 1; negative padding or padding above half the kernel
     (PyTorch's limit); a window that fits nowhere (no output pixel: in floor mode, a dilated
     kernel larger than the padded input)."""
+    if autocast_on():
+        return autocast_call("max_pool2d", max_pool2d, x, kernel_size, stride, padding, dilation, ceil_mode,
+                             return_indices)
     g = pool_args(x, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d")
     xb = x if g.batched else x.unsqueeze(0)  # (N, C, H, W), a view
     out = apply(MaxPool2d, xb, g, bool(return_indices))

@@ -43,6 +43,7 @@ from __future__ import annotations
 import torch
 
 from customnn.ops._apply import apply
+from customnn.ops._autocast import autocast_call, autocast_on
 from customnn.ops._checks import check_float, check_tensor
 
 
@@ -119,6 +120,8 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary position embedding of x (..., T, hs) with the tables cos, sin (T, hs/2) of
     ``rope_tables``: pair (x[..., i], x[..., i + hs/2]) at position t turned by the angle of
     (cos[t, i], sin[t, i])."""
+    if autocast_on():
+        return autocast_call("rope", rope, x, cos, sin)
     check_tensor(x, "x")
     check_float(x, "x")
     check_tensor(cos, "cos")

@@ -178,6 +178,7 @@ def evaluate(model: CustomCNN, x: torch.Tensor, y: torch.Tensor, batch_size: int
     for i in range(0, len(x), batch_size):
         xb, yb = x[i:i + batch_size], y[i:i + batch_size]
         logits, _ = model(xb)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # a sum of 1000 losses: not in bfloat16
         total_loss += ops.cross_entropy(logits, yb, reduction="sum").item()
         correct += int((logits.argmax(dim=1) == yb).sum().item())
         bar.update(len(xb))
@@ -274,7 +275,7 @@ class CNNTrainer(Trainer):
             loss = ops.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
         if self.dist.active:  # its share of the batch's mean loss: the ranks' shares sum to it
             loss = loss * (len(yb) / len(idx))
-        loss.backward()
+        self.backward(loss)
         return loss
 
     def train_row(self, step, loss, lr):

@@ -45,6 +45,7 @@ from customnn.train.budget import StepPlanner
 from customnn.train.config import open_for_resume
 from customnn.train.distributed import Dist, GradSync, PeerLost
 from customnn.train.loading import check_compile, compile_model
+from customnn.train.precision import FLOAT32, Precision
 from customnn.train.rundir import FollowerRunDir, RunDir, plot_curves
 from customnn.train.trainer import Trainer
 from customnn.train.zero import ZeroAdamW
@@ -82,6 +83,7 @@ class Engine:
             self.run_dir = FollowerRunDir(run.path)
         self.sync: GradSync | None = None
         self.zero: ZeroAdamW | None = None  # --zero under torchrun: this rank's slice of AdamW's moments
+        self.precision = FLOAT32  # --precision: autocast and fp16's loss scale (train/precision.py)
         self.step, self.evaluated_at, self.best, self.elapsed, self.train_time = 0, -1, None, 0.0, 0.0
         self.evals: list[dict] = []
         self.bar = None
@@ -106,7 +108,8 @@ class Engine:
                             "best": self.best, "elapsed": self.clock(), "train_time": self.train_time,
                             "evals": self.evals},
                  "optimizer": (self.zero or t.optimizer).state_dict(),  # --zero: gathered from every rank
-                 "rng": rng_state(t.generators), "trainer": t.extra_state(self.step)}
+                 "rng": rng_state(t.generators), "trainer": t.extra_state(self.step),
+                 "precision": self.precision.state_dict()}
         path = self.run_dir.checkpoint(name)
         if self.main:
             save_checkpoint(path, t.model.state_dict(), t.checkpoint_meta(self.step), state)
@@ -137,6 +140,7 @@ class Engine:
             if loaded != fixed:
                 raise ValueError("optimizer hyperparameters")
             set_rng_state(ckpt.state["rng"], t.generators)
+            self.precision.load_state_dict(ckpt.state.get("precision"))  # fp16's loss scale
             t.load_extra_state(ckpt.state["trainer"], step)
         except DAMAGED as err:
             raise UserError(f"cannot resume from {self.run_dir.checkpoint('last')}: its training state is "
@@ -172,6 +176,7 @@ class Engine:
         if cfg.compile:  # refused in one line before any work where it cannot work
             check_compile(dist.device(device))
         t.setup(dist.device(device), self.ckpt)
+        self.precision = t.precision = Precision(getattr(cfg, "precision", "32"), dist.device(device).type)
         if cfg.compile:
             compile_model(t.model, dist.device(device))
         if dist.active:  # every rank starts from rank 0's weights, and sums gradients with the others
@@ -240,15 +245,22 @@ class Engine:
                     set_lr(t.optimizer, lr)
                     if self.sync is not None:
                         self.sync.start()
-                    loss = t.train_step(step)  # this rank's share of the batch's mean loss
+                    with self.precision.autocast():  # --precision bf16|fp16: the forward under autocast
+                        loss = t.train_step(step)  # this rank's share of the batch's mean loss
                     # --save-interval: any rank's clock, agreed in the gradient exchange (a save is collective)
                     save = cfg.save_interval is not None and time.perf_counter() - last_save >= cfg.save_interval
                     norm = None  # the global gradient norm, when the exchange computes it (--zero)
                     if self.sync is not None:  # every rank now holds the gradients of the whole batch
                         # (--zero: its slice of them), its loss, any stop and save request
                         loss, stop_agreed, save, norm = self.sync.finish(loss, flag.requested, save)
-                    self.check_finite(step, loss, lr, norm)
-                    (self.zero or t.optimizer).step()
+                    skip = False  # fp16: a step whose gradients overflowed is skipped, and the scale halved
+                    if self.precision.scaler is not None:
+                        grads = self.sync.shards if self.zero is not None else \
+                            [p.grad for p in t.model.parameters() if p.grad is not None]
+                        norm, skip = self.precision.unscale_(grads, norm)
+                    if not skip:
+                        self.check_finite(step, loss, lr, norm)
+                        (self.zero or t.optimizer).step()
                     t.optimizer.zero_grad()
                     self.step = step + 1
                     self.train_time += time.perf_counter() - t0

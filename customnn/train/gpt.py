@@ -74,7 +74,8 @@ def estimate_loss(model: GPT, corpus: Corpus, batch_size: int, eval_iters: int, 
     for i, split in enumerate(("train", "val")):
         g = generator if generator is not None else torch.Generator().manual_seed(seed + i)
         data = corpus.train if split == "train" else corpus.val
-        total = torch.zeros((), device=device, dtype=model.wte.dtype)  # the model's precision
+        # the model's precision, at least float32: a sum of bfloat16 losses would keep 3 digits
+        total = torch.zeros((), device=device, dtype=torch.promote_types(model.wte.dtype, torch.float32))
         for _ in range(eval_iters):
             x, y = get_batch(data, block, batch_size, g, device)
             total += model(x, y)[1]
@@ -158,7 +159,7 @@ class GPTTrainer(Trainer):
         _, loss = self.model(x, y)
         if self.dist.active:  # its share of the batch's mean loss: the ranks' shares sum to it
             loss = loss * ((rows.stop - rows.start) / len(ix))
-        loss.backward()
+        self.backward(loss)
         return loss
 
     def evaluate(self, step: int) -> dict:

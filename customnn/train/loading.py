@@ -175,11 +175,16 @@ def stored_train_config(meta: dict, path) -> dict:
 FROM_CHECKPOINT = {"cnn": cnn_from_checkpoint, "gpt": gpt_from_checkpoint}
 
 
-def load_model(run_or_path, prefer: str = "best", device="cpu", kind: str | None = None):
+# ``--dtype`` of eval and generate: the floating dtype the loaded weights are cast to
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_model(run_or_path, prefer: str = "best", device="cpu", kind: str | None = None, dtype: str | None = None):
     """The model of a run folder's checkpoint (``prefer``: best, else last) or of a checkpoint file.
 
     Returns ``(model, vocab, path, ckpt)``; ``vocab`` is None for a CNN. ``kind`` ("cnn" or
-    "gpt") refuses a checkpoint of the other model in one line.
+    "gpt") refuses a checkpoint of the other model in one line. ``dtype`` (a name in ``DTYPES``)
+    casts the model's floating tensors: bfloat16 or float16 hold it in half the memory.
     """
     path = resolve_checkpoint(run_or_path, prefer=prefer)
     ckpt = load_checkpoint(path)
@@ -191,6 +196,8 @@ def load_model(run_or_path, prefer: str = "best", device="cpu", kind: str | None
                         f"{kind.upper()} checkpoint")
     loaded = FROM_CHECKPOINT[found](ckpt, path, device)
     model, vocab = loaded if isinstance(loaded, tuple) else (loaded, None)
+    if dtype is not None:
+        model.to(dtype=DTYPES[dtype])
     return model, vocab, Path(path), ckpt
 
 

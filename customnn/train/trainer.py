@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from customnn.train.distributed import Dist
+from customnn.train.precision import FLOAT32
 from customnn.train.rundir import RunDir
 
 
@@ -25,6 +26,7 @@ class Trainer:
 
     name = "model"  # run folders <out>/<name>-<time>; ``customnn train <name>``
     dist = Dist()  # set by the engine: this process's rows of each batch (train/distributed.py)
+    precision = FLOAT32  # set by the engine: --precision (train/precision.py)
     eval_at_start = True  # evaluate at step 0 too
     best_metric, best_mode = "loss", "min"  # best.safetensors: the evaluation with the best of this
     plot_series: dict[str, str] = {"eval loss": "loss"}  # eval curves in loss.png: label -> metrics key
@@ -51,6 +53,11 @@ class Trainer:
     def train_step(self, step: int) -> torch.Tensor:
         """Forward and backward of one batch; returns the loss (a scalar tensor)."""
         raise NotImplementedError
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """``loss.backward()`` as the run's precision does it (fp16: the loss scaled); ``train_step``
+        calls this."""
+        self.precision.backward(loss)
 
     def evaluate(self, step: int) -> dict:
         """The model's figures at this step (they go into the metrics row and the report)."""
