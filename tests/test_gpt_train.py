@@ -294,9 +294,9 @@ def test_a_resumed_run_lets_go_of_the_loaded_checkpoint(tmp_path, monkeypatch):
     opened = engine.open_for_resume
 
     def open_and_watch(*args, **kwargs):
-        run, ckpt, cfg = opened(*args, **kwargs)
+        run, ckpt, cfg, model = opened(*args, **kwargs)
         refs.append(weakref.ref(ckpt))
-        return run, ckpt, cfg
+        return run, ckpt, cfg, model
 
     alive_at_steps = []
     step = GPTTrainer.train_step

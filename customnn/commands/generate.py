@@ -18,7 +18,11 @@ from customnn.core import validate
 from customnn.data.text import default_prompt
 from customnn.core.errors import UserError
 from customnn.models.sampling import generate
-from customnn.train.loading import check_compile, compile_model, load_model
+from customnn.commands.evaluate import add_model_argument
+from customnn.commands.train import model_spec
+from customnn.train.gpt import block_size_of
+from customnn.train.loading import check_compile, compile_model
+from customnn.train.tasks import load_model
 
 MAX_NEW_TOKENS = 10**9  # a billion characters: days of generation, far past any use
 
@@ -38,6 +42,7 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=1337, help="random seed (default 1337)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context for every token")
+    add_model_argument(p)
     p.add_argument("--compile", action="store_true",
                    help="run the model through torch.compile (the first tokens compile; needs a C++ compiler on the CPU)")
 
@@ -68,7 +73,8 @@ def run(args) -> int:
     device = validate.device(args.device)
     if args.compile:
         check_compile(device)
-    model, vocab, path, ckpt = load_model(args.run, prefer=args.checkpoint, device=device, kind="gpt")
+    model, vocab, path, ckpt = load_model(args.run, prefer=args.checkpoint, device=device, kind="gpt",
+                                          model=model_spec(args))
     if args.compile:
         compile_model(model, device, generation=True)
     meta = ckpt.meta
@@ -86,7 +92,7 @@ def run(args) -> int:
         out.flush()
 
     generate(model, ids, args.max_new_tokens, args.temperature, args.top_k, args.top_p, g,
-             use_cache=not args.no_cache, on_token=emit)
+             use_cache=not args.no_cache, on_token=emit, block_size=block_size_of(model, ckpt, path))
     out.write("\n")
     out.flush()
     return 0
