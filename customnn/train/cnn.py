@@ -89,7 +89,7 @@ def from_checkpoint(ckpt, path, device="cpu", model=None) -> tuple:
     own = own_model_from_checkpoint(ckpt, path, model, provided, "cnn", device)
     if own is not None:
         return own, None
-    if cfg.get("arch") not in ARCH_DEFAULTS:
+    if not isinstance(cfg.get("arch"), str) or cfg["arch"] not in ARCH_DEFAULTS:
         raise UserError(f"{path} is not a CNN checkpoint")
     width, dropout = cfg.get("width", 24), cfg.get("dropout", 0.0)
     if not is_int(width, 1, MAX_WIDTH):
