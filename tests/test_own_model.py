@@ -232,3 +232,52 @@ def test_the_file_needs_no_future_import_and_any_config_resumes(tmp_path, capsys
     types_ = field_types(module.MyConfig)
     assert types_["steps"] == (int, False) and types_["scale"] == (float, True) and types_["lr"] == (float, True)
     assert field_types(CNNTrainConfig)["epochs"] == (int, True)
+
+
+def test_a_trainer_of_one_s_own_without_lr_diverges_in_one_line(tmp_path):
+    """The engine declares what it reads (``TrainConfig.lr``, default None): a config that does not
+    set it still gets the divergence message, naming the learning rate at that step."""
+    from dataclasses import dataclass
+
+    import torch
+
+    from customnn.optim import SGD, constant_lr
+    from customnn.train.config import TrainConfig
+    from customnn.train.engine import Diverged, train_with
+    from customnn.train.trainer import Trainer
+
+    @dataclass
+    class PlainConfig(TrainConfig):
+        pass
+
+    class Blowup(Trainer):
+        name = "blowup"
+
+        def setup(self, device, ckpt):
+            import customnn
+
+            self.model = customnn.Module()
+            self.model.w = torch.ones(3, requires_grad=True)
+            self.optimizer = SGD(self.model.parameters(), lr=0.5)
+            self.generators, self.total_steps, self.eval_interval, self.warmup_steps = {}, 5, 100, 0
+
+        def schedule(self, total_steps):
+            return constant_lr(0.5)
+
+        def train_step(self, step):
+            loss = (self.model.w * float("inf")).sum() if step == 2 else self.model.w.sum()
+            loss.backward()
+            return loss
+
+        def evaluate(self, step):
+            return {"loss": 1.0}
+
+        def eval_line(self, step, result):
+            return f"step {step}"
+
+        def checkpoint_meta(self, step):
+            return {"model": "blowup", "step": step}
+
+    with pytest.raises(Diverged, match=r"^training diverged at step 3: the loss is nan; .* try a lower --lr "
+                                       r"\(the learning rate was 0\.5 at this step\)$"):
+        train_with(Blowup, PlainConfig(out=str(tmp_path)), quiet=True)

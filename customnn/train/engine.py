@@ -1,11 +1,11 @@
-"""The training engine: one loop for every model.
+"""The training engine: one loop for every task and every model.
 
-In the spirit of minGPT's ``Trainer``: the engine owns the run and a model supplies only what
+In the spirit of minGPT's ``Trainer``: the engine owns the run and a task supplies only what
 is its own. ``Engine(trainer).run()`` does, for any ``Trainer``::
 
     open the run folder (new, or --resume: weights, optimizer, every RNG, the data position)
     loop:
-        trainer.before_step(step)                   the model draws its next batch
+        trainer.before_step(step)                   the task draws its next batch
         every eval_interval steps and at the end:   trainer.evaluate() -> one log line, one
                                                     metrics row, best.safetensors, last.safetensors
         --time-budget: plan how many steps fit      (train/budget.py), and rebuild the schedule
@@ -16,7 +16,7 @@ is its own. ``Engine(trainer).run()`` does, for any ``Trainer``::
         optimizer step; every log_interval steps a training row (and the model's log line)
     loss.png and report.md
 
-A model's ``Trainer`` builds its data, model and optimizer (``setup``), runs one step's forward
+A task's ``Trainer`` builds its data, model and optimizer (``setup``), runs one step's forward
 and backward (``train_step``), evaluates (``evaluate``), and names the state it keeps beyond
 the model and optimizer (``extra_state`` / ``load_extra_state``) and what its checkpoint's
 header says (``checkpoint_meta``). Everything else (run folder, resume, logging, progress bar,
