@@ -7,6 +7,7 @@ the checkpoint's metadata, so a checkpoint file works as well as a run folder.
 
     customnn eval runs/cnn-20261127-120000
     customnn eval runs/gpt-20261127-120000 --compile      # the model through torch.compile
+    customnn eval runs/cnn-20261208-010000 --model examples/mnist_resnet.py:ResNet   # a model of one's own
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ is kept when the cache is full). stdout gets the prompt and its continuation, no
 messages go to stderr.
 
     customnn generate runs/gpt-20261127-120000 --prompt "ROMEO:" --max-new-tokens 500 --seed 1
+    customnn generate runs/gpt-20261208-010000 --model examples/char_lstm.py:CharLSTM --prompt "ROMEO:"
 """
 
 from __future__ import annotations

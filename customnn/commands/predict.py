@@ -5,6 +5,7 @@ black, cropped, scaled to 20 pixels, centred by its centre of mass in 28x28), no
 the training images and classified. Prints one line per image, ``PATH: DIGIT (PROB%)``::
 
     customnn predict runs/cnn-20261127-120000 my_seven.png photo_of_a_3.jpg
+    customnn predict runs/cnn-20261208-010000 my_seven.png --model examples/mnist_resnet.py:ResNet
 """
 
 from __future__ import annotations
