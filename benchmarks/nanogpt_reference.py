@@ -61,7 +61,7 @@ def main() -> None:
     print(f"score on {args.score_batches} fixed val batches: nanoGPT loop, {args.model} model "
           f"{score(scored, corpus.val, args.score_batches):.4f}")
     if args.compare:
-        from customnn.train.loading import load_model
+        from customnn.train.tasks import load_model
 
         for path in args.compare:
             ours, vocab, ckpt_path, _ = load_model(path, prefer="last", kind="gpt")

@@ -10,7 +10,7 @@ against PyTorch's own layers. The public API, where a PyTorch user looks for it:
     customnn.optim      SGD, AdamW, Muon, learning-rate schedules, gradient clipping
     customnn.data       MNIST, text corpora, the data directory
     customnn.models     the two built-in models, written as a user writes one
-    customnn.train      the training engine
+    customnn.train      the training engine: ``customnn.train.fit(MyNet, task="mnist")``
     customnn.testing    ``check_layer``: a layer of your own against a reference
 
 Start with ``customnn demo`` or ``customnn check``; docs/api.md lists every public name.

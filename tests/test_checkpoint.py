@@ -113,7 +113,7 @@ def test_the_largest_legitimate_header_loads(tmp_path):
     1000 of the bound take seconds to save and load) and 100,000 evaluation rows."""
     from customnn.models.gpt import GPT, GPTConfig
     from customnn.optim import AdamW
-    from customnn.train.loading import load_model
+    from customnn.train.tasks import load_model
 
     vocab = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF)
     assert len(vocab) == 1_112_064

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from customnn.core.errors import UserError
-from customnn.core.memory import check_memory, gpt_bytes, human
+from customnn.core.memory import check_memory, human
+from customnn.models.gpt_memory import gpt_bytes
 from helpers import REPO, customnn_env
 from tiny_models import cnn_checkpoint, digit_picture, gpt_checkpoint
 
@@ -383,7 +384,7 @@ def test_an_output_encoding_that_cannot_write_the_text_is_one_line(tmp_path):
 def test_a_second_ctrl_c_still_says_how_to_resume(tmp_path, capsys, monkeypatch):
     import customnn.train.gpt as gpt_train
 
-    def killed_at_once(cfg, quiet=False, given=None):
+    def killed_at_once(cfg, quiet=False, given=None, model=None):
         run = tmp_path / "gpt-20261201-000000"
         run.mkdir()
         gpt_checkpoint(run / "last.safetensors")
@@ -399,7 +400,7 @@ def test_a_second_ctrl_c_still_says_how_to_resume(tmp_path, capsys, monkeypatch)
 def test_a_second_ctrl_c_in_the_demo_says_where_the_run_is(tmp_path, capsys, monkeypatch):
     import customnn.train.cnn as cnn_train
 
-    def killed_at_once(cfg, quiet=False, given=None):
+    def killed_at_once(cfg, quiet=False, given=None, model=None):
         run = tmp_path / "demo-x" / "cnn-20261201-000000"
         run.mkdir(parents=True)
         cnn_checkpoint(run / "last.safetensors")

@@ -318,7 +318,7 @@ def test_option_values_are_checked(kwargs, match):
 
 def test_a_checkpoint_of_a_model_with_every_option_loads_back(tmp_path):
     from customnn.train.checkpoint import load_checkpoint, save_checkpoint
-    from customnn.train.loading import gpt_from_checkpoint
+    from customnn.train.gpt import gpt_from_checkpoint
 
     cfg = GPTConfig(vocab_size=5, block_size=8, n_layer=2, n_head=2, n_embd=8, **OPTION_SETS["all"])
     model = GPT(cfg, seed=2)

@@ -294,9 +294,9 @@ def test_a_resumed_run_lets_go_of_the_loaded_checkpoint(tmp_path, monkeypatch):
     opened = engine.open_for_resume
 
     def open_and_watch(*args, **kwargs):
-        run, ckpt, cfg = opened(*args, **kwargs)
+        run, ckpt, cfg, model = opened(*args, **kwargs)
         refs.append(weakref.ref(ckpt))
-        return run, ckpt, cfg
+        return run, ckpt, cfg, model
 
     alive_at_steps = []
     step = GPTTrainer.train_step
@@ -315,12 +315,15 @@ def test_a_resumed_run_lets_go_of_the_loaded_checkpoint(tmp_path, monkeypatch):
 def test_a_resumed_run_builds_its_model_once(tmp_path, monkeypatch):
     """Resuming allocates one GPT: the checked model from the checkpoint is the model trained on
     (the shape check builds one on the meta device, which allocates nothing)."""
+    import functools
+
     from customnn.models import gpt
 
     first = train(make_config("tiny", out=str(tmp_path), max_iters=6, eval_interval=3), quiet=True)
     built = []
     init = gpt.GPT.__init__
 
+    @functools.wraps(init)
     def counted(self, *args, **kwargs):
         built.append(torch.empty(()).device.type)  # "meta" inside config.state_shapes()
         init(self, *args, **kwargs)

@@ -126,3 +126,19 @@ def test_the_command_line_starts_without_torchdynamo():
     out = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+# A task's own modules: the one place outside models/ that names its built-in model (its default).
+TASK_MODULES = {"cnn": {"customnn.train.cnn", "customnn.train.cnn_config"},
+                "gpt": {"customnn.train.gpt", "customnn.train.gpt_config", "customnn.train.nanogpt_rng"}}
+
+
+def test_no_table_outside_a_model_s_own_files_names_a_model():
+    """The engine, the loaders, the memory check and the commands reach a model only through its
+    task (``customnn/train/tasks.py``): only the task's own modules import its built-in model."""
+    for name, allowed in TASK_MODULES.items():
+        model = f"customnn.models.{name}"
+        importers = {m for m, p in MODULES.items() if model in imports_of(p) or any(
+            i.startswith(model + ".") for i in imports_of(p))}
+        strays = sorted(m for m in importers if not m.startswith("customnn.models") and m not in allowed)
+        assert not strays, f"{strays} import {model}; reach it through its task (customnn/train/tasks.py)"

@@ -616,7 +616,7 @@ def test_forged_gpt_training_values_read_by_eval_are_refused(runs, capsys):
 
 
 def test_a_forged_gpt_size_is_refused_before_anything_is_allocated(runs, capsys, monkeypatch):
-    import customnn.train.loading as gpt_train  # where checkpoints become models
+    import customnn.train.gpt as gpt_train  # where the text task's checkpoints become models
 
     def huge(header):  # 2**20 x 2**20 position table: 4 TB
         header["config"]["n_embd"] = header["config"]["block_size"] = 2**20

@@ -2,8 +2,8 @@
 
     customnn demo                       both models, as the seed ran them, then a report
     customnn check                      every layer against PyTorch's, as a table
-    customnn train cnn [--arch seed|default] [--epochs N] ...
-    customnn train gpt [--preset NAME] [--max-iters N] ...
+    customnn train cnn [--arch seed|default | --model FILE.py:CLASS] [--epochs N] ...
+    customnn train gpt [--preset NAME] [--model FILE.py:CLASS] [--max-iters N] ...
     customnn eval RUN_OR_CHECKPOINT
     customnn generate RUN_OR_CHECKPOINT --prompt "ROMEO:"
     customnn predict RUN_OR_CHECKPOINT IMAGE...
@@ -31,13 +31,13 @@ import os
 import sys
 
 from customnn.core.errors import UserError
+from customnn.train.tasks import TASKS
 
 # (command words, module, one-line help)
 COMMANDS = [
     (("demo",), "customnn.commands.demo", "train both models as the seed did, then write a report"),
     (("check",), "customnn_ref.check", "check every layer against PyTorch's (forward and gradients)"),
-    (("train", "cnn"), "customnn.commands.train", "train the MNIST CNN"),
-    (("train", "gpt"), "customnn.commands.train", "train the character-level Transformer"),
+    *((("train", name), "customnn.commands.train", help_text) for name, (_, help_text) in TASKS.items()),
     (("eval",), "customnn.commands.evaluate", "evaluate a run or checkpoint on its test/validation data"),
     (("generate",), "customnn.commands.generate", "generate text from a GPT run or checkpoint"),
     (("predict",), "customnn.commands.predict", "classify digit images with a CNN run or checkpoint"),

@@ -166,10 +166,8 @@ def run(args) -> int:
     device = validate.device(args.device)
     name, cnn_cfg, gpt_cfg = settings(args)
     cnn_cfg.resolved()  # every setting checked before the demo folder is made and anything is trained
-    from customnn.core.memory import check_training_memory
-
-    check_training_memory("cnn", cnn_cfg.resolved(), device)
-    check_training_memory("gpt", gpt_cfg, device)
+    cnn_train.Task(cnn_cfg.resolved()).check_memory(device, measure=False)
+    gpt_train.Task(gpt_cfg).check_memory(device, measure=False)
     demo = RunDir.create("demo", args.out)
     cnn_cfg.out = str(demo.path)
     gpt_cfg.out = str(demo.path)

@@ -7,6 +7,7 @@ the checkpoint's metadata, so a checkpoint file works as well as a run folder.
 
     customnn eval runs/cnn-20261127-120000
     customnn eval runs/gpt-20261127-120000 --compile      # the model through torch.compile
+    customnn eval runs/cnn-20261208-010000 --model examples/mnist_resnet.py:ResNet   # a model of one's own
 """
 
 from __future__ import annotations
@@ -15,14 +16,17 @@ import math
 
 import torch
 
+from customnn.commands.train import model_spec
+from customnn.core.errors import UserError
+from customnn.core.memory import check_memory
+from customnn.core.validate import device as resolve_device
 from customnn.data.mnist import SIZES, load_mnist
 from customnn.data.text import load_corpus
-from customnn.core.errors import UserError
-from customnn.core.memory import check_memory, cnn_bytes, gpt_bytes
 from customnn.train import cnn, gpt
-from customnn.train.loading import (MAX_BATCH_SIZE, MAX_EVAL_ITERS, DTYPES, check_compile, compile_model, load_model,
+from customnn.train.loading import (MAX_BATCH_SIZE, MAX_EVAL_ITERS, DTYPES, check_compile, compile_model,
                                     stored_train_config)
-from customnn.core.validate import device as resolve_device
+from customnn.train.tasks import load_model
+from customnn.train.usermodel import current_settings
 
 
 def finite_results(result: dict, path) -> dict:
@@ -47,6 +51,7 @@ def add_arguments(p) -> None:
     p.add_argument("--eval-iters", type=int, default=None, help="GPT: batches per split")
     p.add_argument("--text", default=None, help="GPT: the text file (default: the one the run used)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_model_argument(p)
     p.add_argument("--compile", action="store_true",
                    help="run the model through torch.compile (the first batch compiles; needs a C++ compiler on the CPU)")
 
@@ -55,7 +60,8 @@ def run(args) -> int:
     device = resolve_device(args.device)
     if args.compile:
         check_compile(device)
-    model, vocab, path, ckpt = load_model(args.run, prefer=args.checkpoint, device=device, dtype=args.dtype)
+    model, vocab, path, ckpt = load_model(args.run, prefer=args.checkpoint, device=device,
+                                          model=model_spec(args), dtype=args.dtype)
     if args.compile:
         compile_model(model, device)
     if vocab is None:
@@ -73,9 +79,7 @@ def evaluate_cnn(args, model, device) -> dict:
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     batch = min(args.batch_size or 1000, args.test_samples or SIZES["test"])
-    check_memory(cnn_bytes(model.arch, model.width, batch, training=False),
-                 f"evaluating a {model.arch} CNN of width {model.width} on batches of {batch}", device,
-                 "use a smaller --batch-size")
+    check_eval_memory(model, batch, device)
     x, y = load_mnist("test", args.data_dir, args.test_samples)
     dtype = model.parameters()[0].dtype  # the images in the weights' dtype
     return cnn.evaluate(model, x.to(device=device, dtype=dtype), y.to(device), batch, args.quiet)
@@ -92,11 +96,9 @@ def evaluate_gpt(args, model, vocab, path, ckpt, device) -> dict:
         raise UserError(f"--batch-size must be between 1 and {MAX_BATCH_SIZE}, got {batch_size}")
     if not 1 <= eval_iters <= MAX_EVAL_ITERS:
         raise UserError(f"--eval-iters must be between 1 and {MAX_EVAL_ITERS}, got {eval_iters}")
-    c = model.config
-    check_memory(gpt_bytes(c.vocab_size, c.block_size, c.n_layer, c.n_head, c.n_embd, batch_size, training=False),
-                 f"evaluating the GPT ({c.n_layer} layers, width {c.n_embd}, context {c.block_size}) on batches "
-                 f"of {batch_size}", device, "use a smaller --batch-size")
-    corpus = load_corpus(text, data_dir, model.config.block_size, vocab=vocab)
+    check_eval_memory(model, batch_size, device)
+    block_size = gpt.block_size_of(model, ckpt, path)
+    corpus = load_corpus(text, data_dir, block_size, vocab=vocab)
     # A run with --nanogpt-rng drew its evaluation batches from its one generator: the state it
     # had then is in the checkpoint, so the same batches are drawn again (None otherwise).
     # (Checkpoints written before the engine kept it at the top of their state.)
@@ -110,4 +112,20 @@ def evaluate_gpt(args, model, vocab, path, ckpt, device) -> dict:
             generator.set_state(eval_rng)
         except (TypeError, RuntimeError):
             raise UserError(f"{path}: checkpoint is damaged: its evaluation generator state is not one") from None
-    return gpt.estimate_loss(model, corpus, batch_size, eval_iters, tc.get("seed", 1337) + 1, device, generator)
+    return gpt.estimate_loss(model, corpus, batch_size, eval_iters, tc.get("seed", 1337) + 1, device, generator,
+                             block_size=block_size)
+
+
+def check_eval_memory(model, batch_size: int, device) -> None:
+    """A one-line refusal of an evaluation whose batches cannot fit, from the model's own estimate
+    (a model of one's own, already loaded, has none: its batches are the user's to size)."""
+    estimate = getattr(type(model), "memory_estimate", None)
+    if estimate is not None:
+        need, what = estimate(current_settings(model), batch_size, False)
+        check_memory(need, f"evaluating {what} on batches of {batch_size}", device, "use a smaller --batch-size")
+
+
+def add_model_argument(p) -> None:
+    p.add_argument("--model", metavar="FILE.py:CLASS", default=None, dest="model_file",
+                   help="the model class of your own that the run trained (its checkpoint names it)")
+    p.set_defaults(model_arg=[])

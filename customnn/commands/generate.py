@@ -6,6 +6,7 @@ is kept when the cache is full). stdout gets the prompt and its continuation, no
 messages go to stderr.
 
     customnn generate runs/gpt-20261127-120000 --prompt "ROMEO:" --max-new-tokens 500 --seed 1
+    customnn generate runs/gpt-20261208-010000 --model examples/char_lstm.py:CharLSTM --prompt "ROMEO:"
 """
 
 from __future__ import annotations
@@ -18,7 +19,11 @@ from customnn.core import validate
 from customnn.data.text import default_prompt
 from customnn.core.errors import UserError
 from customnn.models.sampling import generate
-from customnn.train.loading import DTYPES, check_compile, compile_model, load_model
+from customnn.commands.evaluate import add_model_argument
+from customnn.commands.train import model_spec
+from customnn.train.gpt import block_size_of
+from customnn.train.loading import DTYPES, check_compile, compile_model
+from customnn.train.tasks import load_model
 
 MAX_NEW_TOKENS = 10**9  # a billion characters: days of generation, far past any use
 
@@ -40,6 +45,7 @@ def add_arguments(p) -> None:
     p.add_argument("--dtype", choices=list(DTYPES), default=None,
                    help="cast the weights to this dtype (default: as saved); bfloat16 or float16 halve the memory")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context for every token")
+    add_model_argument(p)
     p.add_argument("--compile", action="store_true",
                    help="run the model through torch.compile (the first tokens compile; needs a C++ compiler on the CPU)")
 
@@ -70,7 +76,8 @@ def run(args) -> int:
     device = validate.device(args.device)
     if args.compile:
         check_compile(device)
-    model, vocab, path, ckpt = load_model(args.run, prefer=args.checkpoint, device=device, kind="gpt", dtype=args.dtype)
+    model, vocab, path, ckpt = load_model(args.run, prefer=args.checkpoint, device=device, kind="gpt",
+                                          model=model_spec(args), dtype=args.dtype)
     if args.compile:
         compile_model(model, device, generation=True)
     meta = ckpt.meta
@@ -88,7 +95,7 @@ def run(args) -> int:
         out.flush()
 
     generate(model, ids, args.max_new_tokens, args.temperature, args.top_k, args.top_p, g,
-             use_cache=not args.no_cache, on_token=emit)
+             use_cache=not args.no_cache, on_token=emit, block_size=block_size_of(model, ckpt, path))
     out.write("\n")
     out.flush()
     return 0

@@ -5,6 +5,7 @@ black, cropped, scaled to 20 pixels, centred by its centre of mass in 28x28), no
 the training images and classified. Prints one line per image, ``PATH: DIGIT (PROB%)``::
 
     customnn predict runs/cnn-20261127-120000 my_seven.png photo_of_a_3.jpg
+    customnn predict runs/cnn-20261208-010000 my_seven.png --model examples/mnist_resnet.py:ResNet
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from customnn import ops
 from customnn.data.images import load_image, to_mnist
 from customnn.data.mnist import MEAN, STD
 from customnn.core.errors import UserError
-from customnn.train.loading import load_model
+from customnn.commands.evaluate import add_model_argument
+from customnn.commands.train import model_spec
+from customnn.train.tasks import load_model
 from customnn.core.validate import device as resolve_device
 from customnn.core.validate import shown
 
@@ -27,11 +30,12 @@ def add_arguments(p) -> None:
     p.add_argument("--checkpoint", choices=["best", "last"], default="best",
                    help="which checkpoint of a run folder (default: best, else last)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    add_model_argument(p)
 
 
 def run(args) -> int:
     device = resolve_device(args.device)
-    model, _, _, _ = load_model(args.run, prefer=args.checkpoint, device=device, kind="cnn")
+    model, _, _, _ = load_model(args.run, prefer=args.checkpoint, device=device, kind="cnn", model=model_spec(args))
     # Read every picture first, so a bad one stops the command before any output.
     images = np.stack([to_mnist(load_image(p), str(p)) for p in args.images])  # (N, 28, 28)
     x = ((torch.from_numpy(images) - MEAN) / STD).unsqueeze(1).to(device)  # (N, 1, 28, 28)

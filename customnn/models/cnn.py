@@ -125,6 +125,22 @@ class CustomCNN(Module):
             self.stages = [ConvStage(1, c1, g), ConvStage(c1, c2, g), ConvStage(c2, c3, g)]
             self.fc = Linear(c3 * 3 * 3, 10, generator=g)
 
+    @staticmethod
+    def memory_estimate(settings: dict, batch_size: int, training: bool = True, element_bytes: int = 4):
+        """(a lower bound on the bytes a step needs on a batch of 28x28 images, what the net is in
+        words): the activations of each stage kept for backward (conv output, batch norm, ReLU:
+        about 3 maps per stage) and the weights (and, training, gradients and optimizer state)."""
+        arch, w = settings["arch"], settings["width"]
+        if arch == "seed":
+            maps = 6 * 24 * 24 + 12 * 8 * 8
+            params = 6 * 25 + 6 + 12 * 6 * 25 + 12 + 192 * 10 + 10
+        else:
+            maps = w * 28 * 28 + 2 * w * 14 * 14 + 4 * w * 7 * 7
+            params = 9 * (w + 2 * w * w + 8 * w * w) + 4 * w * 9 * 10
+        per_image = (3 if training else 1) * maps
+        return element_bytes * (per_image * batch_size + (4 if training else 1) * params), \
+            f"a {arch} CNN of width {w}"
+
     def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None):
         if x.dim() != 4 or tuple(x.shape[1:]) != (1, 28, 28):
             raise ValueError(f"x must be (N, 1, 28, 28) images, got shape {tuple(x.shape)}")

@@ -303,6 +303,17 @@ class GPT(Module):
         # Untied: a separate (C, V) projection. Tied: the head is wte itself, used as wte^T.
         self.lm_head = None if config.tie_weights else _normal((C, config.vocab_size), 0.02, g)
 
+    @staticmethod
+    def memory_estimate(settings: dict, batch_size: int, training: bool = True, element_bytes: int = 4):
+        """(bytes a step of a GPT of these settings needs, what it is in words): a lower bound
+        from its sizes (``customnn/models/gpt_memory.py``), known before anything is built."""
+        from customnn.models.gpt_memory import gpt_bytes
+
+        s = settings
+        need = gpt_bytes(s["vocab_size"], s["block_size"], s["n_layer"], s["n_head"], s["n_embd"], batch_size,
+                         training, s["dropout"], s["bias"], s["tie_weights"], s["pos"] == "learned", element_bytes)
+        return need, f"a GPT of {s['n_layer']} layers, width {s['n_embd']}, context {s['block_size']}"
+
     def head_weight(self) -> torch.Tensor:
         return self.wte.T if self.lm_head is None else self.lm_head  # (C, V)
 

@@ -78,13 +78,22 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
 @torch.inference_mode()
 def generate(model, ids: list[int], max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, generator: torch.Generator | None = None, use_cache: bool = True,
-             keep: int | None = None, on_token=None) -> list[int]:
+             keep: int | None = None, on_token=None, block_size: int | None = None) -> list[int]:
     """Continue the token list ``ids`` by ``max_new_tokens`` tokens; returns the new tokens.
 
     ``keep`` is how many tokens a full context is cut back to (see the module docstring);
     ``on_token(tok)`` is called with each new token as soon as it is drawn (for streaming).
+    Any model whose ``forward(idx)`` returns ``(logits (B, T, V), loss)`` samples: the GPT's
+    ``config.block_size`` is its context unless ``block_size`` is given, and a model without a
+    ``new_cache`` (a model of one's own) recomputes its window for every token.
     """
-    block = model.config.block_size
+    block = model.config.block_size if block_size is None else block_size
+    use_cache = use_cache and hasattr(model, "new_cache")
+    fast = hasattr(model, "new_cache")  # the GPT's forward takes last_only: just the last position's logits
+
+    def last(x, **kwargs):
+        return model(x, last_only=True, **kwargs)[0] if fast else model(x)[0][:, -1:, :]  # (1, 1, V)
+
     keep = 3 * block // 4 if keep is None else keep
     if not 1 <= keep <= block:
         raise ValueError(f"keep must be in [1, block_size={block}], got {keep}")
@@ -92,7 +101,7 @@ def generate(model, ids: list[int], max_new_tokens: int, temperature: float = 1.
         raise ValueError("generation needs at least one token to start from")
     was_training = model.training
     model.eval()
-    device = model.wte.device
+    device = model.parameters()[0].device
     seq = list(ids)
     start = max(0, len(seq) - block)  # where the context window begins in seq
     new: list[int] = []
@@ -102,10 +111,10 @@ def generate(model, ids: list[int], max_new_tokens: int, temperature: float = 1.
 
     cache = model.new_cache(batch_size=1) if use_cache else None
     try:
-        logits = model(window(), cache=cache, last_only=True)[0] if use_cache else None
+        logits = last(window(), cache=cache) if use_cache else None
         for i in range(max_new_tokens):
             if not use_cache:
-                logits = model(window(), last_only=True)[0]  # the whole window, every token
+                logits = last(window())  # the whole window, every token
             tok = int(sample_next(logits[:, -1, :], temperature, top_k, top_p, generator))
             seq.append(tok)
             new.append(tok)
@@ -115,11 +124,11 @@ def generate(model, ids: list[int], max_new_tokens: int, temperature: float = 1.
                 start = len(seq) - keep
                 if use_cache and i + 1 < max_new_tokens:
                     cache.reset()
-                    logits = model(window(), cache=cache, last_only=True)[0]  # re-prefill
+                    logits = last(window(), cache=cache)  # re-prefill
                     continue
             if use_cache and i + 1 < max_new_tokens:
                 step = torch.tensor([[tok]], dtype=torch.int64, device=device)  # (1, 1)
-                logits = model(step, cache=cache, last_only=True)[0]  # one position
+                logits = last(step, cache=cache)  # one position
     finally:
         model.train(was_training)
     return new

@@ -1,9 +1,13 @@
-"""``customnn train cnn``: CustomCNN on MNIST, as the PyTorch MNIST example trains it.
+"""``customnn train cnn``: the MNIST task, as the PyTorch MNIST example trains its net.
 
 The loop is the PyTorch MNIST example's (github.com/pytorch/examples, mnist/main.py):
 epochs over shuffled mini-batches, a ``Train Epoch`` line every ``log_interval`` batches and
 a ``Test set`` line after each epoch. The engine (``customnn/train/engine.py``) runs it; this
-file holds only what is the CNN's own:
+file holds only what is the task's own. Its model is CustomCNN (``customnn/models/cnn.py``,
+settings ``--arch``, ``--width``, ``--dropout``), or any class of one's own
+(``--model FILE.py:CLASS``, ``--model-arg NAME=VALUE``; it gets ``seed``, ``in_channels``
+and ``num_classes`` if its constructor takes them) mapping ``(N, 1, 28, 28)`` images to
+``(N, 10)`` logits:
 
 - its settings (``CNNTrainConfig``, each field a flag), with defaults that depend on the
   architecture and optimizer (``resolved``);
@@ -19,6 +23,7 @@ Run::
     customnn train cnn --arch seed --epochs 3          # the seed's net, full MNIST
     customnn train cnn                                  # the default net
     customnn train cnn --resume runs/cnn-20261127-120000
+    customnn train cnn --model examples/mnist_resnet.py:ResNet --model-arg width=8 --epochs 1
 
 From Python (the demo does this)::
 
@@ -30,7 +35,7 @@ From Python (the demo does this)::
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 
@@ -38,133 +43,15 @@ from customnn import ops
 from customnn.data.augment import augment
 from customnn.data.mnist import SIZES, load_mnist
 from customnn.core.errors import UserError
-from customnn.core.memory import check_training_memory
-from customnn.models.cnn import ARCHS, CustomCNN
+from customnn.models.cnn import CustomCNN
 from customnn.optim import SGD, AdamW, constant_lr, cosine_lr, decay_groups
 from customnn.core.runtime import seed_all
-from customnn.train.config import TrainConfig, flag_name, setting, time_budget_setting
+from customnn.train.cnn_config import (ARCH_DEFAULTS, BATCH_SIZE, DEFAULT_LR, MAX_WIDTH, OPTIMIZERS,  # noqa: F401
+                                       SCHEDULES, CNNTrainConfig)  # (also customnn.train.cnn's)
 from customnn.train.engine import progress_bar, train_with
-from customnn.train.loading import MAX_WIDTH, check_weights
+from customnn.train.loading import check_weights, is_int, load_weights, own_model_from_checkpoint, saved_dtype
 from customnn.train.trainer import Trainer
-
-OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("constant", "cosine")
-
-# What ``None`` in the config means, per architecture; each value is explained in CNNTrainConfig.
-ARCH_DEFAULTS = {
-    "seed": dict(epochs=3, weight_decay=0.0, shift=0, rotate=0.0, scale=0.0, label_smoothing=0.0, width=24),
-    "default": dict(epochs=30, weight_decay=5e-4, shift=2, rotate=10.0, scale=0.1, label_smoothing=0.1, width=32),
-}
-DEFAULT_LR = {("seed", "adamw"): 1e-2, ("seed", "sgd"): 0.05,
-              ("default", "adamw"): 3e-3, ("default", "sgd"): 0.05}
-BATCH_SIZE = 64  # the PyTorch example's: small nets need many steps
-
-
-@dataclass
-class CNNTrainConfig(TrainConfig):
-    """One CNN training run; every field is a ``customnn train cnn`` flag of the same name."""
-
-    arch: str = setting("default", "network: the seed's, or the stronger default",
-                        choices=ARCHS)  # the stronger net; "seed" is the seed's exact network
-    epochs: int | None = setting(None, "passes over the training set (seed: 3, default: 30, cut to what fits in "
-                                 "--time-budget)", resume="free")
-    # None: seed 3 (the seed's target setting), default 30: as many as fit in the ten minutes of
-    # --time-budget, at most 30 (about 16 to 18 on a 2-core CPU)
-    batch_size: int | None = setting(None, f"training batch size (default: {BATCH_SIZE}, or all the training "
-                                     f"images when fewer)")  # None: BATCH_SIZE, or one batch of fewer images
-    lr: float | None = setting(None, "learning rate (AdamW: seed 1e-2, default 3e-3; SGD: 0.05)")
-    # None: AdamW seed 1e-2 (the tiny net wants big steps), default 3e-3; SGD 0.05
-    optimizer: str = setting("adamw", "adamw or sgd (momentum 0.9)", choices=OPTIMIZERS)
-    # Adam gets the seed net past 98.3% in 3 epochs, the example's SGD(0.01, 0.5) does not
-    momentum: float = setting(0.9, "SGD momentum")  # SGD only: the usual value; the example's 0.5 is slow
-    weight_decay: float | None = setting(None, "decoupled weight decay (seed: 0, default: 5e-4)")
-    # None: seed 0 (3 epochs cannot overfit), default 5e-4 (decoupled, weights only)
-    schedule: str = setting("cosine", "lr schedule (cosine to 0)", choices=SCHEDULES)
-    # decay to 0 over the run: +0.8% for the seed net in 3 epochs over a constant lr
-    warmup_steps: int = setting(0, "cosine schedule warmup steps")  # Adam with batch norm needs no warmup here
-    shift: int | None = setting(None, "random-shift augmentation in pixels (seed: 0, default: 2): whole "
-                                "pixels, or any fraction with --rotate or --scale")
-    rotate: float | None = setting(None, "random-rotation augmentation: up to this many degrees either way "
-                                   "(seed: 0, default: 10)")
-    # None: seed 0 (the seed's setting), default 10: small rotations, scalings and shifts (Simard et
-    # al. 2003) with label smoothing and width 32 give 99.60% and 99.62% on two seeds in ten minutes,
-    # where the width-24 net gives 99.53-99.60% (benchmarks/results/cpu-mnist-augment.txt)
-    scale: float | None = setting(None, "random-scaling augmentation: a factor in [1 - SCALE, 1 + SCALE] "
-                                  "(seed: 0, default: 0.1)")  # None: as --rotate
-    label_smoothing: float | None = setting(None, "label smoothing of the training loss: this much of each target "
-                                            "spread evenly over the classes (seed: 0, default: 0.1)")
-    # None: the seed's plain cross-entropy, 0.1 for the default net; the test loss is always plain cross-entropy
-    width: int | None = setting(None, "default net: channels of the first stage (default: 32)")
-    # None: 32 (24 reaches 99.5% in 8 epochs but not 99.6% in ten minutes; 16 not 99.5%); the seed net has no width
-    dropout: float = setting(0.3, "dropout before the classifier (default net)")  # enough with shifts
-    sync_bn: bool = setting(True, "under torchrun, batch norm's statistics over the whole batch, from every "
-                            "process (--no-sync-bn: each process's own rows, as DDP's default; faster, but not "
-                            "what one process trains)", resume="free")
-    # True: N processes train what one process trains; each of the default net's three batch norms
-    # then waits for the other processes twice a step (its sums in forward and in backward)
-    train_samples: int | None = setting(None, "use the first N training images (default: all 60000)")
-    test_samples: int | None = setting(None, "use the first N test images (default: all 10000)", resume="free")
-    eval_batch_size: int = setting(1000, "test batch size", resume="free")  # the example's: no gradients kept
-    seed: int = setting(1, "random seed")  # the PyTorch example's seed
-    time_budget: float | None = time_budget_setting(580.0)
-    # ten minutes with margin, as the GPT's default: the default net's 30 epochs are cut to what fits
-
-    def resolved(self) -> CNNTrainConfig:
-        """A copy with every ``None`` default filled in for the chosen architecture, optimizer and data
-        (``--train-samples`` below the batch size, batch size not given: one batch of them all)."""
-        if self.arch not in ARCHS:
-            raise UserError(f"--arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise UserError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        values = asdict(self)
-        for key, value in ARCH_DEFAULTS[self.arch].items():
-            if values[key] is None:
-                values[key] = value
-        if values["lr"] is None:
-            values["lr"] = DEFAULT_LR[(self.arch, self.optimizer)]
-        if values["batch_size"] is None:
-            n = self.train_samples
-            values["batch_size"] = n if isinstance(n, int) and 1 <= n < BATCH_SIZE else BATCH_SIZE
-        cfg = CNNTrainConfig(**values)
-        cfg.check()
-        return cfg
-
-    def check(self) -> None:
-        """One-line errors for settings that cannot run (after ``resolved``)."""
-        super().check()
-        for name in ("epochs", "batch_size", "width", "train_samples", "test_samples", "eval_batch_size"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise UserError(f"{flag_name(name)} must be >= 1, got {value}")
-        if self.width > MAX_WIDTH:
-            raise UserError(f"--width must be <= {MAX_WIDTH}, got {self.width}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise UserError(f"--lr must be a positive number, got {self.lr}")
-        if self.schedule not in SCHEDULES:
-            raise UserError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise UserError(f"--weight-decay must be >= 0, got {self.weight_decay}")
-        if not 0 <= self.momentum < 1:
-            raise UserError(f"--momentum must be in [0, 1), got {self.momentum}")
-        if not 0 <= self.dropout < 1:
-            raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
-        if not 0 <= self.shift <= 8:
-            raise UserError(f"--shift must be between 0 and 8 pixels, got {self.shift}")
-        if not (math.isfinite(self.rotate) and 0 <= self.rotate <= 180):
-            raise UserError(f"--rotate must be between 0 and 180 degrees, got {self.rotate}")
-        if not (math.isfinite(self.scale) and 0 <= self.scale < 1):
-            raise UserError(f"--scale must be in [0, 1), got {self.scale}")
-        if not (math.isfinite(self.label_smoothing) and 0 <= self.label_smoothing < 1):
-            raise UserError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.warmup_steps < 0:
-            raise UserError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
-        for name, n in (("train", self.train_samples), ("test", self.test_samples)):
-            if n is not None and n > SIZES[name]:
-                raise UserError(f"--{name}-samples {n} is more than the {SIZES[name]} images of MNIST's {name} set")
-        n_train = self.train_samples or SIZES["train"]
-        if self.batch_size > n_train:
-            raise UserError(f"--batch-size {self.batch_size} is larger than the {n_train} training images")
-
+from customnn.train.usermodel import check_training_memory
 
 # --- pieces of the loop ---------------------------------------------------------------------------
 @torch.no_grad()
@@ -193,13 +80,37 @@ def test_line(result: dict) -> str:
             f"Accuracy: {result['correct']}/{result['n']} ({result['accuracy']:.2f}%)")
 
 
-def build_model(cfg: dict) -> CustomCNN:
-    return CustomCNN(cfg["arch"], seed=cfg["seed"], dropout=cfg["dropout"], width=cfg.get("width", 24))
+def from_checkpoint(ckpt, path, device="cpu", model=None) -> tuple:
+    """(the model a checkpoint of the MNIST task holds, in eval mode on ``device``, None): CustomCNN,
+    or, given ``model`` (``--model``'s ``ModelSpec``), the class of one's own it was trained as."""
+    cfg = ckpt.meta.get("config")
+    if ckpt.meta.get("model") != "cnn" or not isinstance(cfg, dict):
+        raise UserError(f"{path} is not a CNN checkpoint")
+    provided = {"seed": 0, "in_channels": 1, "num_classes": 10}
+    own = own_model_from_checkpoint(ckpt, path, model, provided, "cnn", device)
+    if own is not None:
+        return own, None
+    if not isinstance(cfg.get("arch"), str) or cfg["arch"] not in ARCH_DEFAULTS:
+        raise UserError(f"{path} is not a CNN checkpoint")
+    width, dropout = cfg.get("width", 24), cfg.get("dropout", 0.0)
+    if not is_int(width, 1, MAX_WIDTH):
+        raise UserError(f"{path}: checkpoint is damaged: width {width!r} is not an integer in 1..{MAX_WIDTH}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise UserError(f"{path}: checkpoint is damaged: dropout {dropout!r} is not a number in [0, 1)")
+    built = CustomCNN(cfg["arch"], seed=0, dropout=dropout, width=width)  # small: bounded by MAX_WIDTH
+    built.to(dtype=saved_dtype(ckpt.model_state))
+    load_weights(built, ckpt.model_state, path)
+    check_weights(ckpt.model_state, path)
+    return built.to(device).eval(), None
 
 
-# --- the CNN's part of the engine ---------------------------------------------------------------
+# --- the task's part of the engine ---------------------------------------------------------------
 class CNNTrainer(Trainer):
+    """The MNIST task: images in, ten logits out."""
+
     name = "cnn"
+    default_model = CustomCNN
+    provided_names = ("seed", "in_channels", "num_classes")
     eval_at_start = False  # a Test set line after each epoch, as the example
     best_metric, best_mode = "accuracy", "max"
     plot_series = {"test loss": "loss"}
@@ -210,7 +121,7 @@ class CNNTrainer(Trainer):
 
     def setup(self, device, ckpt) -> None:
         cfg = self.cfg
-        check_training_memory("cnn", cfg, device, mnist_sizes=(SIZES["train"], SIZES["test"]))  # one line, not OOM
+        self.check_memory(device)  # one line, not an out-of-memory crash
         x_train, y_train = load_mnist("train", cfg.data_dir, cfg.train_samples)
         x_test, y_test = load_mnist("test", cfg.data_dir, cfg.test_samples)
         self.x_train, self.y_train = x_train.to(device, cfg.torch_dtype), y_train.to(device)
@@ -222,13 +133,10 @@ class CNNTrainer(Trainer):
         self.total_steps = cfg.epochs * self.batches
         self.warmup_steps = cfg.warmup_steps
         seed_all(cfg.seed)
-        self.model = build_model(asdict(cfg)).to(device, cfg.torch_dtype)
+        self.model = self.build_model().to(device, cfg.torch_dtype)
         if ckpt is not None:
             check_weights(ckpt.model_state, ckpt.path)  # no NaN or inf weight is trained on
-            try:
-                self.model.load_state_dict(ckpt.model_state)
-            except ValueError as e:
-                raise UserError(f"checkpoint does not fit the model: {e}") from None
+            load_weights(self.model, ckpt.model_state, ckpt.path)
         self.model.generator = torch.Generator(device=device).manual_seed(cfg.seed + 2)  # dropout masks
         self.generators = {"shuffle": torch.Generator().manual_seed(cfg.seed),  # data order
                            "shift": torch.Generator().manual_seed(cfg.seed + 1),  # every augmentation draw
@@ -241,6 +149,29 @@ class CNNTrainer(Trainer):
             for m in self.model.modules():
                 if hasattr(m, "reduce"):
                     m.reduce = self.dist.sum_
+
+    def provided(self) -> dict:
+        return {"seed": self.cfg.seed, "in_channels": 1, "num_classes": 10}
+
+    def check_memory(self, device, measure: bool = True) -> None:
+        """A one-line refusal of a run that cannot fit, before anything is allocated: the model's
+        step at the training batch and at the evaluation batch, and the images."""
+        cfg = self.cfg
+        n_train, n_test = cfg.train_samples or SIZES["train"], cfg.test_samples or SIZES["test"]
+        size = torch.empty((), dtype=cfg.torch_dtype).element_size()
+        images = (1 + size) * 28 * 28 * (n_train + n_test)  # as bytes and as numbers
+        advice = ("use a smaller --batch-size or --eval-batch-size, or smaller --model-arg settings"
+                  if self.user_model else "use a smaller --batch-size, --eval-batch-size or --width")
+
+        def probe(n):
+            g = torch.Generator().manual_seed(0)
+            return (torch.randn(n, 1, 28, 28, generator=g).to(device, cfg.torch_dtype),
+                    torch.arange(n, device=device) % 10)
+
+        batch = max(1, cfg.batch_size // self.dist.world)  # this process's rows
+        check_training_memory(self.spec, self.provided(), batch, device, cfg.torch_dtype, task="MNIST",
+                              extra=images, eval_batch=min(cfg.eval_batch_size, n_test), advice=advice,
+                              probe=probe if measure else None)
 
     def schedule(self, total_steps: int):
         cfg = self.cfg
@@ -303,16 +234,21 @@ class CNNTrainer(Trainer):
         epoch, batch = self.epoch_of(n - 1)
         return f" (epoch {epoch}, batch {batch + 1})"
 
+    def model_name(self) -> str:
+        return self.spec.cls.__name__ if self.user_model else f"CustomCNN ({self.cfg.arch})"
+
     def intro_line(self, run) -> str:
-        return (f"run folder: {run.path}  (arch {self.cfg.arch}, {self.model.num_parameters()} parameters, "
+        what = f"model {self.spec.name}" if self.user_model else f"arch {self.cfg.arch}"
+        return (f"run folder: {run.path}  ({what}, {self.model.num_parameters()} parameters, "
                 f"{self.n_train} training images, device {self.device})")
 
     def plot_title(self) -> str:
-        return f"CustomCNN ({self.cfg.arch}) on MNIST"
+        return f"{self.model_name()} on MNIST"
 
     def checkpoint_meta(self, step: int) -> dict:
         epoch, batch = self.epoch_of(step)
-        return {"model": "cnn", "config": asdict(self.cfg), "step": step, "epoch": epoch, "batch": batch}
+        return {"model": "cnn", "config": asdict(self.cfg), "step": step, "epoch": epoch, "batch": batch,
+                **self.model_record()}
 
     def extra_state(self, step: int) -> dict:
         order = self.order if self.order is not None else torch.zeros(0, dtype=torch.int64)
@@ -330,7 +266,8 @@ class CNNTrainer(Trainer):
     def report(self, run, evals, step, seconds, finished) -> list[str]:
         cfg = self.cfg
         lines = [f"# CNN run {run.path.name}", "",
-                 f"- architecture: `{cfg.arch}` ({self.model.num_parameters()} parameters)",
+                 (f"- model: `{self.spec.name}` {self.spec.args or ''}" if self.user_model
+                  else f"- architecture: `{cfg.arch}`") + f" ({self.model.num_parameters()} parameters)",
                  f"- data: {cfg.train_samples or SIZES['train']} training images, "
                  f"{cfg.test_samples or SIZES['test']} test images; augmentation: shift {cfg.shift} px, "
                  f"rotate {cfg.rotate:g} degrees, scale {cfg.scale:g}; label smoothing {cfg.label_smoothing:g}",
@@ -353,18 +290,22 @@ class CNNTrainer(Trainer):
         return [b - a for a, b in zip([0.0] + times, times)]
 
 
-def train(cfg: CNNTrainConfig, quiet: bool = False, given: dict | None = None) -> dict:
+def train(cfg: CNNTrainConfig, quiet: bool = False, given: dict | None = None, model=None) -> dict:
     """Train (or, with ``cfg.resume``, continue) one run; return its figures and the model.
 
     Returns a dict with ``run_dir``, ``test_loss``, ``test_accuracy`` (percent), ``correct``,
     ``n_test``, ``epoch_times`` (seconds of training per epoch), ``tests`` (one result per
     epoch), ``step``, ``interrupted`` (True when Ctrl-C/SIGTERM stopped it early), ``finished``
     (False after Ctrl-C or ``max_steps``: the run can be resumed), ``config`` and ``model``.
-    Raises ``UserError`` for bad settings and on divergence (``engine.Diverged``).
+    Raises ``UserError`` for bad settings and on divergence (``engine.Diverged``). ``model``: a
+    ``ModelSpec`` of a class of one's own (``customnn/train/usermodel.py``); None: CustomCNN.
     """
-    out = train_with(CNNTrainer, cfg, quiet, given)
+    out = train_with(CNNTrainer, cfg, quiet, given, model)
     tests = out["evals"]
     final = tests[-1] if tests else {"loss": float("nan"), "accuracy": float("nan"), "correct": 0, "n": 0}
     return {**out, "tests": tests, "epoch_times": CNNTrainer.epoch_times(tests), "test_loss": final["loss"],
             "test_accuracy": final["accuracy"], "correct": final["correct"], "n_test": final["n"]}
 
+
+
+Task, Config = CNNTrainer, CNNTrainConfig  # what customnn/train/tasks.py finds in a task's module

@@ -25,12 +25,15 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
+import typing
 from dataclasses import MISSING, dataclass, field, fields
 
 from customnn.train.checkpoint import load_checkpoint
 from customnn.core.errors import UserError
 from customnn.core.runtime import check_seed
 from customnn.train.rundir import RunDir
+from customnn.train.usermodel import check_recorded, plain_type
 
 RESUME_RULES = ("fixed", "free", "session")
 
@@ -74,6 +77,10 @@ class TrainConfig:
     zero: bool = setting(False, "under torchrun, shard AdamW's moments across the processes (ZeRO stage 1): "
                          "each keeps 1/N of them; AdamW only", resume="free")
     # off: plain data parallelism; checkpoints are the same either way, so it may change on resume
+    # What the engine reads of every run (the divergence message, the data-parallel split): each
+    # task declares its own defaults for them.
+    lr: float | None = setting(None, "learning rate")  # None: the task's default
+    batch_size: int | None = setting(None, "training batch size (the global batch under torchrun)")
     out: str = setting("runs", "folder for run folders", resume="free")  # run folders go to <out>/<model>-<time>
     resume: str | None = setting(None, "continue the run in this folder from its last.safetensors",
                                  resume="session")
@@ -118,12 +125,18 @@ def default_of(f):
 
 
 # --- flags ----------------------------------------------------------------------------------------
-_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
-
-
-def _kind(f) -> type:
-    """The Python type of a field from its annotation (``"int | None"`` -> int)."""
-    return _TYPES[str(f.type).split(" | ")[0]]
+def field_types(config_cls) -> dict[str, tuple[type, bool]]:
+    """Each field's (int, float, str or bool, whether None is allowed), from its annotation resolved
+    by ``typing.get_type_hints``: the same with or without ``from __future__ import annotations``."""
+    hints = typing.get_type_hints(config_cls)
+    out = {}
+    for f in fields(config_cls):
+        kind, optional = plain_type(hints[f.name])
+        if kind is None:
+            raise TypeError(f"{config_cls.__name__}.{f.name}: a setting is an int, float, str or bool, "
+                            f"got {hints[f.name]}")
+        out[f.name] = (kind, optional)
+    return out
 
 
 def add_flags(parser, config_cls, shown_defaults: dict | None = None) -> None:
@@ -132,12 +145,13 @@ def add_flags(parser, config_cls, shown_defaults: dict | None = None) -> None:
     ``shown_defaults`` overrides the defaults written in the help (e.g. a preset's values).
     """
     shown = shown_defaults or {}
-    common = {f.name for f in fields(TrainConfig)}
+    types_ = field_types(config_cls)
+    common = {f.name for f in fields(TrainConfig)} - {"lr", "batch_size"}
     ordered = sorted(fields(config_cls), key=lambda f: f.name in common)  # the model's own flags first
     for f in ordered:
         if not f.metadata.get("flag", True):
             continue
-        kind = _kind(f)
+        kind = types_[f.name][0]
         default = shown.get(f.name, default_of(f))
         help_text = f.metadata.get("help", "") + ("" if default is None else f" (default: {default})")
         if kind is bool:
@@ -160,10 +174,11 @@ def check_saved(saved, config_cls, path) -> dict:
     if not isinstance(saved, dict):
         raise UserError(f"{path} is damaged: it holds no settings")
     out = {}
+    types_ = field_types(config_cls)
     for f in fields(config_cls):
         if f.name not in saved:
             continue
-        value, kind, optional = saved[f.name], _kind(f), str(f.type).endswith("| None")
+        value, (kind, optional) = saved[f.name], types_[f.name]
         if value is None:
             ok = optional
         elif kind is bool or isinstance(value, bool):
@@ -199,17 +214,43 @@ def given_in_python(cfg) -> dict:
     return {f.name: getattr(cfg, f.name) for f in fields(cfg) if getattr(cfg, f.name) != default_of(f)}
 
 
-def open_for_resume(trainer_cls, cfg, given: dict | None = None):
-    """The run folder, its last checkpoint and the resumed configuration for ``--resume RUN``.
+def resumed_model(trainer_cls, run, saved: dict, model):
+    """The model of a resumed run: the built-in one (None), or ``model`` (``--model FILE.py:CLASS``,
+    again) with the settings the run recorded. Without ``--model``, a run of a model of one's own is
+    a one-line error naming its file and class: customnn never imports code a run names."""
+    recorded = saved.get("model_class") if isinstance(saved, dict) else None
+    if recorded is None:
+        if model is not None:
+            raise UserError(f"{run.path} trained the built-in {trainer_cls.name.upper()} model; resume it without "
+                            "--model")
+        return None
+    name = f"{saved.get('model_file')}:{recorded}"
+    if model is None:
+        raise UserError(f"{run.path} trained {name}, a model of your own, and customnn does not import code a "
+                        f"run names: resume with --model {shlex.quote(name)} "
+                        f"(customnn train {trainer_cls.name} --model {shlex.quote(name)} --resume {run.path})")
+    args = check_recorded(model.cls, saved.get("model_args", {}), run.config_path)
+    changed = [k for k, v in model.args.items() if args.get(k, v) != v or k not in args]
+    if changed:
+        raise UserError(f"--model-arg {changed[0]} cannot change when resuming (the run trained "
+                        f"{changed[0]}={args.get(changed[0])!r})")
+    model.args = args
+    return model
+
+
+def open_for_resume(trainer_cls, cfg, given: dict | None = None, model=None):
+    """The run folder, its last checkpoint, the resumed configuration and model for ``--resume RUN``.
 
     ``given`` are the settings given for this session (the command line's flags); None means
     ``cfg`` came from Python, where the fields that differ from their defaults count as given.
+    ``model`` is the ``ModelSpec`` given (``--model``), or None.
     """
     run = RunDir.open(cfg.resume)
     path = run.checkpoint("last")
     if not path.is_file():
         raise UserError(f"nothing to resume in {run.path}: no last.safetensors")
     given = given_in_python(cfg) if given is None else given
+    model = resumed_model(trainer_cls, run, run.read_config(), model)
     new = resumed_config(type(cfg), run.read_config(), {k: v for k, v in given.items() if k != "resume"},
                          run.config_path)
     new.resume = str(run.path)
@@ -220,4 +261,4 @@ def open_for_resume(trainer_cls, cfg, given: dict | None = None):
         raise UserError(f"{path} was written by an earlier customnn whose training state this one does not "
                         "resume; `customnn eval`, `generate` and `predict` still read it: start a new run "
                         "to train further")
-    return run, ckpt, new
+    return run, ckpt, new, model

@@ -1,11 +1,11 @@
-"""The training engine: one loop for every model.
+"""The training engine: one loop for every task and every model.
 
-In the spirit of minGPT's ``Trainer``: the engine owns the run and a model supplies only what
+In the spirit of minGPT's ``Trainer``: the engine owns the run and a task supplies only what
 is its own. ``Engine(trainer).run()`` does, for any ``Trainer``::
 
     open the run folder (new, or --resume: weights, optimizer, every RNG, the data position)
     loop:
-        trainer.before_step(step)                   the model draws its next batch
+        trainer.before_step(step)                   the task draws its next batch
         every eval_interval steps and at the end:   trainer.evaluate() -> one log line, one
                                                     metrics row, best.safetensors, last.safetensors
         --time-budget: plan how many steps fit      (train/budget.py), and rebuild the schedule
@@ -16,7 +16,7 @@ is its own. ``Engine(trainer).run()`` does, for any ``Trainer``::
         optimizer step; every log_interval steps a training row (and the model's log line)
     loss.png and report.md
 
-A model's ``Trainer`` builds its data, model and optimizer (``setup``), runs one step's forward
+A task's ``Trainer`` builds its data, model and optimizer (``setup``), runs one step's forward
 and backward (``train_step``), evaluates (``evaluate``), and names the state it keeps beyond
 the model and optimizer (``extra_state`` / ``load_extra_state``) and what its checkpoint's
 header says (``checkpoint_meta``). Everything else (run folder, resume, logging, progress bar,
@@ -42,7 +42,7 @@ from customnn.core.fileio import atomic_write_text
 from customnn.optim import clip_grad_norm_, grads_are_finite, set_lr
 from customnn.core.runtime import InterruptFlag, release_free_memory, rng_state, set_rng_state
 from customnn.train.budget import StepPlanner
-from customnn.train.config import open_for_resume
+from customnn.train.config import flag_name, given_in_python, open_for_resume
 from customnn.train.distributed import Dist, GradSync, PeerLost
 from customnn.train.loading import check_compile, compile_model
 from customnn.train.precision import FLOAT32, Precision
@@ -280,14 +280,14 @@ class Engine:
         except PeerLost as e:  # a process of the run died: the others stop, the checkpoint stays
             last = self.run_dir.checkpoint("last")
             raise PeerLost(f"{e}; the last checkpoint {last} (step {max(self.evaluated_at, 0)}) is intact; "
-                           f"resume with: customnn train {t.name} --resume {self.run_dir.path}") from None
+                           f"resume with: {t.resume_command(self.run_dir.path)}") from None
         self.bar.close()
         self.bar = None
         finished = stopped is None
         if not finished:
             path = self.save("last")
             message = (f"{stopped} at step {self.step}{t.where(self.step)}; saved {path}. "
-                       f"Resume with: customnn train {t.name} --resume {self.run_dir.path}")
+                       f"Resume with: {t.resume_command(self.run_dir.path)}")
             self.run_dir.log(message, echo=False)
             if self.main:
                 print(message, file=sys.stderr, flush=True)
@@ -344,8 +344,9 @@ class Engine:
         kept = (f"the last good checkpoint {last} (step {self.evaluated_at if self.evaluated_at >= 0 else 0}) is "
                 f"kept as it was" if last.is_file() else "no checkpoint had been saved yet")
         self.bar.close()
+        used = f"this run used --lr {cfg.lr:g}, " if cfg.lr is not None else "the learning rate was "
         message = (f"training diverged at step {step + 1}{t.where(step + 1)}: {what}; {kept}; try a lower --lr "
-                   f"(this run used --lr {cfg.lr:g}, {lr:.3g} at this step)")
+                   f"({used}{lr:.3g} at this step)")
         self.run_dir.log(message, echo=False)
         raise Diverged(message)
 
@@ -363,18 +364,27 @@ class Engine:
         lines = t.report(run, self.evals, self.step, self.clock(), finished)
         if not finished:
             lines += [f"Stopped early at step {self.step}; continue with "
-                      f"`customnn train {t.name} --resume {run.path}`.", ""]
+                      f"`{t.resume_command(run.path)}`.", ""]
         lines += ["![loss](loss.png)", ""]
         atomic_write_text(run.path / "report.md", "\n".join(lines))
 
 
-def train_with(trainer_cls, cfg, quiet: bool = False, given: dict | None = None) -> dict:
-    """Train (or, with ``cfg.resume``, continue) one run of ``trainer_cls``; returns its figures."""
+def train_with(trainer_cls, cfg, quiet: bool = False, given: dict | None = None, model=None) -> dict:
+    """Train (or, with ``cfg.resume``, continue) one run of task ``trainer_cls``; returns its figures.
+
+    ``model``: a ``ModelSpec`` (``customnn/train/usermodel.py``), a model class of one's own with
+    its settings; None trains the task's built-in model."""
     from customnn.core.runtime import resolve_device
 
     run, ckpt = None, None
+    if model is not None:  # the built-in model's flags do not reach another class: refused, not ignored
+        shown = given if given is not None else given_in_python(cfg)
+        flags = [k for k in trainer_cls.model_flags(type(cfg)) if k in shown]
+        if flags:
+            raise UserError(f"{flag_name(flags[0])} is a setting of the built-in model; --model "
+                            f"{model.cls.__name__} takes --model-arg NAME=VALUE instead")
     if cfg.resume:
-        run, ckpt, cfg = open_for_resume(trainer_cls, cfg, given)
+        run, ckpt, cfg, model = open_for_resume(trainer_cls, cfg, given, model)
     cfg = trainer_cls.prepare_config(cfg)
     device = resolve_device(cfg.device)
     dist = Dist.from_env(cfg.device)
@@ -383,7 +393,7 @@ def train_with(trainer_cls, cfg, quiet: bool = False, given: dict | None = None)
         if dist.active and cfg.batch_size % dist.world:
             raise UserError(f"--batch-size {cfg.batch_size} is the global batch: it must be divisible by the "
                             f"{dist.world} processes")
-        engine = Engine(trainer_cls(cfg), quiet, run, ckpt, dist)
+        engine = Engine(trainer_cls(cfg, model), quiet, run, ckpt, dist)
         del ckpt  # the engine's to restore from and let go
         result = engine.run(device)
     except BaseException as e:

@@ -31,23 +31,27 @@ Presets (``--preset``; every field can be overridden by its flag, e.g. ``--max-i
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+import math
+from dataclasses import asdict
 
 import torch
 
-from customnn.data.text import Corpus, blocks_at, default_prompt, get_batch, load_corpus, random_offsets
+from customnn.core.memory import FLOAT, check_memory
+from customnn.core.runtime import SEED_MAX, SEED_MIN
+from customnn.data.text import Vocab, Corpus, blocks_at, default_prompt, get_batch, load_corpus, random_offsets
 from customnn.core.errors import UserError
-from customnn.core.memory import check_training_memory
-from customnn.models.gpt import GPT
+from customnn.models.gpt import GPT, GPTConfig
 from customnn.models.sampling import generate
 from customnn.optim.muon import Muon, muon_groups, state_keys
 from customnn.optim import AdamW, cosine_lr, decay_groups
 from customnn.core.runtime import seed_all
 from customnn.train.engine import train_with
 from customnn.train.gpt_config import PRESETS, GPTTrainConfig, adapt_defaults, make_config  # noqa: F401 (also customnn.train.gpt's)
-from customnn.train.loading import check_optimizer_state, gpt_from_checkpoint
+from customnn.train.loading import (check_optimizer_state, check_weights, is_int, load_weights,
+                                    own_model_from_checkpoint, saved_dtype, state_mismatch, stored_train_config)
 from customnn.train.nanogpt_rng import init_like_nanogpt_
 from customnn.train.trainer import Trainer
+from customnn.train.usermodel import check_training_memory
 
 
 def param_groups(model: GPT, weight_decay: float, decay_embeddings: bool = False) -> list[dict]:
@@ -63,19 +67,19 @@ def param_groups(model: GPT, weight_decay: float, decay_embeddings: bool = False
 # --- evaluation ----------------------------------------------------------------------------------
 @torch.inference_mode()
 def estimate_loss(model: GPT, corpus: Corpus, batch_size: int, eval_iters: int, seed: int,
-                  device, generator: torch.Generator | None = None) -> dict[str, float]:
+                  device, generator: torch.Generator | None = None, block_size: int | None = None) -> dict[str, float]:
     """nanoGPT's ``estimate_loss``: the mean loss over ``eval_iters`` batches of each split, from
     generators seeded with ``seed`` and ``seed + 1``, or, given ``generator``, drawn from it
     (train first, as nanoGPT)."""
     was_training = model.training
     model.eval()
     out = {}
-    block = model.config.block_size
+    block = model.config.block_size if block_size is None else block_size
     for i, split in enumerate(("train", "val")):
         g = generator if generator is not None else torch.Generator().manual_seed(seed + i)
         data = corpus.train if split == "train" else corpus.val
         # the model's precision, at least float32: a sum of bfloat16 losses would keep 3 digits
-        total = torch.zeros((), device=device, dtype=torch.promote_types(model.wte.dtype, torch.float32))
+        total = torch.zeros((), device=device, dtype=torch.promote_types(model.parameters()[0].dtype, torch.float32))
         for _ in range(eval_iters):
             x, y = get_batch(data, block, batch_size, g, device)
             total += model(x, y)[1]
@@ -89,40 +93,106 @@ def eval_line(step: int, losses: dict) -> str:
 
 
 def sample_text(model: GPT, vocab, prompt: str | None = None, n: int = 300, seed: int = 1337,
-                temperature: float = 0.8) -> str:
+                temperature: float = 0.8, block_size: int | None = None) -> str:
     """``n`` characters sampled from ``prompt`` (None: a newline, or the text's first character)."""
     prompt = default_prompt(vocab) if prompt is None else prompt
-    g = torch.Generator(device=model.wte.device).manual_seed(seed)
-    ids = generate(model, vocab.encode(prompt), n, temperature=temperature, generator=g)
+    g = torch.Generator(device=model.parameters()[0].device).manual_seed(seed)
+    ids = generate(model, vocab.encode(prompt), n, temperature=temperature, generator=g, block_size=block_size)
     return prompt + vocab.decode(ids)
+
+
+def from_checkpoint(ckpt, path, device="cpu", model=None) -> tuple:
+    """The model and vocabulary a checkpoint of the text task holds, the model in eval mode on
+    ``device``: the GPT, or, given ``model`` (``--model``'s ``ModelSpec``), the class of one's own
+    it was trained as (it gets the vocabulary's size and the run's ``block_size``)."""
+    meta = ckpt.meta
+    if meta.get("model") != "gpt":
+        raise UserError(f"{path} holds a {meta.get('model')!r} model, not a GPT")
+    if meta.get("model_class") is not None or model is not None:
+        if not isinstance(meta.get("vocab"), str):
+            raise UserError(f"{path}: the checkpoint holds no vocabulary")
+        vocab, tc = Vocab(meta["vocab"]), stored_train_config(meta, path)
+        if not is_int(tc.get("block_size"), 1) or not is_int(tc.get("seed"), SEED_MIN, SEED_MAX):
+            raise UserError(f"{path}: checkpoint is damaged: its train_config has no block_size and seed")
+        provided = {"vocab_size": len(vocab), "block_size": tc["block_size"], "seed": tc["seed"]}
+        return own_model_from_checkpoint(ckpt, path, model, provided, "gpt", device), vocab
+    return gpt_from_checkpoint(ckpt, path, device)
+
+
+def block_size_of(model, ckpt, path) -> int:
+    """The context of a loaded model: the GPT's own, or the block size its run trained at."""
+    if hasattr(model, "config"):
+        return model.config.block_size
+    return stored_train_config(ckpt.meta, path)["block_size"]
+
+
+def gpt_from_checkpoint(ckpt, path, device="cpu") -> tuple[GPT, Vocab]:
+    """The GPT and vocabulary stored in checkpoint ``ckpt`` (read from ``path``), in eval mode on ``device``."""
+    meta = ckpt.meta
+    try:
+        if not isinstance(meta.get("config"), dict):
+            raise ValueError("no model configuration")
+        config = GPTConfig(**meta["config"])
+        if not isinstance(meta.get("vocab"), str):
+            raise ValueError("no vocabulary")
+        vocab = Vocab(meta["vocab"])
+        if len(vocab) != config.vocab_size:
+            raise ValueError(f"{len(vocab)} vocabulary characters for vocab_size {config.vocab_size}")
+        if not is_int(meta.get("step"), 0):
+            raise ValueError(f"step {meta.get('step')!r} is not a step number")
+        blocks = {k.split(".")[1] for k in ckpt.model_state if k.startswith("blocks.")}
+        if len(blocks) != config.n_layer:  # first: n_layer bounds the work of state_shapes()
+            raise ValueError(f"its tensors do not match its configuration: n_layer {config.n_layer}, "
+                             f"but tensors of {len(blocks)} blocks")
+        shapes = config.state_shapes()
+        problem = state_mismatch(shapes, ckpt.model_state)
+        if problem:
+            raise ValueError(f"its tensors do not match its configuration: {problem}")
+        check_weights(ckpt.model_state, path)
+        need = FLOAT * sum(math.prod(shape) for shape in shapes.values())
+        for where in {"cpu", str(device)}:  # built on the CPU, then moved
+            check_memory(need, f"the GPT of {path} ({need // FLOAT:,} parameters)", where)
+        model = GPT(config).to(dtype=saved_dtype(ckpt.model_state))
+        model.load_state_dict(ckpt.model_state)  # the dtypes are checked here
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{path}: the checkpoint does not describe a valid GPT ({e})") from None
+    return model.to(device=device).eval(), vocab
 
 
 # --- the GPT's part of the engine -----------------------------------------------------------------
 class GPTTrainer(Trainer):
+    """The text task: blocks of tokens in, next-token logits out."""
+
     name = "gpt"
+    default_model = GPT
+    provided_names = ("seed", "vocab_size", "block_size")
     best_metric, best_mode = "val_loss", "min"
     plot_series = {"train (eval)": "train_loss", "val (eval)": "val_loss"}
 
     def setup(self, device, ckpt) -> None:
         cfg = self.cfg
         stored, stored_vocab = None, None
-        if ckpt is not None:  # the stored model, checked before any use: the model resumed
+        if ckpt is not None and not self.user_model:  # the stored model, checked before any use: the model resumed
             stored, stored_vocab = gpt_from_checkpoint(ckpt, ckpt.path)
+        elif ckpt is not None:
+            stored_vocab = Vocab(ckpt.meta["vocab"]) if isinstance(ckpt.meta.get("vocab"), str) else None
         self.corpus = corpus = load_corpus(cfg.text, cfg.data_dir, cfg.block_size, vocab=stored_vocab)
-        # refused in one line, before anything is allocated, if it cannot fit (this process's rows)
-        check_training_memory("gpt", replace(cfg, batch_size=max(1, cfg.batch_size // self.dist.world)), device,
-                              vocab_size=len(corpus.vocab))
-        if ckpt is not None and ckpt.meta["config"] != cfg.model_config(len(corpus.vocab)).to_dict():
-            raise UserError(f"{ckpt.path} was trained with a different model configuration")
         self.device = device
+        self.check_memory(device, len(corpus.vocab))  # refused in one line, before anything is allocated
+        if ckpt is not None and stored is not None \
+                and ckpt.meta["config"] != cfg.model_config(len(corpus.vocab)).to_dict():
+            raise UserError(f"{ckpt.path} was trained with a different model configuration")
         seed_all(cfg.seed)
         self.batch_gen = torch.Generator().manual_seed(cfg.seed)
         if stored is not None:  # its weights are the checkpoint's (and the generators are restored from it)
             model = stored
         else:
-            model = GPT(cfg.model_config(len(corpus.vocab)), seed=cfg.seed)
-            if cfg.nanogpt_rng:  # nanoGPT's one stream: its initialisation draws, then batches and evaluations
-                init_like_nanogpt_(model, self.batch_gen)
+            model = self.build_model()
+            if cfg.nanogpt_rng and not self.user_model:  # nanoGPT's one stream: its initialisation draws,
+                init_like_nanogpt_(model, self.batch_gen)  # then batches and evaluations
+            if ckpt is not None:
+                check_weights(ckpt.model_state, ckpt.path)
+                load_weights(model, ckpt.model_state, ckpt.path)
         self.model = model.to(device=device, dtype=cfg.torch_dtype)
         if cfg.optimizer == "muon":  # Muon for the blocks' matrices, AdamW for embeddings, gains and head
             groups = muon_groups(model.named_parameters(), lr=cfg.lr, muon_lr=cfg.muon_lr,
@@ -139,6 +209,24 @@ class GPTTrainer(Trainer):
         # The shared generator's state before the last evaluation that drew from it, saved with that
         # evaluation's checkpoints so that ``customnn eval`` draws the very same batches.
         self.eval_state, self.eval_step = None, -1
+
+    def provided(self) -> dict:
+        return {"seed": self.cfg.seed, "vocab_size": len(self.corpus.vocab), "block_size": self.cfg.block_size}
+
+    def check_memory(self, device, vocab_size: int = 1, measure: bool = True) -> None:
+        """A one-line refusal, before anything is allocated, of a step that cannot fit (this
+        process's rows of the batch); the vocabulary's size is 1 until the text is read."""
+        cfg = self.cfg
+        provided = {"seed": cfg.seed, "vocab_size": vocab_size, "block_size": cfg.block_size}
+        advice = ("use a smaller --batch-size or --block-size, or smaller --model-arg settings" if self.user_model
+                  else "use a smaller --n-embd, --block-size, --batch-size or --n-layer")
+
+        def probe(n):
+            x = torch.randint(0, vocab_size, (n, cfg.block_size), generator=torch.Generator().manual_seed(0))
+            return x.to(device), x.to(device)
+
+        check_training_memory(self.spec, provided, max(1, cfg.batch_size // self.dist.world), device,
+                              cfg.torch_dtype, task="text", advice=advice, probe=probe if measure else None)
 
     def schedule(self, total_steps: int):
         cfg = self.cfg
@@ -172,7 +260,7 @@ class GPTTrainer(Trainer):
         self.eval_state = self.batch_gen.get_state() if shared else None
         self.eval_step = step
         losses = estimate_loss(self.model, self.corpus, cfg.batch_size, cfg.eval_iters, cfg.seed + 1, self.device,
-                               generator=self.batch_gen if shared else None)
+                               generator=self.batch_gen if shared else None, block_size=cfg.block_size)
         self.last_losses = {"train_loss": losses["train"], "val_loss": losses["val"]}
         return dict(self.last_losses)
 
@@ -184,21 +272,24 @@ class GPTTrainer(Trainer):
             raise UserError(f"the run is already at step {step}, past --max-iters {self.cfg.max_iters}")
 
     def run_config(self) -> dict:
-        return {**asdict(self.cfg), "model": self.model.config.to_dict(), "parameters": self.model.num_parameters(),
-                "text_path": str(self.corpus.path), "device": str(self.device)}
+        model = self.model.config.to_dict() if not self.user_model else self.spec.name
+        return {**asdict(self.cfg), "model": model, "parameters": self.model.num_parameters(),
+                "text_path": str(self.corpus.path), "device": str(self.device), **self.model_record()}
 
     def intro_line(self, run) -> str:
         c = self.corpus
-        return (f"training a GPT of {self.model.num_parameters() / 1e6:.2f}M parameters on {c.path.name} "
+        what = f"{self.spec.cls.__name__} ({self.spec.file})" if self.user_model else "GPT"
+        return (f"training a {what} of {self.model.num_parameters() / 1e6:.2f}M parameters on {c.path.name} "
                 f"({len(c.train):,} train / {len(c.val):,} val characters, vocabulary of {len(c.vocab)}) "
                 f"on {self.device}; run folder {run.path}")
 
     def plot_title(self) -> str:
-        return f"GPT on {self.corpus.path.name} ({self.cfg.preset})"
+        what = self.spec.cls.__name__ if self.user_model else "GPT"
+        return f"{what} on {self.corpus.path.name} ({self.cfg.preset})"
 
     def checkpoint_meta(self, step: int) -> dict:
-        meta = {"model": "gpt", "config": self.model.config.to_dict(), "vocab": self.corpus.vocab.chars,
-                "train_config": asdict(self.cfg), "step": step}
+        meta = {"model": "gpt", "vocab": self.corpus.vocab.chars, "train_config": asdict(self.cfg), "step": step,
+                **({"config": self.model.config.to_dict()} if not self.user_model else self.model_record())}
         if self.eval_step == step:  # the losses of this step's evaluation
             meta.update(self.last_losses)
         return meta
@@ -220,8 +311,10 @@ class GPTTrainer(Trainer):
 
     def report(self, run, evals, step, seconds, finished) -> list[str]:
         cfg = self.cfg
+        model = (f"model `{self.spec.name}` {self.spec.args or ''}" if self.user_model
+                 else f"{cfg.n_layer} layers, {cfg.n_head} heads, width {cfg.n_embd}")
         lines = [f"# GPT run `{run.path.name}`", "",
-                 f"Preset `{cfg.preset}`: {cfg.n_layer} layers, {cfg.n_head} heads, width {cfg.n_embd}, "
+                 f"Preset `{cfg.preset}`: {model}, "
                  f"context {cfg.block_size}, {self.model.num_parameters():,} parameters; batch {cfg.batch_size}, "
                  f"lr {cfg.lr:g} -> {cfg.min_lr:g}, text `{self.corpus.path}`.", "",
                  f"Training time {seconds:.1f} s (evaluation included)"
@@ -233,7 +326,7 @@ class GPTTrainer(Trainer):
         if finished:  # a sample; none after Ctrl-C: stop fast
             last = evals[-1]["step"] if evals else 0
             prompt = default_prompt(self.corpus.vocab)
-            text = sample_text(self.model, self.corpus.vocab, prompt, 300, seed=cfg.seed)
+            text = sample_text(self.model, self.corpus.vocab, prompt, 300, seed=cfg.seed, block_size=cfg.block_size)
             lines += [f"A sample of the model at step {last} (temperature 0.8, from {prompt!r}):", "", "```",
                       text.strip("\n"), "```", ""]
         return lines
@@ -242,14 +335,17 @@ class GPTTrainer(Trainer):
         return {"vocab": self.corpus.vocab}
 
 
-def train(cfg: GPTTrainConfig, quiet: bool = False, given: dict | None = None) -> dict:
+def train(cfg: GPTTrainConfig, quiet: bool = False, given: dict | None = None, model=None) -> dict:
     """Train (or, with ``cfg.resume``, continue) a GPT run; returns its figures and the model.
 
     Returns ``run_dir``, ``final_val_loss``, ``final_train_loss``, ``best_val_loss``, ``step``,
     ``time_s`` (wall time of all sessions of the run), ``model``, ``vocab``, ``interrupted``.
     """
-    out = train_with(GPTTrainer, cfg, quiet, given)
+    out = train_with(GPTTrainer, cfg, quiet, given, model)
     evals = out["evals"]
     final = evals[-1] if evals else {}
     return {**out, "final_train_loss": final.get("train_loss"), "final_val_loss": final.get("val_loss"),
             "best_val_loss": min((r["val_loss"] for r in evals), default=float("inf"))}
+
+
+Task, Config = GPTTrainer, GPTTrainConfig  # what customnn/train/tasks.py finds in a task's module

@@ -1,19 +1,20 @@
-"""A trained model read back from a checkpoint, the CNN and the GPT the same way.
+"""What reading a trained model back from a checkpoint needs, for every task and model.
 
-For either model, ``<model>_from_checkpoint(ckpt, path, device)``:
+A task's ``from_checkpoint(ckpt, path, device, model)`` (``customnn/train/cnn.py``,
+``customnn/train/gpt.py``):
 
 1. checks the header's configuration (types and bounds) *before* anything is built, so a
    forged size is a one-line ``UserError``, never a multi-gigabyte allocation;
 2. checks the stored tensors' names and shapes against the model that configuration makes
-   (``state_mismatch``; the shapes come from the model itself);
+   (``state_mismatch``; the shapes come from the model itself, built on the meta device);
 3. checks that every stored weight is a finite number (``non_finite``: a NaN or an infinity
    would make every output NaN), naming the first tensor that is not;
-4. checks that the model fits in the memory the device has (``customnn/core/memory.py``);
-5. builds the model and loads the weights (the dtypes are checked there), in eval mode.
+4. builds the model and loads the weights (the dtypes are checked there), in eval mode.
 
-``load_model(run_or_path)`` finds the checkpoint of a run folder, reads it
-(``customnn/train/checkpoint.py``) and dispatches on the model kind in its header; ``eval``,
-``generate`` and ``predict`` and ``--resume`` all come through here.
+A model of one's own goes through ``own_model_from_checkpoint``: the checkpoint names its file
+and class as text, and ``--model FILE.py:CLASS`` must be given to read it.
+``customnn/train/tasks.py``'s ``load_model`` finds a run's checkpoint and dispatches on the
+task its header names; ``eval``, ``generate``, ``predict`` come through there.
 
 ``compile_model(model, device)`` is ``--compile`` for training, ``eval`` and ``generate``: the
 model's forward runs through ``torch.compile`` (TorchDynamo captures our layers' forwards and
@@ -24,23 +25,17 @@ CUDA); where that cannot work it says why in one line, before any work.
 from __future__ import annotations
 
 import logging
-import math
 import os
+import shlex
 import warnings
-from pathlib import Path
 
 import torch
 
-from customnn.train.checkpoint import load_checkpoint, resolve_checkpoint
-from customnn.data.text import Vocab
 from customnn.core.errors import UserError
-from customnn.core.memory import FLOAT, check_memory
-from customnn.models.cnn import ARCHS, CustomCNN
-from customnn.models.gpt import GPT, GPTConfig
 from customnn.core.runtime import SEED_MAX, SEED_MIN
+from customnn.train.usermodel import build, check_recorded, first_mismatches, meta_shapes
 
-# Bounds on what a checkpoint's settings may make ``customnn eval``, ``generate`` or ``predict`` do.
-MAX_WIDTH = 256  # CNN --width: far above any useful MNIST net (24 reaches 99.5%)
+# Bounds on what a checkpoint's settings may make ``customnn eval`` or ``generate`` do.
 MAX_BATCH_SIZE = 4096  # GPT --batch-size: far above what a character-level model needs
 MAX_EVAL_ITERS = 10_000  # GPT batches per split in one evaluation (nanoGPT uses 200)
 
@@ -94,64 +89,46 @@ def check_weights(state: dict, path) -> None:
                         "(was it saved from a run that diverged?)")
 
 
-# --- the CNN ------------------------------------------------------------------------------------
-def cnn_from_checkpoint(ckpt, path, device="cpu") -> CustomCNN:
-    """The CustomCNN stored in checkpoint ``ckpt`` (read from ``path``), in eval mode on ``device``."""
-    cfg = ckpt.meta.get("config")
-    if ckpt.meta.get("model") != "cnn" or not isinstance(cfg, dict) or cfg.get("arch") not in ARCHS:
-        raise UserError(f"{path} is not a CNN checkpoint")
-    width, dropout = cfg.get("width", 24), cfg.get("dropout", 0.0)
-    if not is_int(width, 1, MAX_WIDTH):
-        raise UserError(f"{path}: checkpoint is damaged: width {width!r} is not an integer in 1..{MAX_WIDTH}")
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise UserError(f"{path}: checkpoint is damaged: dropout {dropout!r} is not a number in [0, 1)")
-    model = CustomCNN(cfg["arch"], seed=0, dropout=dropout, width=width)  # small: bounded by MAX_WIDTH
-    model.to(dtype=saved_dtype(ckpt.model_state))
-    problem = state_mismatch({k: tuple(v.shape) for k, v in model.state_dict().items()}, ckpt.model_state)
+def load_weights(model, state: dict, path) -> None:
+    """Copy ``state`` into ``model`` after checking names, shapes (naming the first mismatches, in
+    one line) and dtypes."""
+    problem = first_mismatches({k: tuple(v.shape) for k, v in model.state_dict().items()}, state)
     try:
         if problem:
             raise ValueError(problem)
-        model.load_state_dict(ckpt.model_state)  # the dtypes are checked here
+        model.load_state_dict(state)  # the dtypes are checked here
     except ValueError as e:
-        raise UserError(f"{path}: checkpoint does not fit a {cfg['arch']} CustomCNN: {e}") from None
-    check_weights(ckpt.model_state, path)
-    return model.to(device).eval()
+        raise UserError(f"{path}: checkpoint does not fit {type(model).__name__}: {e}") from None
 
 
-# --- the GPT ------------------------------------------------------------------------------------
-def gpt_from_checkpoint(ckpt, path, device="cpu") -> tuple[GPT, Vocab]:
-    """The GPT and vocabulary stored in checkpoint ``ckpt`` (read from ``path``), in eval mode on ``device``."""
+def own_model_from_checkpoint(ckpt, path, model, provided: dict, task: str, device="cpu"):
+    """The model of one's own a checkpoint holds, built from ``model`` (the ``ModelSpec`` of
+    ``--model``) with the settings the checkpoint recorded, in eval mode on ``device``; None for a
+    checkpoint of the task's built-in model (then ``model`` must be None).
+
+    A checkpoint names its model's file and class as text and is never made to import them:
+    without ``--model`` that is a one-line error naming them. The class's parameter names and
+    shapes are compared with the checkpoint's on the meta device, before anything is allocated."""
     meta = ckpt.meta
-    if meta.get("model") != "gpt":
-        raise UserError(f"{path} holds a {meta.get('model')!r} model, not a GPT")
-    try:
-        if not isinstance(meta.get("config"), dict):
-            raise ValueError("no model configuration")
-        config = GPTConfig(**meta["config"])
-        if not isinstance(meta.get("vocab"), str):
-            raise ValueError("no vocabulary")
-        vocab = Vocab(meta["vocab"])
-        if len(vocab) != config.vocab_size:
-            raise ValueError(f"{len(vocab)} vocabulary characters for vocab_size {config.vocab_size}")
-        if not is_int(meta.get("step"), 0):
-            raise ValueError(f"step {meta.get('step')!r} is not a step number")
-        blocks = {k.split(".")[1] for k in ckpt.model_state if k.startswith("blocks.")}
-        if len(blocks) != config.n_layer:  # first: n_layer bounds the work of state_shapes()
-            raise ValueError(f"its tensors do not match its configuration: n_layer {config.n_layer}, "
-                             f"but tensors of {len(blocks)} blocks")
-        shapes = config.state_shapes()
-        problem = state_mismatch(shapes, ckpt.model_state)
+    recorded = meta.get("model_class")
+    if recorded is None:
+        if model is not None:
+            raise UserError(f"{path} holds the built-in {task.upper()} model; leave out --model")
+        return None
+    name = f"{meta.get('model_file')}:{recorded}"
+    if model is None:
+        raise UserError(f"{path} holds {name}, a model of your own, and customnn does not import code a checkpoint "
+                        f"names: pass --model {shlex.quote(name)}")
+    args = check_recorded(model.cls, meta.get("model_args", {}), path)
+    shapes = meta_shapes(model.cls, provided, args)
+    if shapes is not None:
+        problem = first_mismatches(shapes, ckpt.model_state)
         if problem:
-            raise ValueError(f"its tensors do not match its configuration: {problem}")
-        check_weights(ckpt.model_state, path)
-        need = FLOAT * sum(math.prod(shape) for shape in shapes.values())
-        for where in {"cpu", str(device)}:  # built on the CPU, then moved
-            check_memory(need, f"the GPT of {path} ({need // FLOAT:,} parameters)", where)
-        model = GPT(config).to(dtype=saved_dtype(ckpt.model_state))
-        model.load_state_dict(ckpt.model_state)  # the dtypes are checked here
-    except (TypeError, ValueError) as e:
-        raise UserError(f"{path}: the checkpoint does not describe a valid GPT ({e})") from None
-    return model.to(device=device).eval(), vocab
+            raise UserError(f"{path} does not fit --model {model.cls.__name__}: {problem}")
+    check_weights(ckpt.model_state, path)
+    built = build(model.cls, provided, args).to(dtype=saved_dtype(ckpt.model_state))
+    load_weights(built, ckpt.model_state, path)
+    return built.to(device).eval()
 
 
 def stored_train_config(meta: dict, path) -> dict:
@@ -171,34 +148,8 @@ def stored_train_config(meta: dict, path) -> dict:
     return tc
 
 
-# --- either ---------------------------------------------------------------------------------------
-FROM_CHECKPOINT = {"cnn": cnn_from_checkpoint, "gpt": gpt_from_checkpoint}
-
-
 # ``--dtype`` of eval and generate: the floating dtype the loaded weights are cast to
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def load_model(run_or_path, prefer: str = "best", device="cpu", kind: str | None = None, dtype: str | None = None):
-    """The model of a run folder's checkpoint (``prefer``: best, else last) or of a checkpoint file.
-
-    Returns ``(model, vocab, path, ckpt)``; ``vocab`` is None for a CNN. ``kind`` ("cnn" or
-    "gpt") refuses a checkpoint of the other model in one line. ``dtype`` (a name in ``DTYPES``)
-    casts the model's floating tensors: bfloat16 or float16 hold it in half the memory.
-    """
-    path = resolve_checkpoint(run_or_path, prefer=prefer)
-    ckpt = load_checkpoint(path)
-    found = ckpt.meta.get("model")
-    if not isinstance(found, str) or found not in FROM_CHECKPOINT:
-        raise UserError(f"{path}: unknown model kind {found!r} in the checkpoint")
-    if kind is not None and found != kind:
-        raise UserError(f"{path} holds a {found.upper()} model, not a {kind.upper()}: this command needs a "
-                        f"{kind.upper()} checkpoint")
-    loaded = FROM_CHECKPOINT[found](ckpt, path, device)
-    model, vocab = loaded if isinstance(loaded, tuple) else (loaded, None)
-    if dtype is not None:
-        model.to(dtype=DTYPES[dtype])
-    return model, vocab, Path(path), ckpt
 
 
 def check_optimizer_state(params, state: dict, keys: set[str]) -> None:

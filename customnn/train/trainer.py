@@ -1,19 +1,28 @@
-"""What a model brings to the training engine (``customnn/train/engine.py``): a ``Trainer``.
+"""What a task brings to the training engine (``customnn/train/engine.py``): a ``Trainer``.
 
-A model's trainer builds its data, model and optimizer (``setup``), runs one step's forward and
-backward (``train_step``), evaluates (``evaluate``), and says what it keeps beyond the model
-and optimizer (``extra_state`` / ``load_extra_state``) and what its checkpoint's header holds
-(``checkpoint_meta``). The other hooks have defaults. ``customnn/train/cnn.py`` and
-``customnn/train/gpt.py`` are the two trainers; docs/architecture.md walks through adding one.
+A task (a kind of data: MNIST classification, text) builds its data, its model and optimizer
+(``setup``), runs one step's forward and backward (``train_step``), evaluates (``evaluate``),
+and says what it keeps beyond the model and optimizer (``extra_state`` / ``load_extra_state``)
+and what its checkpoint's header holds (``checkpoint_meta``). The other hooks have defaults.
+``customnn/train/cnn.py`` (MNIST) and ``customnn/train/gpt.py`` (text) are the two tasks.
+
+The model is any ``customnn.Module`` class (``ModelSpec``, ``customnn/train/usermodel.py``):
+the task's ``default_model`` with its settings from the task's flags, or a class of one's own
+(``--model FILE.py:CLASS``) with its ``--model-arg`` settings; both are built by ``build_model``
+from those settings and the values the task provides (``provided``: its data's sizes, the seed).
 """
 
 from __future__ import annotations
 
 import torch
+from dataclasses import fields
+
+import shlex
 
 from customnn.train.distributed import Dist
 from customnn.train.precision import FLOAT32
 from customnn.train.rundir import RunDir
+from customnn.train.usermodel import ModelSpec, build, settings
 
 
 class Trainer:
@@ -31,8 +40,43 @@ class Trainer:
     best_metric, best_mode = "loss", "min"  # best.safetensors: the evaluation with the best of this
     plot_series: dict[str, str] = {"eval loss": "loss"}  # eval curves in loss.png: label -> metrics key
 
-    def __init__(self, cfg):
+    default_model: type | None = None  # the task's built-in model class
+    provided_names: tuple[str, ...] = ("seed",)  # what ``provided`` gives a model that takes it
+
+    def __init__(self, cfg, model: ModelSpec | None = None):
         self.cfg = cfg
+        self.spec = model if model is not None else ModelSpec(self.default_model, None, self.default_args())
+
+    # --- the model ------------------------------------------------------------------------
+    @classmethod
+    def model_flags(cls, config_cls) -> list[str]:
+        """The config's fields that are settings of the task's built-in model (``--width``, ...)."""
+        names = {f.name for f in fields(config_cls)}
+        return [k for k in settings(cls.default_model) if k in names and k not in cls.provided_names]
+
+    def default_args(self) -> dict:
+        """The built-in model's settings, from the config's fields of the same names."""
+        return {k: getattr(self.cfg, k) for k in self.model_flags(type(self.cfg))}
+
+    @property
+    def user_model(self) -> bool:
+        """A class from a file of one's own (``--model``), not the task's built-in model."""
+        return self.spec.file is not None
+
+    def provided(self) -> dict:
+        """What the task gives the model's constructor, for the parameters that have these names."""
+        return {"seed": self.cfg.seed}
+
+    def build_model(self):
+        return build(self.spec.cls, self.provided(), self.spec.args)
+
+    def model_record(self) -> dict:
+        """config.json's and every checkpoint header's record of a model of one's own (file, class,
+        settings, as text: a checkpoint never makes customnn import code); nothing for a built-in."""
+        return self.spec.record() if self.user_model else {}
+
+    def resume_command(self, run) -> str:
+        return resume_command(self.name, self.spec, run)
 
     @classmethod
     def prepare_config(cls, cfg):
@@ -75,7 +119,7 @@ class Trainer:
         """What config.json holds."""
         from dataclasses import asdict
 
-        return {"model": self.name, **asdict(self.cfg)}
+        return {"model": self.name, **asdict(self.cfg), **self.model_record()}
 
     def intro_line(self, run: RunDir) -> str:
         return f"run folder: {run.path}"
@@ -115,3 +159,9 @@ class Trainer:
 
     def result(self) -> dict:
         return {}
+
+
+def resume_command(task: str, spec: ModelSpec | None, run) -> str:
+    """The command that continues run folder ``run`` of ``task`` with model ``spec``."""
+    model = f" --model {shlex.quote(spec.name)}" if spec is not None and spec.file else ""
+    return f"customnn train {task}{model} --resume {run}"
