@@ -1,9 +1,9 @@
 """``customnn train cnn``: CustomCNN on MNIST, as the PyTorch MNIST example trains it.
 
 The loop is the PyTorch MNIST example's (github.com/pytorch/examples, mnist/main.py):
-epochs over shuffled mini-batches, a ``Train Epoch`` line every ``log_interval`` batches and
-a ``Test set`` line after each epoch. The engine (``customnn/train/engine.py``) runs it; this
-file holds only what is the CNN's own:
+epochs over shuffled mini-batches, a ``Train Epoch`` line every ``log_interval`` batches, a
+``Validation set`` line after each epoch, and the example's ``Test set`` line once, at the end.
+The engine (``customnn/train/engine.py``) runs it; this file holds only what is the CNN's own:
 
 - its settings (``CNNTrainConfig``, each field a flag), with defaults that depend on the
   architecture and optimizer (``resolved``);
@@ -11,8 +11,10 @@ file holds only what is the CNN's own:
   generator, random shifts (and, when asked, rotations and scalings: ``customnn/data/augment.py``)
   from another, dropout masks from a third; all three, and where in the epoch the run is, are
   saved in every checkpoint, so ``--resume`` continues exactly;
-- one step (forward and backward of a batch) and the evaluation on the test set, whose
-  accuracy picks best.safetensors.
+- one step (forward and backward of a batch); the evaluation after each epoch on the
+  validation images (``--val-samples``, held out of the 60k training images:
+  ``data/mnist.py``'s ``validation_split``), whose accuracy picks best.safetensors; and the
+  test set, scored once after the last step with best.safetensors' weights, the run's figure.
 
 Run::
 
@@ -24,7 +26,7 @@ From Python (the demo does this)::
 
     from customnn.train.cnn import CNNTrainConfig, train
     result = train(CNNTrainConfig(arch="seed", train_samples=200, batch_size=32, epochs=5), quiet=True)
-    result["test_accuracy"], result["run_dir"]
+    result["test_accuracy"], result["val_accuracy"], result["run_dir"]
 """
 
 from __future__ import annotations
@@ -36,14 +38,15 @@ import torch
 
 from customnn import ops
 from customnn.data.augment import augment
-from customnn.data.mnist import SIZES, load_mnist
+from customnn.data.mnist import SIZES, load_mnist, load_mnist_split
 from customnn.core.errors import UserError
 from customnn.core.memory import check_training_memory
 from customnn.models.cnn import ARCHS, CustomCNN
 from customnn.optim import SGD, AdamW, constant_lr, cosine_lr, decay_groups
+from customnn.core.progress import Progress
 from customnn.core.runtime import seed_all
 from customnn.train.config import TrainConfig, flag_name, setting, time_budget_setting
-from customnn.train.engine import progress_bar, train_with
+from customnn.train.engine import train_with
 from customnn.train.loading import MAX_WIDTH, check_weights
 from customnn.train.trainer import Trainer
 
@@ -102,9 +105,14 @@ class CNNTrainConfig(TrainConfig):
                             "what one process trains)", resume="free")
     # True: N processes train what one process trains; each of the default net's three batch norms
     # then waits for the other processes twice a step (its sums in forward and in backward)
-    train_samples: int | None = setting(None, "use the first N training images (default: all 60000)")
-    test_samples: int | None = setting(None, "use the first N test images (default: all 10000)", resume="free")
-    eval_batch_size: int = setting(1000, "test batch size", resume="free")  # the example's: no gradients kept
+    val_samples: int = setting(5000, "training images held out (a fixed, seeded choice) to pick best.safetensors "
+                               "and for each epoch's figure")
+    # 5000: a 0.1% accuracy step is 5 images; the test set is then scored once, at the end
+    train_samples: int | None = setting(None, "train on the first N of the training images left after --val-samples "
+                                        "(default: all of them)")
+    test_samples: int | None = setting(None, "score the first N test images at the end (default: all 10000)",
+                                       resume="free")
+    eval_batch_size: int = setting(1000, "evaluation batch size", resume="free")  # the example's: no gradients kept
     seed: int = setting(1, "random seed")  # the PyTorch example's seed
     time_budget: float | None = time_budget_setting(580.0)
     # ten minutes with margin, as the GPT's default: the default net's 30 epochs are cut to what fits
@@ -132,7 +140,8 @@ class CNNTrainConfig(TrainConfig):
     def check(self) -> None:
         """One-line errors for settings that cannot run (after ``resolved``)."""
         super().check()
-        for name in ("epochs", "batch_size", "width", "train_samples", "test_samples", "eval_batch_size"):
+        for name in ("epochs", "batch_size", "width", "val_samples", "train_samples", "test_samples",
+                     "eval_batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UserError(f"{flag_name(name)} must be >= 1, got {value}")
@@ -158,10 +167,17 @@ class CNNTrainConfig(TrainConfig):
             raise UserError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.warmup_steps < 0:
             raise UserError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
-        for name, n in (("train", self.train_samples), ("test", self.test_samples)):
-            if n is not None and n > SIZES[name]:
-                raise UserError(f"--{name}-samples {n} is more than the {SIZES[name]} images of MNIST's {name} set")
-        n_train = self.train_samples or SIZES["train"]
+        left = SIZES["train"] - self.val_samples
+        if left < 1:
+            raise UserError(f"--val-samples {self.val_samples} leaves no training images: MNIST's training set has "
+                            f"{SIZES['train']}")
+        if self.train_samples is not None and self.train_samples > left:
+            raise UserError(f"--train-samples {self.train_samples} is more than the {left} training images left "
+                            f"after --val-samples {self.val_samples}")
+        if self.test_samples is not None and self.test_samples > SIZES["test"]:
+            raise UserError(f"--test-samples {self.test_samples} is more than the {SIZES['test']} images of "
+                            f"MNIST's test set")
+        n_train = self.train_samples or left
         if self.batch_size > n_train:
             raise UserError(f"--batch-size {self.batch_size} is larger than the {n_train} training images")
 
@@ -169,26 +185,30 @@ class CNNTrainConfig(TrainConfig):
 # --- pieces of the loop ---------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate(model: CustomCNN, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000,
-             quiet: bool = True) -> dict:
-    """Average loss and accuracy over (x, y) in eval mode, as the PyTorch example's ``test()``."""
+             quiet: bool = True, what: str = "test") -> dict:
+    """Average loss and accuracy over (x, y) in eval mode, as the PyTorch example's ``test()``; a
+    long one is announced with its estimate and shows progress (``core/progress.py``)."""
     was_training = model.training
     model.eval()
     total_loss, correct = 0.0, 0
-    bar = progress_bar(len(x), "test", quiet)
-    for i in range(0, len(x), batch_size):
-        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-        logits, _ = model(xb)
-        total_loss += ops.cross_entropy(logits, yb, reduction="sum").item()
-        correct += int((logits.argmax(dim=1) == yb).sum().item())
-        bar.update(len(xb))
-    bar.close()
-    model.train(was_training)
+    progress = Progress(math.ceil(len(x) / batch_size), f"evaluating on {len(x)} {what} images", "batches", quiet)
+    try:
+        for i in range(0, len(x), batch_size):
+            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+            logits, _ = model(xb)
+            total_loss += ops.cross_entropy(logits, yb, reduction="sum").item()
+            correct += int((logits.argmax(dim=1) == yb).sum().item())
+            progress.update()
+    finally:
+        progress.close()
+        model.train(was_training)
     n = len(x)
     return {"loss": total_loss / n, "correct": correct, "n": n, "accuracy": 100.0 * correct / n}
 
 
-def test_line(result: dict) -> str:
-    return (f"Test set: Average loss: {result['loss']:.4f}, "
+def test_line(result: dict, name: str = "Test") -> str:
+    """The example's line: ``Test set: Average loss: 0.0412, Accuracy: 9868/10000 (98.68%)``."""
+    return (f"{name} set: Average loss: {result['loss']:.4f}, "
             f"Accuracy: {result['correct']}/{result['n']} ({result['accuracy']:.2f}%)")
 
 
@@ -199,9 +219,10 @@ def build_model(cfg: dict) -> CustomCNN:
 # --- the CNN's part of the engine ---------------------------------------------------------------
 class CNNTrainer(Trainer):
     name = "cnn"
-    eval_at_start = False  # a Test set line after each epoch, as the example
-    best_metric, best_mode = "accuracy", "max"
-    plot_series = {"test loss": "loss"}
+    eval_at_start = False  # a Validation set line after each epoch, as the example's Test set line
+    best_metric, best_mode = "accuracy", "max"  # on the validation images
+    plot_series = {"val loss": "loss"}
+    test_split = "test"  # scored once, after the last step
 
     @classmethod
     def prepare_config(cls, cfg: CNNTrainConfig) -> CNNTrainConfig:
@@ -210,9 +231,10 @@ class CNNTrainer(Trainer):
     def setup(self, device, ckpt) -> None:
         cfg = self.cfg
         check_training_memory("cnn", cfg, device, mnist_sizes=(SIZES["train"], SIZES["test"]))  # one line, not OOM
-        x_train, y_train = load_mnist("train", cfg.data_dir, cfg.train_samples)
+        (x_train, y_train), (x_val, y_val) = load_mnist_split(cfg.data_dir, cfg.val_samples, cfg.train_samples)
         x_test, y_test = load_mnist("test", cfg.data_dir, cfg.test_samples)
         self.x_train, self.y_train = x_train.to(device, cfg.torch_dtype), y_train.to(device)
+        self.x_val, self.y_val = x_val.to(device, cfg.torch_dtype), y_val.to(device)
         self.x_test, self.y_test = x_test.to(device, cfg.torch_dtype), y_test.to(device)
         self.device = device
         self.n_train = len(x_train)
@@ -287,11 +309,15 @@ class CNNTrainer(Trainer):
         return {"step": step + 1, "epoch": epoch - 1 + (batch + 1) / self.batches, "loss": value, "lr": lr}, line
 
     def evaluate(self, step: int) -> dict:
-        result = evaluate(self.model, self.x_test, self.y_test, self.cfg.eval_batch_size, quiet=True)
+        result = evaluate(self.model, self.x_val, self.y_val, self.cfg.eval_batch_size, self.quiet, "validation")
         return {**result, "epoch": math.ceil(step / self.batches)}
 
+    def test(self, step: int) -> dict:
+        result = evaluate(self.model, self.x_test, self.y_test, self.cfg.eval_batch_size, self.quiet, "test")
+        return {**result, "split": "test"}
+
     def eval_line(self, step, result) -> str:
-        return test_line(result)
+        return test_line(result, "Test" if result.get("split") == "test" else "Validation")
 
     def progress(self, step: int) -> str:
         return f"epoch {min(self.epoch_of(step)[0], self.cfg.epochs)}/{self.cfg.epochs}"
@@ -304,7 +330,7 @@ class CNNTrainer(Trainer):
 
     def intro_line(self, run) -> str:
         return (f"run folder: {run.path}  (arch {self.cfg.arch}, {self.model.num_parameters()} parameters, "
-                f"{self.n_train} training images, device {self.device})")
+                f"{self.n_train} training images, {len(self.x_val)} validation images, device {self.device})")
 
     def plot_title(self) -> str:
         return f"CustomCNN ({self.cfg.arch}) on MNIST"
@@ -330,19 +356,21 @@ class CNNTrainer(Trainer):
         cfg = self.cfg
         lines = [f"# CNN run {run.path.name}", "",
                  f"- architecture: `{cfg.arch}` ({self.model.num_parameters()} parameters)",
-                 f"- data: {cfg.train_samples or SIZES['train']} training images, "
-                 f"{cfg.test_samples or SIZES['test']} test images; augmentation: shift {cfg.shift} px, "
+                 f"- data: {self.n_train} training images, {cfg.val_samples} validation images (held out of the "
+                 f"training set), {cfg.test_samples or SIZES['test']} test images; augmentation: shift {cfg.shift} px, "
                  f"rotate {cfg.rotate:g} degrees, scale {cfg.scale:g}; label smoothing {cfg.label_smoothing:g}",
                  f"- optimizer: {cfg.optimizer}, lr {cfg.lr:g} ({cfg.schedule}), batch {cfg.batch_size}, "
                  f"weight decay {cfg.weight_decay:g}; seed {cfg.seed}",
                  f"- steps: {step}", "",
-                 "| epoch | test loss | test accuracy | train time (s) |", "| --- | --- | --- | --- |"]
+                 "| epoch | val loss | val accuracy | train time (s) |", "| --- | --- | --- | --- |"]
         lines += [f"| {t['epoch']} | {t['loss']:.4f} | {t['correct']}/{t['n']} ({t['accuracy']:.2f}%) | "
                   f"{e:.2f} |" for t, e in zip(evals, self.epoch_times(evals))]
-        if evals:
-            lines += ["", f"Final: {test_line(evals[-1])}; total training time {evals[-1]['train_time']:.1f} s.",
-                      "Best checkpoint (best.safetensors) is chosen by test accuracy; the figure above is the "
-                      "last epoch's."]
+        if (test := self.test_result) is not None:
+            best = next((r["epoch"] for r in evals if r["step"] == test["best_step"]), "?")
+            lines += ["", f"Final: {test_line(test)}, scored once after training with the weights of epoch {best} "
+                      f"(best.safetensors, by validation accuracy); training time {evals[-1]['train_time']:.1f} s."]
+        elif evals:
+            lines += ["", "The test set was not scored (the run stopped before its end); `customnn eval` scores it."]
         return lines + [""]
 
     @staticmethod
@@ -356,14 +384,16 @@ def train(cfg: CNNTrainConfig, quiet: bool = False, given: dict | None = None) -
     """Train (or, with ``cfg.resume``, continue) one run; return its figures and the model.
 
     Returns a dict with ``run_dir``, ``test_loss``, ``test_accuracy`` (percent), ``correct``,
-    ``n_test``, ``epoch_times`` (seconds of training per epoch), ``tests`` (one result per
-    epoch), ``step``, ``interrupted`` (True when Ctrl-C/SIGTERM stopped it early), ``finished``
-    (False after Ctrl-C or ``max_steps``: the run can be resumed), ``config`` and ``model``.
+    ``n_test`` (the test set, scored once at the end with best.safetensors' weights; NaN and 0
+    when the run stopped before its end), ``val_accuracy`` (the last epoch's), ``epoch_times``
+    (seconds of training per epoch), ``vals`` (the validation result of each epoch), ``step``,
+    ``interrupted`` (True when Ctrl-C/SIGTERM stopped it early), ``finished`` (False after
+    Ctrl-C or ``max_steps``: the run can be resumed), ``config`` and ``model``.
     Raises ``UserError`` for bad settings and on divergence (``engine.Diverged``).
     """
     out = train_with(CNNTrainer, cfg, quiet, given)
-    tests = out["evals"]
-    final = tests[-1] if tests else {"loss": float("nan"), "accuracy": float("nan"), "correct": 0, "n": 0}
-    return {**out, "tests": tests, "epoch_times": CNNTrainer.epoch_times(tests), "test_loss": final["loss"],
-            "test_accuracy": final["accuracy"], "correct": final["correct"], "n_test": final["n"]}
-
+    vals = out["evals"]
+    test = out["test"] or {"loss": float("nan"), "accuracy": float("nan"), "correct": 0, "n": 0}
+    return {**out, "vals": vals, "epoch_times": CNNTrainer.epoch_times(vals),
+            "val_accuracy": vals[-1]["accuracy"] if vals else float("nan"), "test_loss": test["loss"],
+            "test_accuracy": test["accuracy"], "correct": test["correct"], "n_test": test["n"]}
