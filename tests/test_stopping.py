@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from customnn.core.progress import Progress
 from customnn.core.runtime import Interrupted, InterruptFlag
 from customnn.train.checkpoint import load_checkpoint
 from helpers import REPO, customnn_env, read_metrics, run_customnn
@@ -71,6 +72,18 @@ def test_a_signal_abandons_only_the_work_inside_an_abandonable_region():
                     for _ in range(10**8):
                         pass
         assert flag.requested and torch.is_grad_enabled() == grad
+
+
+def test_long_work_is_announced_with_its_estimate_and_short_work_is_not(capsys):
+    for long_s, announced in ((0.0, True), (60.0, False)):
+        progress = Progress(5, "evaluating on 5 things", "batches", quiet=True, long_s=long_s)
+        for _ in range(5):
+            time.sleep(0.01)
+            progress.update()
+        progress.close()
+        err = capsys.readouterr().err
+        assert ("evaluating on 5 things: 5 batches, about " in err) == announced, err
+        assert progress.estimate is not None and 0.04 <= progress.estimate < 5
 
 
 def test_sigterm_in_a_long_gpt_evaluation_stops_at_once_and_resumes_exactly(tmp_path):
