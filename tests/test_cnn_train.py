@@ -19,7 +19,7 @@ from customnn.train.checkpoint import load_checkpoint
 from helpers import train_losses
 
 TRAIN_LINE = re.compile(r"^Train Epoch: \d+ \[\d+/\d+ \(\d+%\)\]\tLoss: \d+\.\d{6}$")
-TEST_LINE = re.compile(r"^Test set: Average loss: \d+\.\d{4}, Accuracy: \d+/\d+ \(\d+\.\d{2}%\)$")
+TEST_LINE = re.compile(r"^(Test|Validation) set: Average loss: \d+\.\d{4}, Accuracy: \d+/\d+ \(\d+\.\d{2}%\)$")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small steps: one thread
@@ -38,8 +38,11 @@ def test_real_short_training_learns_and_writes_the_run_folder(tmp_path, capsys):
     assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
     log = (run / "train.log").read_text().splitlines()
     train_lines = [line for line in log if line.startswith("Train Epoch")]
+    val_lines = [line for line in log if line.startswith("Validation set")]
     test_lines = [line for line in log if line.startswith("Test set")]
-    assert len(test_lines) == 2 and all(TEST_LINE.match(line) for line in test_lines)
+    assert len(val_lines) == 2 and all(TEST_LINE.match(line) for line in val_lines)  # after each epoch
+    assert len(test_lines) == 1 and TEST_LINE.match(test_lines[0]) and log[-1] == test_lines[0]  # once, at the end
+    assert val_lines[-1].endswith(f"/5000 ({result['val_accuracy']:.2f}%)")
     assert len(train_lines) == 2 * 4 and all(TRAIN_LINE.match(line) for line in train_lines)  # 40 batches, every 10th
     assert train_lines[1].startswith("Train Epoch: 1 [640/2560 (25%)]")
     assert test_lines[-1] in capsys.readouterr().out  # the same lines on stdout
@@ -71,7 +74,7 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, stop_aft
     resumed = train(CNNTrainConfig(resume=str(part["run_dir"])), quiet=True)
     assert resumed["finished"] and resumed["run_dir"] == part["run_dir"] and resumed["step"] == 16
     assert train_losses(resumed["run_dir"]) == train_losses(full["run_dir"])  # exactly, step for step
-    assert [t["loss"] for t in resumed["tests"]] == [t["loss"] for t in full["tests"]]
+    assert [t["loss"] for t in resumed["vals"]] == [t["loss"] for t in full["vals"]]
     assert resumed["test_accuracy"] == full["test_accuracy"]
     a, b = load_checkpoint(full["run_dir"] / "last.safetensors"), load_checkpoint(resumed["run_dir"] / "last.safetensors")
     for k, v in a.model_state.items():
@@ -157,7 +160,12 @@ def test_huge_learning_rate_is_reported_as_divergence(tmp_path):
     (dict(optimizer="lbfgs"), "--optimizer must be one of"),
     (dict(lr=-1.0), "--lr must be a positive number"),
     (dict(lr=float("nan")), "--lr must be a positive number"),
-    (dict(train_samples=70000), "more than the 60000"),
+    (dict(train_samples=70000), "--train-samples 70000 is more than the 55000 training images left after "
+                                "--val-samples 5000"),
+    (dict(val_samples=5000, train_samples=55001), "more than the 55000 training images left"),
+    (dict(val_samples=60000), "--val-samples 60000 leaves no training images: MNIST's training set has 60000"),
+    (dict(val_samples=70000), "--val-samples 70000 leaves no training images"),
+    (dict(val_samples=0), "--val-samples must be >= 1"),
     (dict(test_samples=0), "--test-samples must be >= 1"),
     (dict(shift=20), "--shift"),
     (dict(dropout=1.0), "--dropout"),

@@ -35,6 +35,24 @@ def test_real_mnist_has_the_published_shapes_and_statistics(data_dir):
         980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
+def test_the_validation_split_is_fixed_disjoint_and_nested(data_dir):
+    train, val = mnist.validation_split(5000)
+    assert len(train) == 55000 and len(val) == 5000
+    assert torch.equal(torch.cat([train, val]).sort().values, torch.arange(60000))  # every image once
+    assert bool((train[1:] > train[:-1]).all()) and bool((val[1:] > val[:-1]).all())  # in file order
+    again = mnist.validation_split(5000)
+    assert torch.equal(again[0], train) and torch.equal(again[1], val)  # the same in every process and run
+    small = mnist.validation_split(1000)[1]
+    assert bool(torch.isin(small, val).all())  # a smaller split is part of a larger one
+    assert val[:5].tolist() != [0, 1, 2, 3, 4] and val.max() > 50000  # drawn, not the first or last images
+    counts = torch.bincount(load_mnist("train", data_dir)[1][val], minlength=10)
+    assert counts.min() > 400 and counts.max() < 600  # every digit, about a tenth each
+    (x, y), (xv, yv) = mnist.load_mnist_split(data_dir, val_samples=5000, train_samples=300)
+    full_x, full_y = load_mnist("train", data_dir)
+    assert torch.equal(x, full_x[train[:300]]) and torch.equal(y, full_y[train[:300]])  # the first of the rest
+    assert torch.equal(xv, full_x[val]) and torch.equal(yv, full_y[val])
+
+
 def test_data_dir_order(monkeypatch, tmp_path):
     monkeypatch.setenv("CUSTOMNN_DATA", str(tmp_path / "env"))
     assert cache.data_dir(tmp_path / "flag") == tmp_path / "flag"

@@ -3,13 +3,15 @@
 - ``resolve_device``: ``--device auto|cpu|cuda[:N]`` to a ``torch.device``, or a one-line error;
 - ``check_seed``, ``seed_all``, ``rng_state`` / ``set_rng_state``: every random state a run
   uses, so that a checkpoint can hold it and a resumed run draws what it would have drawn;
-- ``InterruptFlag``: the first Ctrl-C or SIGTERM becomes a flag the training loop checks;
+- ``InterruptFlag``: the first Ctrl-C or SIGTERM becomes a flag the training loop checks, and
+  abandons an evaluation or the data's preparation at once (``Interrupted``);
 - ``tune_allocator`` / ``release_free_memory``: glibc's malloc kept from returning and
   re-faulting the same pages every step, and made to return them after a big evaluation.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import random
 import signal
@@ -20,23 +22,53 @@ import torch
 from customnn.core.errors import UserError
 
 
+class Interrupted(BaseException):
+    """A stop (Ctrl-C or SIGTERM) that abandons the work under way: an evaluation, the data's
+    preparation. A ``BaseException``, as ``KeyboardInterrupt``, so that no ``except Exception``
+    on the way up turns it into another error."""
+
+
 class InterruptFlag:
     """Turn the first Ctrl-C (SIGINT) or SIGTERM into a flag the training loop checks.
 
     The loop finishes its step, saves a checkpoint and exits cleanly; a second Ctrl-C
-    interrupts at once (KeyboardInterrupt).
+    interrupts at once (KeyboardInterrupt). Work whose result can be thrown away (an
+    evaluation, preparing the data) runs inside ``abandonable()``: there the first signal also
+    raises ``Interrupted`` at once, between two Python operations (within one torch call, not
+    after the whole evaluation), so a stop is honoured within seconds wherever the time goes.
+    A checkpoint being written is never abandoned by the first signal: it completes (atomically,
+    customnn/core/fileio.py), and a second Ctrl-C abandons it, leaving the previous file.
     """
 
     def __init__(self):
         self.requested = False
         self._old = {}
+        self._abandon = 0  # depth of abandonable() regions entered
 
     def _handler(self, signum, frame):
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        first = not self.requested
         self.requested = True
-        print(f"\n{signal.Signals(signum).name} received: stopping after this step and saving a checkpoint "
-              "(Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+        if self._abandon:
+            print(f"\n{signal.Signals(signum).name} received: stopping now", file=sys.stderr, flush=True)
+            raise Interrupted
+        if first:
+            print(f"\n{signal.Signals(signum).name} received: stopping after this step and saving a checkpoint "
+                  "(Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def abandonable(self):
+        """A region the first signal abandons by raising ``Interrupted`` (at once if one came before)."""
+        if self.requested:
+            raise Interrupted
+        grad = torch.is_grad_enabled()
+        self._abandon += 1
+        try:
+            yield self
+        finally:
+            self._abandon -= 1
+            torch.set_grad_enabled(grad)  # as it was, wherever an Interrupted left a no_grad block
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -13,10 +13,13 @@ http://yann.lecun.com/exdb/mnist/, section "FILE FORMATS FOR THE MNIST DATABASE"
 damaged file raises ``IDXError`` (a ``ValueError`` and a ``UserError``, so the command
 line prints it in one line) naming the file. ``load_mnist`` reads one split through the
 data directory (``customnn.data.cache``), checks that images and labels agree, and
-returns float images normalised as the PyTorch MNIST example does.
+returns float images normalised as the PyTorch MNIST example does; ``load_mnist_split`` holds
+out a fixed, seeded part of the training set for validation (model selection), so that the
+test set is scored once, at the end.
 
     from customnn.data.mnist import load_mnist
     x, y = load_mnist("train", limit=1000)   # (1000, 1, 28, 28) float32, (1000,) int64
+    (x, y), (x_val, y_val) = load_mnist_split(val_samples=5000)   # 55000 to train on, 5000 held out
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ FILES = {
     "test": ("mnist/t10k-images-idx3-ubyte.gz", "mnist/t10k-labels-idx1-ubyte.gz"),
 }
 SIZES = {"train": 60_000, "test": 10_000}
+SPLIT_SEED = 0  # the generator that picks the validation images out of the training set (validation_split)
 
 # IDX element type code -> big-endian numpy dtype
 _IDX_TYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
@@ -135,3 +139,25 @@ def load_mnist(split: str, data_dir=None, limit: int | None = None) -> tuple[tor
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
     return normalize(images), labels.clone()
+
+
+def validation_split(val_samples: int, n: int = SIZES["train"]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices ``(train, val)`` of MNIST's training images: ``val_samples`` of them, drawn from a
+    generator of fixed seed ``SPLIT_SEED``, are held out for validation, the rest are for
+    training, each in file order. The same on every run, process and resume whatever ``--seed``
+    is, so that runs are compared on the same images; a smaller split is part of a larger one."""
+    if not 0 <= val_samples <= n:
+        raise ValueError(f"val_samples must be between 0 and {n}, got {val_samples}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))  # (n,)
+    return order[val_samples:].sort().values, order[:val_samples].sort().values
+
+
+def load_mnist_split(data_dir=None, val_samples: int = 5000, train_samples: int | None = None):
+    """``(x_train, y_train), (x_val, y_val)``: MNIST's training images less the ``val_samples``
+    held out by ``validation_split``, of which the first ``train_samples`` (in file order), and
+    the held-out ones; normalised as ``load_mnist``."""
+    images, labels = load_mnist_uint8("train", data_dir)
+    train, val = validation_split(val_samples, len(images))
+    if train_samples is not None:
+        train = train[:train_samples]
+    return (normalize(images[train]), labels[train]), (normalize(images[val]), labels[val])

@@ -16,6 +16,10 @@ changes. The training loop (``customnn/train/gpt.py``) asks it once per step::
 
 from __future__ import annotations
 
+import torch
+
+PLAN_SYNC_STEPS = 16  # steps between exchanges of the plan across processes
+
 
 class StepPlanner:
     """How many steps fit in ``--time-budget`` seconds, evaluations and the closing outputs included.
@@ -67,4 +71,19 @@ class StepPlanner:
         self.planned_at = used_s
         self.mark_step, self.mark_time, self.eval_time = step, used_s, 0.0  # the next speed: from here
         changed, self.total = total != self.total, total
+        return changed
+
+    def agreed_update(self, step: int, used_s: float, dist, total: int) -> bool:
+        """``update``, where under torchrun (``dist``, train/distributed.py) rank 0's clock decides
+        and every rank follows it; ``total``: the plan in force. Across processes the plan is
+        exchanged every ``PLAN_SYNC_STEPS`` steps only (a blocking broadcast a step would slow
+        small models), so a revision takes effect up to that many steps late, on every rank at
+        the same step."""
+        changed = self.update(step, used_s)
+        if dist.active and self.budget_s is not None:
+            if step % PLAN_SYNC_STEPS:
+                return False
+            agreed = torch.tensor([max(self.total, step)], dtype=torch.int64, device=dist.collective_device)
+            dist.broadcast_([agreed])
+            changed, self.total = int(agreed.item()) != total, int(agreed.item())
         return changed

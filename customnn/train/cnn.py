@@ -1,8 +1,9 @@
 """``customnn train cnn``: the MNIST task, as the PyTorch MNIST example trains its net.
 
 The loop is the PyTorch MNIST example's (github.com/pytorch/examples, mnist/main.py):
-epochs over shuffled mini-batches, a ``Train Epoch`` line every ``log_interval`` batches and
-a ``Test set`` line after each epoch. The engine (``customnn/train/engine.py``) runs it; this
+epochs over shuffled mini-batches, a ``Train Epoch`` line every ``log_interval`` batches, a
+``Validation set`` line after each epoch, and the example's ``Test set`` line once, at the end.
+The engine (``customnn/train/engine.py``) runs it; this
 file holds only what is the task's own. Its model is CustomCNN (``customnn/models/cnn.py``,
 settings ``--arch``, ``--width``, ``--dropout``), or any class of one's own
 (``--model FILE.py:CLASS``, ``--model-arg NAME=VALUE``; it gets ``seed``, ``in_channels``
@@ -15,8 +16,10 @@ and ``num_classes`` if its constructor takes them) mapping ``(N, 1, 28, 28)`` im
   generator, random shifts (and, when asked, rotations and scalings: ``customnn/data/augment.py``)
   from another, dropout masks from a third; all three, and where in the epoch the run is, are
   saved in every checkpoint, so ``--resume`` continues exactly;
-- one step (forward and backward of a batch) and the evaluation on the test set, whose
-  accuracy picks best.safetensors.
+- one step (forward and backward of a batch); the evaluation after each epoch on the
+  validation images (``--val-samples``, held out of the 60k training images:
+  ``data/mnist.py``'s ``validation_split``), whose accuracy picks best.safetensors; and the
+  test set, scored once after the last step with best.safetensors' weights, the run's figure.
 
 Run::
 
@@ -29,7 +32,7 @@ From Python (the demo does this)::
 
     from customnn.train.cnn import CNNTrainConfig, train
     result = train(CNNTrainConfig(arch="seed", train_samples=200, batch_size=32, epochs=5), quiet=True)
-    result["test_accuracy"], result["run_dir"]
+    result["test_accuracy"], result["val_accuracy"], result["run_dir"]
 """
 
 from __future__ import annotations
@@ -41,14 +44,15 @@ import torch
 
 from customnn import ops
 from customnn.data.augment import augment
-from customnn.data.mnist import SIZES, load_mnist
+from customnn.data.mnist import SIZES, load_mnist, load_mnist_split
 from customnn.core.errors import UserError
 from customnn.models.cnn import CustomCNN
 from customnn.optim import SGD, AdamW, constant_lr, cosine_lr, decay_groups
+from customnn.core.progress import Progress
 from customnn.core.runtime import seed_all
 from customnn.train.cnn_config import (ARCH_DEFAULTS, BATCH_SIZE, DEFAULT_LR, MAX_WIDTH, OPTIMIZERS,  # noqa: F401
                                        SCHEDULES, CNNTrainConfig)  # (also customnn.train.cnn's)
-from customnn.train.engine import progress_bar, train_with
+from customnn.train.engine import train_with
 from customnn.train.loading import check_weights, is_int, load_weights, own_model_from_checkpoint, saved_dtype
 from customnn.train.trainer import Trainer
 from customnn.train.usermodel import check_training_memory
@@ -56,27 +60,31 @@ from customnn.train.usermodel import check_training_memory
 # --- pieces of the loop ---------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate(model: CustomCNN, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000,
-             quiet: bool = True) -> dict:
-    """Average loss and accuracy over (x, y) in eval mode, as the PyTorch example's ``test()``."""
+             quiet: bool = True, what: str = "test") -> dict:
+    """Average loss and accuracy over (x, y) in eval mode, as the PyTorch example's ``test()``; a
+    long one is announced with its estimate and shows progress (``core/progress.py``)."""
     was_training = model.training
     model.eval()
     total_loss, correct = 0.0, 0
-    bar = progress_bar(len(x), "test", quiet)
-    for i in range(0, len(x), batch_size):
-        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-        logits, _ = model(xb)
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # a sum of 1000 losses: not in bfloat16
-        total_loss += ops.cross_entropy(logits, yb, reduction="sum").item()
-        correct += int((logits.argmax(dim=1) == yb).sum().item())
-        bar.update(len(xb))
-    bar.close()
-    model.train(was_training)
+    progress = Progress(math.ceil(len(x) / batch_size), f"evaluating on {len(x)} {what} images", "batches", quiet)
+    try:
+        for i in range(0, len(x), batch_size):
+            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+            logits, _ = model(xb)
+            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # a sum of 1000 losses: not in bfloat16
+            total_loss += ops.cross_entropy(logits, yb, reduction="sum").item()
+            correct += int((logits.argmax(dim=1) == yb).sum().item())
+            progress.update()
+    finally:
+        progress.close()
+        model.train(was_training)
     n = len(x)
     return {"loss": total_loss / n, "correct": correct, "n": n, "accuracy": 100.0 * correct / n}
 
 
-def test_line(result: dict) -> str:
-    return (f"Test set: Average loss: {result['loss']:.4f}, "
+def test_line(result: dict, name: str = "Test") -> str:
+    """The example's line: ``Test set: Average loss: 0.0412, Accuracy: 9868/10000 (98.68%)``."""
+    return (f"{name} set: Average loss: {result['loss']:.4f}, "
             f"Accuracy: {result['correct']}/{result['n']} ({result['accuracy']:.2f}%)")
 
 
@@ -111,9 +119,10 @@ class CNNTrainer(Trainer):
     name = "cnn"
     default_model = CustomCNN
     provided_names = ("seed", "in_channels", "num_classes")
-    eval_at_start = False  # a Test set line after each epoch, as the example
-    best_metric, best_mode = "accuracy", "max"
-    plot_series = {"test loss": "loss"}
+    eval_at_start = False  # a Validation set line after each epoch, as the example's Test set line
+    best_metric, best_mode = "accuracy", "max"  # on the validation images
+    plot_series = {"val loss": "loss"}
+    test_split = "test"  # scored once, after the last step
 
     @classmethod
     def prepare_config(cls, cfg: CNNTrainConfig) -> CNNTrainConfig:
@@ -122,9 +131,10 @@ class CNNTrainer(Trainer):
     def setup(self, device, ckpt) -> None:
         cfg = self.cfg
         self.check_memory(device)  # one line, not an out-of-memory crash
-        x_train, y_train = load_mnist("train", cfg.data_dir, cfg.train_samples)
+        (x_train, y_train), (x_val, y_val) = load_mnist_split(cfg.data_dir, cfg.val_samples, cfg.train_samples)
         x_test, y_test = load_mnist("test", cfg.data_dir, cfg.test_samples)
         self.x_train, self.y_train = x_train.to(device, cfg.torch_dtype), y_train.to(device)
+        self.x_val, self.y_val = x_val.to(device, cfg.torch_dtype), y_val.to(device)
         self.x_test, self.y_test = x_test.to(device, cfg.torch_dtype), y_test.to(device)
         self.device = device
         self.n_train = len(x_train)
@@ -157,7 +167,7 @@ class CNNTrainer(Trainer):
         """A one-line refusal of a run that cannot fit, before anything is allocated: the model's
         step at the training batch and at the evaluation batch, and the images."""
         cfg = self.cfg
-        n_train, n_test = cfg.train_samples or SIZES["train"], cfg.test_samples or SIZES["test"]
+        n_train, n_test = SIZES["train"], cfg.test_samples or SIZES["test"]  # training and validation images
         size = torch.empty((), dtype=cfg.torch_dtype).element_size()
         images = (1 + size) * 28 * 28 * (n_train + n_test)  # as bytes and as numbers
         advice = ("use a smaller --batch-size or --eval-batch-size, or smaller --model-arg settings"
@@ -219,11 +229,15 @@ class CNNTrainer(Trainer):
         return {"step": step + 1, "epoch": epoch - 1 + (batch + 1) / self.batches, "loss": value, "lr": lr}, line
 
     def evaluate(self, step: int) -> dict:
-        result = evaluate(self.model, self.x_test, self.y_test, self.cfg.eval_batch_size, quiet=True)
+        result = evaluate(self.model, self.x_val, self.y_val, self.cfg.eval_batch_size, self.quiet, "validation")
         return {**result, "epoch": math.ceil(step / self.batches)}
 
+    def test(self, step: int) -> dict:
+        result = evaluate(self.model, self.x_test, self.y_test, self.cfg.eval_batch_size, self.quiet, "test")
+        return {**result, "split": "test"}
+
     def eval_line(self, step, result) -> str:
-        return test_line(result)
+        return test_line(result, "Test" if result.get("split") == "test" else "Validation")
 
     def progress(self, step: int) -> str:
         return f"epoch {min(self.epoch_of(step)[0], self.cfg.epochs)}/{self.cfg.epochs}"
@@ -240,7 +254,7 @@ class CNNTrainer(Trainer):
     def intro_line(self, run) -> str:
         what = f"model {self.spec.name}" if self.user_model else f"arch {self.cfg.arch}"
         return (f"run folder: {run.path}  ({what}, {self.model.num_parameters()} parameters, "
-                f"{self.n_train} training images, device {self.device})")
+                f"{self.n_train} training images, {len(self.x_val)} validation images, device {self.device})")
 
     def plot_title(self) -> str:
         return f"{self.model_name()} on MNIST"
@@ -268,19 +282,21 @@ class CNNTrainer(Trainer):
         lines = [f"# CNN run {run.path.name}", "",
                  (f"- model: `{self.spec.name}` {self.spec.args or ''}" if self.user_model
                   else f"- architecture: `{cfg.arch}`") + f" ({self.model.num_parameters()} parameters)",
-                 f"- data: {cfg.train_samples or SIZES['train']} training images, "
-                 f"{cfg.test_samples or SIZES['test']} test images; augmentation: shift {cfg.shift} px, "
+                 f"- data: {self.n_train} training images, {cfg.val_samples} validation images (held out of the "
+                 f"training set), {cfg.test_samples or SIZES['test']} test images; augmentation: shift {cfg.shift} px, "
                  f"rotate {cfg.rotate:g} degrees, scale {cfg.scale:g}; label smoothing {cfg.label_smoothing:g}",
                  f"- optimizer: {cfg.optimizer}, lr {cfg.lr:g} ({cfg.schedule}), batch {cfg.batch_size}, "
                  f"weight decay {cfg.weight_decay:g}; seed {cfg.seed}",
                  f"- steps: {step}", "",
-                 "| epoch | test loss | test accuracy | train time (s) |", "| --- | --- | --- | --- |"]
+                 "| epoch | val loss | val accuracy | train time (s) |", "| --- | --- | --- | --- |"]
         lines += [f"| {t['epoch']} | {t['loss']:.4f} | {t['correct']}/{t['n']} ({t['accuracy']:.2f}%) | "
                   f"{e:.2f} |" for t, e in zip(evals, self.epoch_times(evals))]
-        if evals:
-            lines += ["", f"Final: {test_line(evals[-1])}; total training time {evals[-1]['train_time']:.1f} s.",
-                      "Best checkpoint (best.safetensors) is chosen by test accuracy; the figure above is the "
-                      "last epoch's."]
+        if (test := self.test_result) is not None:
+            best = next((r["epoch"] for r in evals if r["step"] == test["best_step"]), "?")
+            lines += ["", f"Final: {test_line(test)}, scored once after training with the weights of epoch {best} "
+                      f"(best.safetensors, by validation accuracy); training time {evals[-1]['train_time']:.1f} s."]
+        elif evals:
+            lines += ["", "The test set was not scored (the run stopped before its end); `customnn eval` scores it."]
         return lines + [""]
 
     @staticmethod
@@ -294,17 +310,20 @@ def train(cfg: CNNTrainConfig, quiet: bool = False, given: dict | None = None, m
     """Train (or, with ``cfg.resume``, continue) one run; return its figures and the model.
 
     Returns a dict with ``run_dir``, ``test_loss``, ``test_accuracy`` (percent), ``correct``,
-    ``n_test``, ``epoch_times`` (seconds of training per epoch), ``tests`` (one result per
-    epoch), ``step``, ``interrupted`` (True when Ctrl-C/SIGTERM stopped it early), ``finished``
-    (False after Ctrl-C or ``max_steps``: the run can be resumed), ``config`` and ``model``.
+    ``n_test`` (the test set, scored once at the end with best.safetensors' weights; NaN and 0
+    when the run stopped before its end), ``val_accuracy`` (the last epoch's), ``epoch_times``
+    (seconds of training per epoch), ``vals`` (the validation result of each epoch), ``step``,
+    ``interrupted`` (True when Ctrl-C/SIGTERM stopped it early), ``finished`` (False after
+    Ctrl-C or ``max_steps``: the run can be resumed), ``config`` and ``model``.
     Raises ``UserError`` for bad settings and on divergence (``engine.Diverged``). ``model``: a
     ``ModelSpec`` of a class of one's own (``customnn/train/usermodel.py``); None: CustomCNN.
     """
     out = train_with(CNNTrainer, cfg, quiet, given, model)
-    tests = out["evals"]
-    final = tests[-1] if tests else {"loss": float("nan"), "accuracy": float("nan"), "correct": 0, "n": 0}
-    return {**out, "tests": tests, "epoch_times": CNNTrainer.epoch_times(tests), "test_loss": final["loss"],
-            "test_accuracy": final["accuracy"], "correct": final["correct"], "n_test": final["n"]}
+    vals = out["evals"]
+    test = out["test"] or {"loss": float("nan"), "accuracy": float("nan"), "correct": 0, "n": 0}
+    return {**out, "vals": vals, "epoch_times": CNNTrainer.epoch_times(vals),
+            "val_accuracy": vals[-1]["accuracy"] if vals else float("nan"), "test_loss": test["loss"],
+            "test_accuracy": test["accuracy"], "correct": test["correct"], "n_test": test["n"]}
 
 
 

@@ -71,9 +71,14 @@ class CNNTrainConfig(TrainConfig):
                             "what one process trains)", resume="free")
     # True: N processes train what one process trains; each of the default net's three batch norms
     # then waits for the other processes twice a step (its sums in forward and in backward)
-    train_samples: int | None = setting(None, "use the first N training images (default: all 60000)")
-    test_samples: int | None = setting(None, "use the first N test images (default: all 10000)", resume="free")
-    eval_batch_size: int = setting(1000, "test batch size", resume="free")  # the example's: no gradients kept
+    val_samples: int = setting(5000, "training images held out (a fixed, seeded choice) to pick best.safetensors "
+                               "and for each epoch's figure")
+    # 5000: a 0.1% accuracy step is 5 images; the test set is then scored once, at the end
+    train_samples: int | None = setting(None, "train on the first N of the training images left after --val-samples "
+                                        "(default: all of them)")
+    test_samples: int | None = setting(None, "score the first N test images at the end (default: all 10000)",
+                                       resume="free")
+    eval_batch_size: int = setting(1000, "evaluation batch size", resume="free")  # the example's: no gradients kept
     seed: int = setting(1, "random seed")  # the PyTorch example's seed
     time_budget: float | None = time_budget_setting(580.0)
     # ten minutes with margin, as the GPT's default: the default net's 30 epochs are cut to what fits
@@ -101,7 +106,8 @@ class CNNTrainConfig(TrainConfig):
     def check(self) -> None:
         """One-line errors for settings that cannot run (after ``resolved``)."""
         super().check()
-        for name in ("epochs", "batch_size", "width", "train_samples", "test_samples", "eval_batch_size"):
+        for name in ("epochs", "batch_size", "width", "val_samples", "train_samples", "test_samples",
+                     "eval_batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UserError(f"{flag_name(name)} must be >= 1, got {value}")
@@ -127,9 +133,16 @@ class CNNTrainConfig(TrainConfig):
             raise UserError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.warmup_steps < 0:
             raise UserError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
-        for name, n in (("train", self.train_samples), ("test", self.test_samples)):
-            if n is not None and n > SIZES[name]:
-                raise UserError(f"--{name}-samples {n} is more than the {SIZES[name]} images of MNIST's {name} set")
-        n_train = self.train_samples or SIZES["train"]
+        left = SIZES["train"] - self.val_samples
+        if left < 1:
+            raise UserError(f"--val-samples {self.val_samples} leaves no training images: MNIST's training set has "
+                            f"{SIZES['train']}")
+        if self.train_samples is not None and self.train_samples > left:
+            raise UserError(f"--train-samples {self.train_samples} is more than the {left} training images left "
+                            f"after --val-samples {self.val_samples}")
+        if self.test_samples is not None and self.test_samples > SIZES["test"]:
+            raise UserError(f"--test-samples {self.test_samples} is more than the {SIZES['test']} images of "
+                            f"MNIST's test set")
+        n_train = self.train_samples or left
         if self.batch_size > n_train:
             raise UserError(f"--batch-size {self.batch_size} is larger than the {n_train} training images")

@@ -14,7 +14,12 @@ is its own. ``Engine(trainer).run()`` does, for any ``Trainer``::
         clip, then one divergence rule: a loss that is not finite or above EXPLODED_LOSS, or a
         gradient that is not finite, stops the run with the step and keeps the last checkpoint
         optimizer step; every log_interval steps a training row (and the model's log line)
+    a trainer with a test_split: trainer.test() once, with best.safetensors' weights
     loss.png and report.md
+
+The first Ctrl-C or SIGTERM abandons preparing the data, an evaluation or the test at once
+(``InterruptFlag.abandonable``: nothing of them recorded), lets a step or a save finish, and the
+run stops with last.safetensors, resumable (exit code 130), wherever the time goes.
 
 A task's ``Trainer`` builds its data, model and optimizer (``setup``), runs one step's forward
 and backward (``train_step``), evaluates (``evaluate``), and names the state it keeps beyond
@@ -29,46 +34,30 @@ evaluation, with the model's figures (``val_loss``, ``accuracy``, ...) in it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from customnn.train.checkpoint import DAMAGED, save_checkpoint
+from customnn.train.checkpoint import DAMAGED, load_checkpoint, save_checkpoint
 from customnn.core.errors import UserError
-from customnn.core.fileio import atomic_write_text
+from customnn.core.progress import progress_bar
 from customnn.optim import clip_grad_norm_, grads_are_finite, set_lr
-from customnn.core.runtime import InterruptFlag, release_free_memory, rng_state, set_rng_state
+from customnn.core.runtime import Interrupted, InterruptFlag, release_free_memory, rng_state, set_rng_state
 from customnn.train.budget import StepPlanner
-from customnn.train.config import flag_name, given_in_python, open_for_resume
+from customnn.train.config import given_in_python, open_for_resume
+from customnn.train.divergence import Diverged, diverged_message, loss_is_healthy, what_diverged  # noqa: F401
 from customnn.train.distributed import Dist, GradSync, PeerLost
 from customnn.train.loading import check_compile, compile_model
 from customnn.train.precision import FLOAT32, Precision
-from customnn.train.rundir import FollowerRunDir, RunDir, plot_curves
+from customnn.train.rundir import FollowerRunDir, RunDir
 from customnn.train.trainer import Trainer
+from customnn.train.usermodel import refuse_builtin_flags
 from customnn.train.zero import ZeroAdamW
-
-# Cross-entropy starts near ln(classes): 2.3 for 10 digits, 4.2 for 65 characters. A batch loss
-# above this means the run has blown up even while the numbers are still finite (Adam's bounded
-# steps keep them finite at a huge lr, and the loss then sits at 1e6..1e20). No healthy run of a
-# classifier or language model comes near it.
-EXPLODED_LOSS = 1e3
-PLAN_SYNC_STEPS = 16  # steps between exchanges of the time budget's plan across processes
-
-
-class Diverged(UserError):
-    """Training produced a loss or gradient that is not finite, or a loss that exploded."""
-
-
-def progress_bar(total: int, desc: str, quiet: bool = False, initial: int = 0):
-    """A tqdm bar on stderr; off with ``--quiet`` or when stderr is not a terminal."""
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, initial=initial, file=sys.stderr, leave=False,
-                dynamic_ncols=True, disable=quiet or not sys.stderr.isatty())
-
 
 class Engine:
     """Runs one training run of a ``Trainer`` (see the module docstring)."""
@@ -86,6 +75,7 @@ class Engine:
         self.precision = FLOAT32  # --precision: autocast and fp16's loss scale (train/precision.py)
         self.step, self.evaluated_at, self.best, self.elapsed, self.train_time = 0, -1, None, 0.0, 0.0
         self.evals: list[dict] = []
+        self.saved = None  # (step, planned steps) of the state last.safetensors holds, once saved in this session
         self.bar = None
 
     # --- logging --------------------------------------------------------------------------
@@ -113,6 +103,8 @@ class Engine:
         path = self.run_dir.checkpoint(name)
         if self.main:
             save_checkpoint(path, t.model.state_dict(), t.checkpoint_meta(self.step), state)
+        if name == "last":
+            self.saved = (self.step, self.total)  # the state last.safetensors holds
         return path
 
     def restore(self, ckpt) -> None:
@@ -148,20 +140,6 @@ class Engine:
         self.step, self.total, self.evaluated_at, self.best = step, total, evaluated_at, e["best"]
         self.elapsed, self.train_time, self.evals = elapsed, train_time, e["evals"]
 
-    def replan(self, planner: StepPlanner, step: int) -> bool:
-        """The time budget's plan: rank 0's clock decides, and every rank follows it. Across
-        processes the plan is exchanged every ``PLAN_SYNC_STEPS`` steps only (a blocking
-        broadcast a step would slow small models), so a revision takes effect up to that many
-        steps late, on every rank at the same step."""
-        changed = planner.update(step, self.clock())
-        if self.dist.active and self.cfg.time_budget is not None:
-            if step % PLAN_SYNC_STEPS:
-                return False
-            total = torch.tensor([max(planner.total, step)], dtype=torch.int64, device=self.dist.collective_device)
-            self.dist.broadcast_([total])
-            changed, planner.total = int(total.item()) != self.total, int(total.item())
-        return changed
-
     def is_better(self, result: dict) -> bool:
         value = result[self.t.best_metric]
         if self.best is None:
@@ -170,12 +148,27 @@ class Engine:
 
     # --- the run --------------------------------------------------------------------------
     def run(self, device: torch.device) -> dict:
-        t, cfg, dist = self.t, self.cfg, self.dist
+        """The whole run, under one ``InterruptFlag`` (see the module docstring)."""
+        with InterruptFlag() as self.flag:
+            return self._run(device)
+
+    def _run(self, device: torch.device) -> dict:
+        t, cfg, dist, flag = self.t, self.cfg, self.dist, self.flag
         self.t_start = time.perf_counter()
-        t.dist = dist
+        t.dist, t.quiet = dist, self.quiet
         if cfg.compile:  # refused in one line before any work where it cannot work
             check_compile(dist.device(device))
-        t.setup(dist.device(device), self.ckpt)
+        try:
+            with flag.abandonable():  # nothing is written before the data and the model are ready
+                t.setup(dist.device(device), self.ckpt)
+        except Interrupted:  # nothing trained, nothing written
+            run, kept = self.run_dir, "nothing was trained, no run folder was made"
+            if run is not None:
+                kept = f"{run.checkpoint('last')} is as it was. Resume with: {t.resume_command(run.path)}"
+            print(f"interrupted while preparing the data and the model; {kept}", file=sys.stderr, flush=True)
+            return {"run_dir": run and run.path, "step": self.ckpt.meta.get("step", 0) if self.ckpt else 0,
+                    "finished": False, "interrupted": True, "evals": [], "test": None, "model": None,
+                    "config": asdict(cfg), "time_s": self.clock()}
         self.precision = t.precision = Precision(getattr(cfg, "precision", "32"), dist.device(device).type)
         if cfg.compile:
             compile_model(t.model, dist.device(device))
@@ -208,102 +201,112 @@ class Engine:
         self.ckpt = None  # everything is restored: the loaded copy of the weights is not kept for the run
         planner = StepPlanner(cfg.time_budget, t.total_steps, t.warmup_steps, t.eval_interval, self.step, self.total)
         lr_at = t.schedule(self.total)
-        announced, stopped = False, None
+        announced, stopped, during = False, None, ""
         stop_agreed = None  # across processes: any rank's Ctrl-C, as of the last gradient exchange
         self.bar = progress_bar(self.total, t.progress(self.step), self.quiet, initial=self.step)
         last_save = time.perf_counter()
         t.model.train()
         try:
-            with InterruptFlag() as flag:
-                while True:
-                    step = self.step
-                    t.before_step(step)
-                    due = step % t.eval_interval == 0 and (step > 0 or t.eval_at_start)
-                    if (due or step == self.total) and self.evaluated_at != step:
-                        t_eval = self.clock()
-                        self.evaluate(step)
-                        planner.timed_eval(self.clock() - t_eval)
-                        last_save = time.perf_counter()
-                    if step < self.total and self.replan(planner, step):
-                        self.total = planner.total
-                        lr_at = t.schedule(self.total)
-                        self.bar.total = self.total
-                        self.bar.refresh()
-                        self.run_dir.log(f"time budget {cfg.time_budget:g} s: {self.total} steps planned at step {step}",
-                                         echo=not announced and not self.quiet)
-                        announced = True
-                    if step >= self.total:
+            while True:
+                step = self.step
+                t.before_step(step)
+                due = step % t.eval_interval == 0 and (step > 0 or t.eval_at_start)
+                if (due or step == self.total) and self.evaluated_at != step:
+                    t_eval = self.clock()
+                    if not self.evaluate(step):
+                        stopped, during = "interrupted", " during its evaluation (abandoned, not recorded)"
                         break
-                    # Ctrl-C on any rank stops every rank: agreed in each step's gradient exchange
-                    # (one process, or before a session's first step: here)
-                    requested = dist.agree(flag.requested) if stop_agreed is None else stop_agreed
-                    if requested or (cfg.max_steps is not None and step >= cfg.max_steps):
-                        stopped = "interrupted" if requested else f"stopped by --max-steps {cfg.max_steps}"
-                        break
-                    t0 = time.perf_counter()
-                    lr = lr_at(step)
-                    set_lr(t.optimizer, lr)
-                    if self.sync is not None:
-                        self.sync.start()
-                    with self.precision.autocast():  # --precision bf16|fp16: the forward under autocast
-                        loss = t.train_step(step)  # this rank's share of the batch's mean loss
-                    # --save-interval: any rank's clock, agreed in the gradient exchange (a save is collective)
-                    save = cfg.save_interval is not None and time.perf_counter() - last_save >= cfg.save_interval
-                    norm = None  # the global gradient norm, when the exchange computes it (--zero)
-                    if self.sync is not None:  # every rank now holds the gradients of the whole batch
-                        # (--zero: its slice of them), its loss, any stop and save request
-                        loss, stop_agreed, save, norm = self.sync.finish(loss, flag.requested, save)
-                    skip = False  # fp16: a step whose gradients overflowed is skipped, and the scale halved
-                    if self.precision.scaler is not None:
-                        grads = self.sync.shards if self.zero is not None else \
-                            [p.grad for p in t.model.parameters() if p.grad is not None]
-                        norm, skip = self.precision.unscale_(grads, norm)
-                    if not skip:
-                        self.check_finite(step, loss, lr, norm)
-                        (self.zero or t.optimizer).step()
-                    t.optimizer.zero_grad()
-                    self.step = step + 1
-                    self.train_time += time.perf_counter() - t0
-                    self.bar.update(1)
-                    row, line = t.train_row(step, loss, lr)
-                    if line is not None:
-                        self.log(line)
-                    if row is not None:
-                        self.run_dir.log_metrics(kind="train", **row)
-                        self.bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
-                    if not self.bar.disable and self.step != self.total:
-                        self.bar.set_description(t.progress(self.step), refresh=False)
-                    if save:
-                        self.save("last")
-                        release_free_memory()  # the save's buffers; see its docstring
-                        last_save = time.perf_counter()
+                    planner.timed_eval(self.clock() - t_eval)
+                    last_save = time.perf_counter()
+                if step < self.total and planner.agreed_update(step, self.clock(), self.dist, self.total):
+                    self.total = planner.total
+                    lr_at = t.schedule(self.total)
+                    self.bar.total = self.total
+                    self.bar.refresh()
+                    self.run_dir.log(f"time budget {cfg.time_budget:g} s: {self.total} steps planned at step {step}",
+                                     echo=not announced and not self.quiet)
+                    announced = True
+                if step >= self.total:
+                    break
+                # Ctrl-C on any rank stops every rank: agreed in each step's gradient exchange
+                # (one process, or before a session's first step: here)
+                requested = dist.agree(flag.requested) if stop_agreed is None else stop_agreed
+                if requested or (cfg.max_steps is not None and step >= cfg.max_steps):
+                    stopped = "interrupted" if requested else f"stopped by --max-steps {cfg.max_steps}"
+                    break
+                t0 = time.perf_counter()
+                lr = lr_at(step)
+                set_lr(t.optimizer, lr)
+                if self.sync is not None:
+                    self.sync.start()
+                with self.precision.autocast():  # --precision bf16|fp16: the forward under autocast
+                    loss = t.train_step(step)  # this rank's share of the batch's mean loss
+                # --save-interval: any rank's clock, agreed in the gradient exchange (a save is collective)
+                save = cfg.save_interval is not None and time.perf_counter() - last_save >= cfg.save_interval
+                norm = None  # the global gradient norm, when the exchange computes it (--zero)
+                if self.sync is not None:  # every rank now holds the gradients of the whole batch
+                    # (--zero: its slice of them), its loss, any stop and save request
+                    loss, stop_agreed, save, norm = self.sync.finish(loss, flag.requested, save)
+                skip = False  # fp16: a step whose gradients overflowed is skipped, and the scale halved
+                if self.precision.scaler is not None:
+                    grads = self.sync.shards if self.zero is not None else \
+                        [p.grad for p in t.model.parameters() if p.grad is not None]
+                    norm, skip = self.precision.unscale_(grads, norm)
+                if not skip:
+                    self.check_finite(step, loss, lr, norm)
+                    (self.zero or t.optimizer).step()
+                t.optimizer.zero_grad()
+                self.step = step + 1
+                self.train_time += time.perf_counter() - t0
+                self.bar.update(1)
+                row, line = t.train_row(step, loss, lr)
+                if line is not None:
+                    self.log(line)
+                if row is not None:
+                    self.run_dir.log_metrics(kind="train", **row)
+                    self.bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
+                if not self.bar.disable and self.step != self.total:
+                    self.bar.set_description(t.progress(self.step), refresh=False)
+                if save:
+                    self.save("last")
+                    release_free_memory()  # the save's buffers; see its docstring
+                    last_save = time.perf_counter()
         except PeerLost as e:  # a process of the run died: the others stop, the checkpoint stays
             last = self.run_dir.checkpoint("last")
             raise PeerLost(f"{e}; the last checkpoint {last} (step {max(self.evaluated_at, 0)}) is intact; "
                            f"resume with: {t.resume_command(self.run_dir.path)}") from None
         self.bar.close()
         self.bar = None
+        if stopped is None and self.main and t.test_split is not None and not self.test():
+            stopped, during = "interrupted", f" while scoring the {t.test_split} set (abandoned; resuming scores it)"
         finished = stopped is None
         if not finished:
-            path = self.save("last")
-            message = (f"{stopped} at step {self.step}{t.where(self.step)}; saved {path}. "
+            # not written twice: an evaluation or --save-interval may have just saved this very state
+            path = self.run_dir.checkpoint("last") if self.saved == (self.step, self.total) else self.save("last")
+            message = (f"{stopped} at step {self.step}{t.where(self.step)}{during}; saved {path}. "
                        f"Resume with: {t.resume_command(self.run_dir.path)}")
             self.run_dir.log(message, echo=False)
             if self.main:
                 print(message, file=sys.stderr, flush=True)
         if self.main:
-            self.write_outputs(finished)
+            self.run_dir.write_outputs(t, self.evals, self.step, self.clock(), finished)
         return {"run_dir": self.run_dir.path, "step": self.step, "time_s": self.clock(), "finished": finished,
-                "interrupted": stopped == "interrupted", "evals": self.evals, "model": t.model,
-                "config": t.run_config(), **t.result()}
+                "interrupted": stopped == "interrupted", "evals": self.evals,
+                "test": t.test_result, "model": t.model, "config": t.run_config(), **t.result()}
 
-    def evaluate(self, step: int) -> None:
-        """Evaluate, log the line and the row, save best (if it is) and last."""
+    def evaluate(self, step: int) -> bool:
+        """Evaluate, log the line and the row, save best (if it is) and last. False, with nothing
+        recorded, when a Ctrl-C or SIGTERM abandoned the evaluation (on rank 0: every rank stops)."""
         t, dist = self.t, self.dist
-        result = t.evaluate(step) if self.main else None  # once, on rank 0; the others wait for its figures
-        if dist.active:
-            result = dist.broadcast_object(result)
+        result = None
+        if self.main:  # once, on rank 0; the others wait for its figures
+            with contextlib.suppress(Interrupted), self.flag.abandonable():
+                result = t.evaluate(step)
+            t.model.train()
+        if dist.active and (result := dist.broadcast_object(result)) is not None:  # None: abandoned
             dist.sync_generators(t.generators)  # an evaluation may draw from a shared stream (nanoGPT's)
+        if result is None:
+            return False
         self.evaluated_at = step
         row = {"step": step, "time": round(self.clock(), 3), "train_time": round(self.train_time, 3), **result}
         self.evals.append(row)
@@ -314,11 +317,33 @@ class Engine:
             self.save("best")
         self.save("last")
         release_free_memory()  # the evaluation's and the saves' buffers (see its docstring)
+        return True
+
+    def test(self) -> bool:
+        """Score the trainer's ``test_split`` once, with best.safetensors' weights; False if a stop abandoned it."""
+        t, kept = self.t, None
+        best_step = next((r["step"] for r in self.evals if r.get(t.best_metric) == self.best), self.step)
+        if best_step != self.step:  # the last weights are set aside while the best ones are scored
+            kept = {k: v.clone() for k, v in t.model.state_dict().items()}
+            t.model.load_state_dict(load_checkpoint(self.run_dir.checkpoint("best")).model_state)
+        try:
+            with self.flag.abandonable():
+                t.test_result = {**t.test(self.step), "best_step": best_step}
+        except Interrupted:
+            return False
+        finally:
+            if kept is not None:
+                t.model.load_state_dict(kept)
+            t.model.train()
+        self.log(t.eval_line(self.step, t.test_result))
+        self.run_dir.log_metrics(kind="test", step=self.step, **t.test_result)
+        return True
 
     def check_finite(self, step: int, loss: torch.Tensor, lr: float, norm: torch.Tensor | None = None) -> None:
         """The one divergence rule, after clipping (so the clip's norm doubles as the check);
         ``norm``: the global gradient norm, already computed from this rank's slices (--zero)."""
         t, cfg = self.t, self.cfg
+        grads_ok = None  # without a norm, checked only when the loss is fine: it costs a pass over the gradients
         if norm is not None:
             if cfg.grad_clip > 0:
                 self.zero.clip_(norm, cfg.grad_clip)
@@ -326,63 +351,30 @@ class Engine:
         elif cfg.grad_clip > 0:
             norm = clip_grad_norm_(t.model.parameters(), cfg.grad_clip)
             grads_ok = bool(torch.isfinite(norm))
-        else:
-            grads_ok = None  # checked only when the loss is fine: it costs a pass over the gradients
         value = loss.item()
-        if math.isfinite(value) and value < EXPLODED_LOSS:
+        if loss_is_healthy(value):
             if grads_ok is None:
                 grads_ok = grads_are_finite(t.model.parameters())
             if grads_ok:
                 return
-        if not math.isfinite(value):
-            what = f"the loss is {value}"
-        elif value >= EXPLODED_LOSS:
-            what = f"the loss exploded to {value:.3g}"
-        else:
-            what = "a gradient is not finite"
         last = self.run_dir.checkpoint("last")
         kept = (f"the last good checkpoint {last} (step {self.evaluated_at if self.evaluated_at >= 0 else 0}) is "
                 f"kept as it was" if last.is_file() else "no checkpoint had been saved yet")
         self.bar.close()
-        used = f"this run used --lr {cfg.lr:g}, " if cfg.lr is not None else "the learning rate was "
-        message = (f"training diverged at step {step + 1}{t.where(step + 1)}: {what}; {kept}; try a lower --lr "
-                   f"({used}{lr:.3g} at this step)")
+        message = diverged_message(step, t.where(step + 1), what_diverged(value), kept, getattr(cfg, "lr", None), lr)
         self.run_dir.log(message, echo=False)
         raise Diverged(message)
-
-    # --- what the run leaves ------------------------------------------------------------------
-    def write_outputs(self, finished: bool) -> None:
-        """loss.png and report.md, from metrics.jsonl and the evaluations."""
-        t, run = self.t, self.run_dir
-        rows = run.read_metrics()
-        train_rows = [r for r in rows if r.get("kind") == "train"]
-        evals = [r for r in rows if r.get("kind") == "eval"]
-        series = {"train (batch)": ([r["step"] for r in train_rows], [r["loss"] for r in train_rows])}
-        for label, key in t.plot_series.items():
-            series[label] = ([r["step"] for r in evals], [r[key] for r in evals])
-        plot_curves(run.path / "loss.png", series, xlabel="step", title=t.plot_title())
-        lines = t.report(run, self.evals, self.step, self.clock(), finished)
-        if not finished:
-            lines += [f"Stopped early at step {self.step}; continue with "
-                      f"`{t.resume_command(run.path)}`.", ""]
-        lines += ["![loss](loss.png)", ""]
-        atomic_write_text(run.path / "report.md", "\n".join(lines))
 
 
 def train_with(trainer_cls, cfg, quiet: bool = False, given: dict | None = None, model=None) -> dict:
     """Train (or, with ``cfg.resume``, continue) one run of task ``trainer_cls``; returns its figures.
-
-    ``model``: a ``ModelSpec`` (``customnn/train/usermodel.py``), a model class of one's own with
-    its settings; None trains the task's built-in model."""
+    ``model``: a ``ModelSpec`` (train/usermodel.py), a class of one's own; None: the task's built-in."""
     from customnn.core.runtime import resolve_device
 
     run, ckpt = None, None
     if model is not None:  # the built-in model's flags do not reach another class: refused, not ignored
-        shown = given if given is not None else given_in_python(cfg)
-        flags = [k for k in trainer_cls.model_flags(type(cfg)) if k in shown]
-        if flags:
-            raise UserError(f"{flag_name(flags[0])} is a setting of the built-in model; --model "
-                            f"{model.cls.__name__} takes --model-arg NAME=VALUE instead")
+        refuse_builtin_flags(trainer_cls.model_flags(type(cfg)), given if given is not None else given_in_python(cfg),
+                             model)
     if cfg.resume:
         run, ckpt, cfg, model = open_for_resume(trainer_cls, cfg, given, model)
     cfg = trainer_cls.prepare_config(cfg)

@@ -44,6 +44,7 @@ from customnn.models.gpt import GPT, GPTConfig
 from customnn.models.sampling import generate
 from customnn.optim.muon import Muon, muon_groups, state_keys
 from customnn.optim import AdamW, cosine_lr, decay_groups
+from customnn.core.progress import Progress
 from customnn.core.runtime import seed_all
 from customnn.train.engine import train_with
 from customnn.train.gpt_config import PRESETS, GPTTrainConfig, adapt_defaults, make_config  # noqa: F401 (also customnn.train.gpt's)
@@ -67,24 +68,34 @@ def param_groups(model: GPT, weight_decay: float, decay_embeddings: bool = False
 # --- evaluation ----------------------------------------------------------------------------------
 @torch.inference_mode()
 def estimate_loss(model: GPT, corpus: Corpus, batch_size: int, eval_iters: int, seed: int,
-                  device, generator: torch.Generator | None = None, block_size: int | None = None) -> dict[str, float]:
+                  device, generator: torch.Generator | None = None, block_size: int | None = None,
+                  quiet: bool = True) -> dict[str, float]:
     """nanoGPT's ``estimate_loss``: the mean loss over ``eval_iters`` batches of each split, from
     generators seeded with ``seed`` and ``seed + 1``, or, given ``generator``, drawn from it
-    (train first, as nanoGPT)."""
+    (train first, as nanoGPT). A long one (a long context) is announced with its estimate and
+    shows progress (``core/progress.py``; the bar unless ``quiet``)."""
     was_training = model.training
     model.eval()
     out = {}
     block = model.config.block_size if block_size is None else block_size
-    for i, split in enumerate(("train", "val")):
-        g = generator if generator is not None else torch.Generator().manual_seed(seed + i)
-        data = corpus.train if split == "train" else corpus.val
-        # the model's precision, at least float32: a sum of bfloat16 losses would keep 3 digits
-        total = torch.zeros((), device=device, dtype=torch.promote_types(model.parameters()[0].dtype, torch.float32))
-        for _ in range(eval_iters):
-            x, y = get_batch(data, block, batch_size, g, device)
-            total += model(x, y)[1]
-        out[split] = total.item() / eval_iters
-    model.train(was_training)
+    progress = Progress(2 * eval_iters, f"evaluating on {batch_size} x {block} tokens a batch", "batches", quiet)
+    try:
+        for i, split in enumerate(("train", "val")):
+            g = generator if generator is not None else torch.Generator().manual_seed(seed + i)
+            data = corpus.train if split == "train" else corpus.val
+            # the model's precision, at least float32: a sum of bfloat16 losses would keep 3 digits
+            total = torch.zeros((), device=device,
+                                dtype=torch.promote_types(model.parameters()[0].dtype, torch.float32))
+            for _ in range(eval_iters):
+                x, y = get_batch(data, block, batch_size, g, device)
+                total += model(x, y)[1]
+                if progress.estimate is None:  # the first batch timed to its end (a GPU runs ahead)
+                    total.item()
+                progress.update()
+            out[split] = total.item() / eval_iters
+    finally:
+        progress.close()
+        model.train(was_training)
     return out
 
 
@@ -259,8 +270,15 @@ class GPTTrainer(Trainer):
         shared = cfg.nanogpt_rng and step % cfg.eval_interval == 0
         self.eval_state = self.batch_gen.get_state() if shared else None
         self.eval_step = step
-        losses = estimate_loss(self.model, self.corpus, cfg.batch_size, cfg.eval_iters, cfg.seed + 1, self.device,
-                               generator=self.batch_gen if shared else None, block_size=cfg.block_size)
+        try:
+            losses = estimate_loss(self.model, self.corpus, cfg.batch_size, cfg.eval_iters, cfg.seed + 1,
+                                   self.device, generator=self.batch_gen if shared else None,
+                                   block_size=cfg.block_size, quiet=self.quiet)
+        except BaseException:  # abandoned (Ctrl-C, SIGTERM): the shared stream as it was, for the checkpoint
+            if shared:
+                self.batch_gen.set_state(self.eval_state)
+            self.eval_step = -1
+            raise
         self.last_losses = {"train_loss": losses["train"], "val_loss": losses["val"]}
         return dict(self.last_losses)
 

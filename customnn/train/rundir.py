@@ -98,6 +98,23 @@ class RunDir:
         rows = [r for r in self.read_metrics() if keep(r)]
         atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
 
+    def write_outputs(self, t, evals: list[dict], step: int, seconds: float, finished: bool) -> None:
+        """loss.png and report.md, from metrics.jsonl and the evaluations, for trainer ``t``."""
+        rows = self.read_metrics()
+        train_rows = [r for r in rows if r.get("kind") == "train"]
+        eval_rows = [r for r in rows if r.get("kind") == "eval"]
+        series = {"train (batch)": ([r["step"] for r in train_rows], [r["loss"] for r in train_rows])}
+        for label, key in t.plot_series.items():
+            series[label] = ([r["step"] for r in eval_rows], [r[key] for r in eval_rows])
+        plot_curves(self.path / "loss.png", series, xlabel="step", title=t.plot_title())
+        lines = t.report(self, evals, step, seconds, finished)
+        if not finished:
+            lines += [f"Stopped early at step {step}; continue with "
+                      f"`{t.resume_command(self.path)}`.", ""]
+        lines += ["![loss](loss.png)", ""]
+        atomic_write_text(self.path / "report.md", "\n".join(lines))
+
+
 
 def plot_curves(path: str | Path, series: dict[str, tuple[list, list]], xlabel: str, title: str) -> None:
     """Plot named (x, y) series to a PNG, written atomically."""
@@ -116,7 +133,8 @@ def plot_curves(path: str | Path, series: dict[str, tuple[list, list]], xlabel: 
     ax.set_ylabel("loss")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if any(xs for xs, _ in series.values()):  # a run stopped before its first step has no curve
+        ax.legend()
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png")

@@ -39,6 +39,9 @@ class Trainer:
     eval_at_start = True  # evaluate at step 0 too
     best_metric, best_mode = "loss", "min"  # best.safetensors: the evaluation with the best of this
     plot_series: dict[str, str] = {"eval loss": "loss"}  # eval curves in loss.png: label -> metrics key
+    test_split: str | None = None  # a held-out set scored once, after the last step (``test``); None: none
+    test_result: dict | None = None  # set by the engine: ``test``'s figures, with the best evaluation's "best_step"
+    quiet = False  # set by the engine: no progress bars (``--quiet``)
 
     default_model: type | None = None  # the task's built-in model class
     provided_names: tuple[str, ...] = ("seed",)  # what ``provided`` gives a model that takes it
@@ -108,6 +111,11 @@ class Trainer:
         raise NotImplementedError
 
     def eval_line(self, step: int, result: dict) -> str:
+        raise NotImplementedError
+
+    def test(self, step: int) -> dict:
+        """With ``test_split``: the figures of ``model`` (holding best.safetensors' weights) on that
+        set, scored once after the last step; logged with ``eval_line``, not used to pick anything."""
         raise NotImplementedError
 
     def checkpoint_meta(self, step: int) -> dict:
