@@ -1,4 +1,4 @@
-"""``customnn train gpt``: the character-level GPT, nanoGPT's ``train.py`` on customnn.
+"""``customnn train gpt``: the GPT on characters or BPE tokens, nanoGPT's ``train.py`` on customnn.
 
 The loop of nanoGPT's ``train.py``, run by the engine (``customnn/train/engine.py``): random
 blocks of the training text, AdamW with decoupled weight decay on the matrices only (not on
@@ -6,15 +6,17 @@ biases, norm gains or, unless ``--decay-embeddings`` as nanoGPT and the ``nanogp
 preset, the embeddings), a cosine learning-rate schedule with linear warmup
 (``optim.cosine_lr``, nanoGPT's ``get_lr``), gradient clipping at a global norm, and every
 ``eval_interval`` steps the mean loss of ``eval_iters`` batches of each split, printed as
-nanoGPT prints it::
+nanoGPT prints it, followed by the validation loss in bits per UTF-8 byte of the text its
+batches cover (the figure that compares tokenizers: loss per token means something else for
+each)::
 
-    step 250: train loss 1.9661, val loss 2.0656
+    step 250: train loss 1.9661, val loss 2.0656, val bpb 2.9801
 
 This file holds only what is the GPT's own: the model, optimizer and batches, the evaluation,
 and the state it keeps beyond them (the next batch's offsets, drawn before each step's
 evaluation as nanoGPT fetches the next batch while a step runs); its settings and presets are
 in ``customnn/train/gpt_config.py`` (imported here too). A
-checkpoint's header holds the model's configuration and vocabulary, all generation needs.
+checkpoint's header holds the model's configuration and tokenizer, all generation needs.
 Evaluation draws its batches from a generator seeded afresh each time, so every evaluation of
 a run sees the same batches and uses none of the training randomness; except with
 ``--nanogpt-rng`` (on in the ``nanogpt-cpu`` preset), where, as in nanoGPT, one generator feeds
@@ -31,12 +33,15 @@ Presets (``--preset``; every field can be overridden by its flag, e.g. ``--max-i
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import asdict, replace
 
 import torch
 
 from customnn.data.text import Corpus, blocks_at, default_prompt, get_batch, load_corpus, random_offsets
 from customnn.errors import UserError
+from customnn.fileio import atomic_write_text
 from customnn.memory import check_training_memory
 from customnn.models.gpt import GPT
 from customnn.models.sampling import generate
@@ -66,34 +71,42 @@ def estimate_loss(model: GPT, corpus: Corpus, batch_size: int, eval_iters: int, 
                   device, generator: torch.Generator | None = None) -> dict[str, float]:
     """nanoGPT's ``estimate_loss``: the mean loss over ``eval_iters`` batches of each split, from
     generators seeded with ``seed`` and ``seed + 1``, or, given ``generator``, drawn from it
-    (train first, as nanoGPT)."""
+    (train first, as nanoGPT).
+
+    Also each split's bits per byte (``train_bpb``, ``val_bpb``): the batches' summed loss in
+    nats, over ln 2 and the number of UTF-8 bytes their target tokens stand for."""
     was_training = model.training
     model.eval()
     out = {}
     block = model.config.block_size
+    token_bytes = torch.tensor(corpus.tokenizer.token_bytes(), device=device)  # (V,) UTF-8 bytes of each token
     for i, split in enumerate(("train", "val")):
         g = generator if generator is not None else torch.Generator().manual_seed(seed + i)
         data = corpus.train if split == "train" else corpus.val
         total = torch.zeros((), device=device, dtype=model.wte.dtype)  # the model's precision
+        nbytes = torch.zeros((), device=device, dtype=torch.int64)
         for _ in range(eval_iters):
             x, y = get_batch(data, block, batch_size, g, device)
             total += model(x, y)[1]
+            nbytes += token_bytes[y].sum()
         out[split] = total.item() / eval_iters
+        out[f"{split}_bpb"] = out[split] * y.numel() * eval_iters / (math.log(2) * max(int(nbytes), 1))
     model.train(was_training)
     return out
 
 
 def eval_line(step: int, losses: dict) -> str:
-    return f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+    line = f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+    return line + (f", val bpb {losses['val_bpb']:.4f}" if "val_bpb" in losses else "")
 
 
-def sample_text(model: GPT, vocab, prompt: str | None = None, n: int = 300, seed: int = 1337,
+def sample_text(model: GPT, tokenizer, prompt: str | None = None, n: int = 300, seed: int = 1337,
                 temperature: float = 0.8) -> str:
-    """``n`` characters sampled from ``prompt`` (None: a newline, or the text's first character)."""
-    prompt = default_prompt(vocab) if prompt is None else prompt
+    """``n`` tokens sampled from ``prompt`` (None: a newline, or the text's first character)."""
+    prompt = default_prompt(tokenizer) if prompt is None else prompt
     g = torch.Generator(device=model.wte.device).manual_seed(seed)
-    ids = generate(model, vocab.encode(prompt), n, temperature=temperature, generator=g)
-    return prompt + vocab.decode(ids)
+    ids = generate(model, tokenizer.encode(prompt), n, temperature=temperature, generator=g)
+    return prompt + tokenizer.decode(ids)
 
 
 # --- the GPT's part of the engine -----------------------------------------------------------------
@@ -107,11 +120,14 @@ class GPTTrainer(Trainer):
         stored, stored_vocab = None, None
         if ckpt is not None:  # the stored model, checked before any use: the model resumed
             stored, stored_vocab = gpt_from_checkpoint(ckpt, ckpt.path)
-        self.corpus = corpus = load_corpus(cfg.text, cfg.data_dir, cfg.block_size, vocab=stored_vocab)
+        self.corpus = corpus = load_corpus(cfg.text, cfg.data_dir, cfg.block_size, vocab=stored_vocab,
+                                           tokenizer=cfg.tokenizer, vocab_size=cfg.vocab_size,
+                                           val_text=cfg.val_text)
+        vocab_size = corpus.tokenizer.vocab_size
         # refused in one line, before anything is allocated, if it cannot fit (this process's rows)
         check_training_memory("gpt", replace(cfg, batch_size=max(1, cfg.batch_size // self.dist.world)), device,
-                              vocab_size=len(corpus.vocab))
-        if ckpt is not None and ckpt.meta["config"] != cfg.model_config(len(corpus.vocab)).to_dict():
+                              vocab_size=vocab_size)
+        if ckpt is not None and ckpt.meta["config"] != cfg.model_config(vocab_size).to_dict():
             raise UserError(f"{ckpt.path} was trained with a different model configuration")
         self.device = device
         seed_all(cfg.seed)
@@ -119,7 +135,7 @@ class GPTTrainer(Trainer):
         if stored is not None:  # its weights are the checkpoint's (and the generators are restored from it)
             model = stored
         else:
-            model = GPT(cfg.model_config(len(corpus.vocab)), seed=cfg.seed)
+            model = GPT(cfg.model_config(vocab_size), seed=cfg.seed)
             if cfg.nanogpt_rng:  # nanoGPT's one stream: its initialisation draws, then batches and evaluations
                 init_like_nanogpt_(model, self.batch_gen)
         self.model = model.to(device=device, dtype=cfg.torch_dtype)
@@ -172,11 +188,12 @@ class GPTTrainer(Trainer):
         self.eval_step = step
         losses = estimate_loss(self.model, self.corpus, cfg.batch_size, cfg.eval_iters, cfg.seed + 1, self.device,
                                generator=self.batch_gen if shared else None)
-        self.last_losses = {"train_loss": losses["train"], "val_loss": losses["val"]}
+        self.last_losses = {"train_loss": losses["train"], "val_loss": losses["val"], "train_bpb": losses["train_bpb"],
+                            "val_bpb": losses["val_bpb"]}
         return dict(self.last_losses)
 
     def eval_line(self, step, result) -> str:
-        return eval_line(step, {"train": result["train_loss"], "val": result["val_loss"]})
+        return eval_line(step, {"train": result["train_loss"], "val": result["val_loss"], "val_bpb": result["val_bpb"]})
 
     def check_resume(self, step: int, total: int) -> None:
         if step > self.cfg.max_iters:
@@ -188,16 +205,21 @@ class GPTTrainer(Trainer):
 
     def intro_line(self, run) -> str:
         c = self.corpus
+        atomic_write_text(run.path / "tokenizer.json", json.dumps(c.tokenizer.to_header()))  # also in every checkpoint
+        unit = "characters" if c.tokenizer.kind == "char" else f"{c.tokenizer.kind} tokens"
         return (f"training a GPT of {self.model.num_parameters() / 1e6:.2f}M parameters on {c.path.name} "
-                f"({len(c.train):,} train / {len(c.val):,} val characters, vocabulary of {len(c.vocab)}) "
+                f"({len(c.train):,} train / {len(c.val):,} val {unit}, vocabulary of {c.tokenizer.vocab_size}) "
                 f"on {self.device}; run folder {run.path}")
 
     def plot_title(self) -> str:
         return f"GPT on {self.corpus.path.name} ({self.cfg.preset})"
 
     def checkpoint_meta(self, step: int) -> dict:
-        meta = {"model": "gpt", "config": self.model.config.to_dict(), "vocab": self.corpus.vocab.chars,
+        tok = self.corpus.tokenizer
+        meta = {"model": "gpt", "config": self.model.config.to_dict(), "tokenizer": tok.to_header(),
                 "train_config": asdict(self.cfg), "step": step}
+        if tok.kind == "char":  # as checkpoints without a tokenizer field held it
+            meta["vocab"] = tok.chars
         if self.eval_step == step:  # the losses of this step's evaluation
             meta.update(self.last_losses)
         return meta
@@ -225,20 +247,22 @@ class GPTTrainer(Trainer):
                  f"lr {cfg.lr:g} -> {cfg.min_lr:g}, text `{self.corpus.path}`.", "",
                  f"Training time {seconds:.1f} s (evaluation included)"
                  + (f", time budget {cfg.time_budget:g} s." if cfg.time_budget else "."), "",
-                 "| step | train loss | val loss | time (s) |", "| ---: | ---: | ---: | ---: |"]
-        lines += [f"| {r['step']} | {r['train_loss']:.4f} | {r['val_loss']:.4f} | {r.get('time', 0):.1f} |"
-                  for r in evals]
+                 f"Tokens: {self.corpus.tokenizer.kind}, vocabulary of {self.corpus.tokenizer.vocab_size}. Losses "
+                 "are in nats per token; bits per byte is the validation loss per UTF-8 byte of the text.", "",
+                 "| step | train loss | val loss | val bits/byte | time (s) |", "| ---: | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {r['step']} | {r['train_loss']:.4f} | {r['val_loss']:.4f} | {r.get('val_bpb', float('nan')):.4f} "
+                  f"| {r.get('time', 0):.1f} |" for r in evals]
         lines.append("")
         if finished:  # a sample; none after Ctrl-C: stop fast
             last = evals[-1]["step"] if evals else 0
-            prompt = default_prompt(self.corpus.vocab)
-            text = sample_text(self.model, self.corpus.vocab, prompt, 300, seed=cfg.seed)
+            prompt = default_prompt(self.corpus.tokenizer)
+            text = sample_text(self.model, self.corpus.tokenizer, prompt, 300, seed=cfg.seed)
             lines += [f"A sample of the model at step {last} (temperature 0.8, from {prompt!r}):", "", "```",
                       text.strip("\n"), "```", ""]
         return lines
 
     def result(self) -> dict:
-        return {"vocab": self.corpus.vocab}
+        return {"vocab": self.corpus.tokenizer}
 
 
 def train(cfg: GPTTrainConfig, quiet: bool = False, given: dict | None = None) -> dict:

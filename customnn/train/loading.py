@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from customnn.checkpoint import load_checkpoint, resolve_checkpoint
-from customnn.data.text import Vocab
+from customnn.data.tokenizer import Vocab, tokenizer_from_header
 from customnn.errors import UserError
 from customnn.memory import FLOAT, check_memory
 from customnn.models.cnn import ARCHS, CustomCNN
@@ -119,8 +119,11 @@ def cnn_from_checkpoint(ckpt, path, device="cpu") -> CustomCNN:
 
 
 # --- the GPT ------------------------------------------------------------------------------------
-def gpt_from_checkpoint(ckpt, path, device="cpu") -> tuple[GPT, Vocab]:
-    """The GPT and vocabulary stored in checkpoint ``ckpt`` (read from ``path``), in eval mode on ``device``."""
+def gpt_from_checkpoint(ckpt, path, device="cpu") -> tuple[GPT, object]:
+    """The GPT and tokenizer stored in checkpoint ``ckpt`` (read from ``path``), in eval mode on ``device``.
+
+    The tokenizer is the header's ``tokenizer`` (``customnn/data/tokenizer.py``), or, in a
+    checkpoint that has none, the character vocabulary ``vocab``."""
     meta = ckpt.meta
     if meta.get("model") != "gpt":
         raise UserError(f"{path} holds a {meta.get('model')!r} model, not a GPT")
@@ -128,11 +131,10 @@ def gpt_from_checkpoint(ckpt, path, device="cpu") -> tuple[GPT, Vocab]:
         if not isinstance(meta.get("config"), dict):
             raise ValueError("no model configuration")
         config = GPTConfig(**meta["config"])
-        if not isinstance(meta.get("vocab"), str):
-            raise ValueError("no vocabulary")
-        vocab = Vocab(meta["vocab"])
-        if len(vocab) != config.vocab_size:
-            raise ValueError(f"{len(vocab)} vocabulary characters for vocab_size {config.vocab_size}")
+        vocab = gpt_tokenizer(meta)
+        if vocab.vocab_size != config.vocab_size:
+            raise ValueError(f"its {vocab.kind} tokenizer has {vocab.vocab_size} tokens, its model's vocab_size is "
+                             f"{config.vocab_size}")
         if not is_int(meta.get("step"), 0):
             raise ValueError(f"step {meta.get('step')!r} is not a step number")
         blocks = {k.split(".")[1] for k in ckpt.model_state if k.startswith("blocks.")}
@@ -154,13 +156,22 @@ def gpt_from_checkpoint(ckpt, path, device="cpu") -> tuple[GPT, Vocab]:
     return model.to(device=device).eval(), vocab
 
 
+def gpt_tokenizer(meta: dict):
+    """The tokenizer of a GPT checkpoint's header; ``ValueError`` if there is none or it is malformed."""
+    if "tokenizer" in meta:
+        return tokenizer_from_header(meta["tokenizer"])
+    if not isinstance(meta.get("vocab"), str):
+        raise ValueError("no tokenizer")
+    return Vocab(meta["vocab"])
+
+
 def stored_train_config(meta: dict, path) -> dict:
     """The training configuration a GPT checkpoint records (``{}`` if none), with the values
     ``customnn eval`` reads checked: a forged or damaged one is a one-line ``UserError``."""
     tc = meta.get("train_config", {})
     if not isinstance(tc, dict):
         raise UserError(f"{path}: checkpoint is damaged: its train_config is {type(tc).__name__}, not a mapping")
-    for name in ("text", "data_dir"):
+    for name in ("text", "data_dir", "val_text"):
         if not isinstance(tc.get(name), (str, type(None))):
             raise UserError(f"{path}: checkpoint is damaged: train_config.{name} {tc[name]!r} is not a path")
     for name, low, high in (("batch_size", 1, MAX_BATCH_SIZE), ("eval_iters", 1, MAX_EVAL_ITERS),
