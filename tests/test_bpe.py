@@ -90,3 +90,20 @@ def BYTE_CHAR_ID(ch: str) -> int:  # noqa: N802 (reads as the table it looks up)
     from customnn.data.bpe import BYTE_ID
 
     return BYTE_ID[ord(ch)]
+
+
+@pytest.mark.parametrize("name", ["shakespeare", "stdlib"])
+def test_the_ascii_pattern_cuts_as_the_scanner(corpora, name):
+    from customnn.data.bpe import split_ascii
+
+    text = corpora[name].encode("ascii", "ignore").decode("ascii") + " \x1c\x1d  x\x0b\x0c y  \t"
+    assert split_ascii(text) == split_text(text)
+    assert split_ascii(ODD.encode("ascii", "ignore").decode()) == split_text(ODD.encode("ascii", "ignore").decode())
+
+
+def test_encode_array_gives_the_librarys_tokens_on_mixed_text(corpora):
+    from customnn.data.tokenizer import BPETokenizer
+
+    tok = BPETokenizer(train_bpe_fast([corpora["stdlib"][:100_000]], 600))
+    text = corpora["shakespeare"][:50_000] + ODD + corpora["stdlib"][-50_000:] + "\x1c end \x1f"
+    assert tok.encode_array(text, piece=3000).tolist() == FastEncoder(tok.bpe).encode(text)

@@ -30,6 +30,7 @@ many threads), tested to give the same merges and the same tokens (tests/test_bp
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -84,6 +85,16 @@ def split_text(text: str) -> list[str]:
         chunks.append(text[i:j])
         i = j
     return chunks
+
+
+# The same pattern for ASCII text, where \p{L} is [A-Za-z], \p{N} is [0-9] and \s is [ \t\n\r\f\v]:
+# Python's regular expressions run it in C, many times faster than the scanner above.
+ASCII_CHUNKS = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+", re.ASCII)
+
+
+def split_ascii(text: str) -> list[str]:
+    """``split_text`` for a text that ``isascii()`` (the same chunks; wrong for any other text)."""
+    return ASCII_CHUNKS.findall(text)
 
 
 # --- the byte alphabet ------------------------------------------------------------------------

@@ -27,11 +27,14 @@ import json
 
 import numpy as np
 
-from customnn.data.bpe import BPE, N_BYTES, FastEncoder
+from itertools import chain
+
+from customnn.data.bpe import BPE, N_BYTES, FastEncoder, split_ascii
 from customnn.errors import UserError
 from customnn.validate import vocabulary
 
 MAX_VOCAB_SIZE = 2**18  # tokens of a BPE: four times GPT-4's, and a header of at most ~5 MB of merges
+MAX_CACHED_CHUNKS = 1 << 20  # distinct chunks whose tokens BPETokenizer.encode_array remembers
 KINDS = ("char", "bpe")
 
 
@@ -131,6 +134,7 @@ class BPETokenizer:
 
     def __init__(self, bpe: BPE):
         self.bpe = bpe
+        self._chunks: dict[str, list[int]] = {}  # chunk -> its tokens, for encode_array's ASCII path
         try:
             self._fast = FastEncoder(bpe)
         except ImportError:  # the tokenizers library is missing: the reference encoder
@@ -147,12 +151,29 @@ class BPETokenizer:
         return self._fast.encode(text) if self._fast is not None else self.bpe.encode(text)
 
     def encode_array(self, text: str, piece: int = 1 << 16) -> np.ndarray:
-        """``encode`` as a (N,) int64 array, the text cut where a cut changes no token
-        (``safe_cuts``) into pieces of about ``piece`` characters encoded as a batch."""
-        if self._fast is None:
-            return np.asarray(self.bpe.encode(text), dtype=np.int64)
+        """``encode`` as a (N,) int64 array, for corpora: the text is cut where a cut changes no
+        token (``safe_cuts``) into pieces of about ``piece`` characters. An ASCII piece is split by
+        ``split_ascii`` and each distinct chunk encoded once (text repeats its words: the tokens of
+        most chunks are looked up); the other pieces go to the library as one batch."""
         parts = [text[a:b] for a, b in safe_cuts(text, piece)]
-        return np.fromiter((t for ids in self._fast.encode_batch(parts) for t in ids), dtype=np.int64)
+        encoded: list = [self._encode_ascii(p) if p.isascii() else None for p in parts]
+        rest = [i for i, ids in enumerate(encoded) if ids is None]
+        if rest:
+            batch = [parts[i] for i in rest]
+            done = self._fast.encode_batch(batch) if self._fast is not None else map(self.bpe.encode, batch)
+            for i, ids in zip(rest, done):
+                encoded[i] = ids
+        return np.fromiter(chain.from_iterable(encoded), dtype=np.int64)
+
+    def _encode_ascii(self, text: str):
+        """The tokens of an ASCII text: its chunks' tokens looked up, the new chunks encoded first."""
+        if len(self._chunks) > MAX_CACHED_CHUNKS:
+            self._chunks.clear()
+        known = self._chunks
+        chunks = split_ascii(text)
+        for chunk in set(chunks).difference(known):
+            known[chunk] = self.bpe.encode_chunk(chunk.encode("ascii"))
+        return chain.from_iterable(map(known.__getitem__, chunks))
 
     def decode_bytes(self, ids) -> bytes:
         return self.bpe.decode(ids)
