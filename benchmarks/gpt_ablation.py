@@ -9,12 +9,13 @@ Two parts, so that a shared machine does not decide the result:
 
        python benchmarks/gpt_ablation.py speed > benchmarks/results/cpu-gpt-ablation-speed.json
 
-2. ``run NAME SEED``: that configuration trained for its step count (``--time-budget 0
-   --max-iters N``), so the loss reached does not depend on what else the machine runs:
+2. ``run NAME SEED SPEED.json [FRACTION]``: that configuration trained for its step count
+   (``--time-budget 0 --max-iters N``; times FRACTION for a shorter budget), so the loss
+   reached does not depend on what else the machine runs:
 
        python benchmarks/gpt_ablation.py run rope 1337 benchmarks/results/cpu-gpt-ablation-speed.json
 
-   prints one JSON line: name, seed, steps, final val loss, wall seconds.
+   prints one JSON line: name, seed, steps, final val loss and bits per byte, wall seconds.
 
 3. ``table RESULTS.jsonl SPEED.json``: the README's table from those lines.
 """
@@ -29,6 +30,10 @@ CONFIGS = {  # name -> flags of `customnn train gpt` over the default preset
     "muon": ["--optimizer", "muon"],
     "rope+muon": ["--pos", "rope", "--optimizer", "muon"],
     "all": ["--norm", "rmsnorm", "--pos", "rope", "--mlp", "swiglu", "--qk-norm", "--optimizer", "muon"],
+    # byte-level BPE instead of characters (compare them in bits per byte, not loss per token)
+    "bpe-512": ["--tokenizer", "bpe", "--vocab-size", "512"],
+    "bpe-1024": ["--tokenizer", "bpe", "--vocab-size", "1024"],
+    "bpe-2048": ["--tokenizer", "bpe", "--vocab-size", "2048"],
 }
 BUDGET_S, RESERVE_S = 580.0, 5.0
 
@@ -38,7 +43,8 @@ def overrides(flags):
     while i < len(flags):
         key = flags[i][2:].replace("-", "_")
         if i + 1 < len(flags) and not flags[i + 1].startswith("--"):
-            out[key], i = flags[i + 1], i + 2
+            value = flags[i + 1]
+            out[key], i = (int(value) if value.isdigit() else value), i + 2
         else:
             out[key], i = True, i + 1
     return out
@@ -91,8 +97,8 @@ def speed(names, rounds=12, steps=10):
     return out
 
 
-def train_one(name, seed, speed_file):
-    steps = json.load(open(speed_file))["configs"][name]["steps"]
+def train_one(name, seed, speed_file, fraction=1.0):
+    steps = int(json.load(open(speed_file))["configs"][name]["steps"] * fraction)
     cmd = [sys.executable, "-m", "customnn", "train", "gpt", *CONFIGS[name], "--seed", str(seed),
            "--time-budget", "0", "--max-iters", str(steps), "--out", f"/tmp/ablation/{name}-{seed}"]
     start = time.perf_counter()
@@ -101,9 +107,9 @@ def train_one(name, seed, speed_file):
     if proc.returncode:
         raise SystemExit(proc.stdout[-2000:] + proc.stderr[-2000:])
     evals = [l for l in proc.stdout.splitlines() if l.startswith("step ") and "val loss" in l]
-    val = float(evals[-1].rsplit("val loss", 1)[1])
-    return {"name": name, "seed": seed, "steps": steps, "val_loss": val, "wall_s": round(wall, 1),
-            "last_eval": evals[-1]}
+    figures = dict(part.strip().rsplit(" ", 1) for part in evals[-1].split(":", 1)[1].split(","))
+    return {"name": name, "seed": seed, "steps": steps, "val_loss": float(figures["val loss"]),
+            "val_bpb": float(figures.get("val bpb", "nan")), "wall_s": round(wall, 1), "last_eval": evals[-1]}
 
 
 def table(results_file, speed_file):
@@ -131,4 +137,5 @@ if __name__ == "__main__":
     elif sys.argv[1] == "speed":
         print(json.dumps(speed(sys.argv[2:] or list(CONFIGS)), indent=1))
     else:
-        print(json.dumps(train_one(sys.argv[2], int(sys.argv[3]), sys.argv[4])), flush=True)
+        fraction = float(sys.argv[5]) if len(sys.argv) > 5 else 1.0
+        print(json.dumps(train_one(sys.argv[2], int(sys.argv[3]), sys.argv[4], fraction)), flush=True)

@@ -51,15 +51,16 @@ def main() -> None:
     args = ap.parse_args()
 
     corpus = load_corpus(None, args.data_dir, NANOGPT_CPU.block_size)
+    train_ids, val_ids = (torch.from_numpy(split.astype("int64")) for split in (corpus.train, corpus.val))  # (N,)
     t0 = time.perf_counter()
-    model, _ = run(corpus.train, corpus.val, len(corpus.vocab), NANOGPT_CPU, args.seed, args.model,
+    model, _ = run(train_ids, val_ids, len(corpus.vocab), NANOGPT_CPU, args.seed, args.model,
                    on_eval=lambda it, tr, va: print(f"step {it}: train loss {tr:.4f}, val loss {va:.4f}", flush=True))
     elapsed = time.perf_counter() - t0
     print(f"nanoGPT loop, {args.model} model: {NANOGPT_CPU.max_iters} steps in {elapsed:.1f} s "
           f"({torch.get_num_threads()} threads)")
     scored = model if args.model == "torch" else gpt_twin(model)
     print(f"score on {args.score_batches} fixed val batches: nanoGPT loop, {args.model} model "
-          f"{score(scored, corpus.val, args.score_batches):.4f}")
+          f"{score(scored, val_ids, args.score_batches):.4f}")
     if args.compare:
         from customnn.train.tasks import load_model
 
@@ -68,7 +69,7 @@ def main() -> None:
             if vocab.chars != corpus.vocab.chars:
                 raise SystemExit(f"{ckpt_path}: not trained on this text's vocabulary")
             print(f"score on {args.score_batches} fixed val batches: {ckpt_path} "
-                  f"{score(gpt_twin(ours), corpus.val, args.score_batches):.4f}")
+                  f"{score(gpt_twin(ours), val_ids, args.score_batches):.4f}")
 
 
 if __name__ == "__main__":

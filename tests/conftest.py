@@ -14,6 +14,11 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 # Tests read the real data sets from ../shared/data unless told otherwise.
 if not os.environ.get("CUSTOMNN_DATA") and SHARED_DATA.is_dir():
     os.environ["CUSTOMNN_DATA"] = str(SHARED_DATA)
+# Token caches of the text tests go to a folder of this session's, not into the shared data set.
+if not os.environ.get("CUSTOMNN_TOKEN_CACHE"):
+    import tempfile
+
+    os.environ["CUSTOMNN_TOKEN_CACHE"] = tempfile.mkdtemp(prefix="customnn-test-tokens-")
 
 
 @pytest.fixture

@@ -85,7 +85,12 @@ def test_short_training_on_tiny_shakespeare_learns(tmp_path, capsys):
     run = Path(result["run_dir"])
     assert "step 0: train loss 4.1" in out  # about the uniform log(65) = 4.17 at the start
     last_line = [line for line in out.splitlines() if line.startswith("step ")][-1]
-    assert last_line == f"step 100: train loss {result['final_train_loss']:.4f}, val loss {result['final_val_loss']:.4f}"
+    assert last_line.startswith(f"step 100: train loss {result['final_train_loss']:.4f}, val loss "
+                                f"{result['final_val_loss']:.4f}, val bpb ")
+    # Tiny Shakespeare is ASCII: a character is a byte, so bits per byte is the loss over ln 2
+    last = [r for r in read_metrics(run) if "val_bpb" in r][-1]
+    assert abs(last["val_bpb"] - last["val_loss"] / math.log(2)) < 1e-6
+    assert last_line.endswith(f"val bpb {last['val_bpb']:.4f}")
     assert result["final_val_loss"] < 3.3 < 4.17  # well below the uniform loss after 100 steps
     assert result["best_val_loss"] == result["final_val_loss"]
     for name in ("config.json", "metrics.jsonl", "train.log", "best.safetensors", "last.safetensors",
@@ -148,7 +153,8 @@ def test_nanogpt_rng_replays_nanogpts_training_loop(tmp_path, capsys):
     s = Settings(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=4, max_iters=60, lr=3e-3, min_lr=3e-4,
                  warmup_iters=5, lr_decay_iters=60, eval_interval=20, eval_iters=3)
     corpus = load_corpus(None, None, s.block_size)
-    _, theirs = run(corpus.train, corpus.val, len(corpus.vocab), s, seed=7)
+    train_ids, val_ids = (torch.from_numpy(split.astype("int64")) for split in (corpus.train, corpus.val))  # (N,)
+    _, theirs = run(train_ids, val_ids, len(corpus.vocab), s, seed=7)
     settings = {k: getattr(s, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "max_iters",
                                            "lr", "min_lr", "warmup_iters", "lr_decay_iters", "eval_interval",
                                            "eval_iters", "weight_decay", "grad_clip")}
@@ -163,7 +169,8 @@ def test_nanogpt_rng_replays_nanogpts_training_loop(tmp_path, capsys):
 
     capsys.readouterr()
     assert main(["eval", str(result["run_dir"]), "--checkpoint", "last"]) == 0
-    assert capsys.readouterr().out.strip() == f"step 60: train loss {ours[-1][1]:.4f}, val loss {ours[-1][2]:.4f}"
+    assert capsys.readouterr().out.strip().startswith(f"step 60: train loss {ours[-1][1]:.4f}, val loss "
+                                                      f"{ours[-1][2]:.4f}, val bpb ")
     # without the shared stream the same settings give other numbers
     other = train(make_config("nanogpt-cpu", **settings, seed=7, nanogpt_rng=False, out=str(tmp_path)), quiet=True)
     assert abs(other["final_val_loss"] - ours[-1][2]) > 1e-3

@@ -27,7 +27,7 @@ def test_eval_prints_what_the_release_before_printed(capsys):
     assert code == 0 and out == "Test set: Average loss: 2.1091, Accuracy: 45/100 (45.00%)\n"
     # its evaluation batches come from the --nanogpt-rng generator state the checkpoint keeps
     code, out, _ = run(capsys, "eval", DATA / "gpt.safetensors", "--device", "cpu")
-    assert code == 0 and out == "step 10: train loss 3.7663, val loss 3.7602\n"
+    assert code == 0 and out == "step 10: train loss 3.7663, val loss 3.7602, val bpb 5.4249\n"  # bpb: loss / ln 2 (ASCII)
 
 
 def test_generate_and_predict_read_them(capsys, tmp_path):

@@ -2,7 +2,8 @@
 
 A CNN run prints the seed's test-set line
 (``Test set: Average loss: 0.0412, Accuracy: 9868/10000 (98.68%)``); a GPT run prints
-nanoGPT's line (``step 2000: train loss 1.7310, val loss 1.8840``). Which one is read from
+nanoGPT's line with the validation loss in bits per byte too
+(``step 2000: train loss 1.7310, val loss 1.8840, val bpb 2.7181``). Which one is read from
 the checkpoint's metadata, so a checkpoint file works as well as a run folder.
 
     customnn eval runs/cnn-20261127-120000
@@ -49,7 +50,8 @@ def add_arguments(p) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="evaluation batch size")
     p.add_argument("--test-samples", type=int, default=None, help="CNN: evaluate on the first N test images")
     p.add_argument("--eval-iters", type=int, default=None, help="GPT: batches per split")
-    p.add_argument("--text", default=None, help="GPT: the text file (default: the one the run used)")
+    p.add_argument("--text", default=None, help="GPT: the text, a file, folder or glob (default: the one the run used)")
+    p.add_argument("--val-text", default=None, help="GPT: the validation text (default: the one the run used)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_argument(p)
     p.add_argument("--compile", action="store_true",
@@ -98,7 +100,8 @@ def evaluate_gpt(args, model, vocab, path, ckpt, device) -> dict:
         raise UserError(f"--eval-iters must be between 1 and {MAX_EVAL_ITERS}, got {eval_iters}")
     check_eval_memory(model, batch_size, device)
     block_size = gpt.block_size_of(model, ckpt, path)
-    corpus = load_corpus(text, data_dir, block_size, vocab=vocab)
+    val_text = args.val_text if args.val_text is not None else (tc.get("val_text") if args.text is None else None)
+    corpus = load_corpus(text, data_dir, block_size, vocab=vocab, val_text=val_text)
     # A run with --nanogpt-rng drew its evaluation batches from its one generator: the state it
     # had then is in the checkpoint, so the same batches are drawn again (None otherwise).
     # (Checkpoints written before the engine kept it at the top of their state.)

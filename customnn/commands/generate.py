@@ -25,7 +25,7 @@ from customnn.train.gpt import block_size_of
 from customnn.train.loading import DTYPES, check_compile, compile_model
 from customnn.train.tasks import load_model
 
-MAX_NEW_TOKENS = 10**9  # a billion characters: days of generation, far past any use
+MAX_NEW_TOKENS = 10**9  # a billion tokens: days of generation, far past any use
 
 
 def add_arguments(p) -> None:
@@ -34,12 +34,12 @@ def add_arguments(p) -> None:
                    help="which checkpoint of a run folder (default: best, else last)")
     p.add_argument("--prompt", default=None,
                    help="text to continue (default: a newline, or the model's first character if it has none)")
-    p.add_argument("--max-new-tokens", type=int, default=500, help="characters to generate (default 500)")
+    p.add_argument("--max-new-tokens", type=int, default=500, help="tokens to generate (default 500)")
     p.add_argument("--temperature", type=float, default=0.8,
                    help="divide the logits by this; 0 is greedy (default 0.8)")
-    p.add_argument("--top-k", type=int, default=None, help="sample only from the k most likely characters")
+    p.add_argument("--top-k", type=int, default=None, help="sample only from the k most likely tokens")
     p.add_argument("--top-p", type=float, default=None,
-                   help="sample only from the most likely characters whose probability sums to p")
+                   help="sample only from the most likely tokens whose probability sums to p")
     p.add_argument("--seed", type=int, default=1337, help="random seed (default 1337)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--dtype", choices=list(DTYPES), default=None,
@@ -82,20 +82,25 @@ def run(args) -> int:
         compile_model(model, device, generation=True)
     meta = ckpt.meta
     prompt = args.prompt if args.prompt is not None else default_prompt(vocab)
-    ids = vocab.encode(prompt)  # a character outside the vocabulary: UserError naming it
-    print(f"generating {args.max_new_tokens} characters with {path} (step {meta.get('step')}) on {device}",
+    ids = vocab.encode(prompt)  # characters: one outside the vocabulary is a UserError naming it
+    unit = "characters" if vocab.kind == "char" else "tokens"
+    print(f"generating {args.max_new_tokens} {unit} with {path} (step {meta.get('step')}) on {device}",
           file=sys.stderr, flush=True)
     g = torch.Generator(device=device).manual_seed(args.seed)
     out = sys.stdout
     out.write(prompt)
     out.flush()
 
+    stream = vocab.stream()  # whole characters, also when a byte-level token ends inside one
+
     def emit(tok: int) -> None:
-        out.write(vocab.chars[tok])
-        out.flush()
+        text = stream.feed(tok)
+        if text:
+            out.write(text)
+            out.flush()
 
     generate(model, ids, args.max_new_tokens, args.temperature, args.top_k, args.top_p, g,
              use_cache=not args.no_cache, on_token=emit, block_size=block_size_of(model, ckpt, path))
-    out.write("\n")
+    out.write(stream.flush() + "\n")
     out.flush()
     return 0

@@ -197,6 +197,7 @@ SHARED = {
     "out": lambda v: output_folder(text(v, "--out"), "--out") if v is not None else None,
     "prompt": lambda v: text(v, "--prompt") if v is not None else None,
     "text": lambda v: text(v, "--text") if v is not None else None,
+    "val_text": lambda v: text(v, "--val-text") if v is not None else None,
     "json": lambda v: output_file(text(v, "--json"), "--json") if v is not None else None,
 }
 

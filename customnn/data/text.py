@@ -1,16 +1,22 @@
-"""Character-level text data: read a UTF-8 corpus, build its vocabulary, draw training blocks.
+"""Text data: a UTF-8 corpus, its tokenizer, its train and validation tokens, training blocks.
 
-The setup of nanoGPT's ``data/shakespeare_char/prepare.py`` and ``train.py``'s ``get_batch``:
+The setup of nanoGPT's ``data/shakespeare_char/prepare.py`` (and ``data/shakespeare/``'s for
+BPE) and ``train.py``'s ``get_batch``:
 
-- the corpus is any UTF-8 text file (``--text PATH``), by default Tiny Shakespeare from the
-  data directory (``tinyshakespeare/input.txt``, downloaded and sha256-checked when missing);
-- the vocabulary is the sorted set of its characters; a token is a character's index in it.
-  The vocabulary is stored in every checkpoint, so generation needs nothing but the checkpoint;
-- the first 90% of the characters are for training, the last 10% for validation;
-- a batch is ``batch_size`` blocks of ``block_size + 1`` consecutive characters at random
+- the corpus is any UTF-8 text (``--text``: a file, a folder of files or a glob), by default
+  Tiny Shakespeare from the data directory (``tinyshakespeare/input.txt``, downloaded and
+  sha256-checked when missing);
+- tokens are characters (``--tokenizer char``: a token is a character's index in the sorted set
+  of the text's characters) or byte-level BPE (``--tokenizer bpe --vocab-size N``), learned on the
+  training split (``customnn/data/tokenizer.py``). The tokenizer is stored in every checkpoint,
+  so generation needs nothing but the checkpoint;
+- the first 90% of the characters are for training, the last 10% for validation (or
+  ``--val-text``); their tokens are read from a memory-mapped token cache
+  (``customnn/data/tokens.py``), built once per corpus and tokenizer;
+- a batch is ``batch_size`` blocks of ``block_size + 1`` consecutive tokens at random
   offsets, drawn from a ``torch.Generator`` (whose state goes into checkpoints, so a resumed
   run draws exactly the batches an uninterrupted one would): ``x`` is the first
-  ``block_size`` characters of each block, ``y`` the same shifted by one.
+  ``block_size`` tokens of each block, ``y`` the same shifted by one.
 
     corpus = load_corpus(None, data_dir=None, block_size=64)
     g = torch.Generator().manual_seed(1337)
@@ -22,86 +28,33 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from customnn.data.tokenizer import Vocab  # noqa: F401 (customnn.data.text.Vocab, as before)
 from customnn.core.errors import UserError
-from customnn.core.memory import check_memory
-from customnn.core.progress import Progress
-from customnn.core.validate import vocabulary
 
 DEFAULT_TEXT = "tinyshakespeare/input.txt"  # relative to the data directory
-TRAIN_FRACTION = 0.9  # nanoGPT's split: first 90% train, last 10% validation
-ENCODE_CHUNK = 2**22  # characters encoded at a time: about 50 ms of work, 48 MiB of temporaries
 
 
-class Vocab:
-    """A character vocabulary: ``encode`` text to token ids and ``decode`` them back."""
-
-    def __init__(self, chars: str):
-        self.chars = vocabulary(chars)  # distinct characters that UTF-8 can write (ValueError otherwise)
-        self.stoi = {c: i for i, c in enumerate(chars)}
-
-    @classmethod
-    def from_text(cls, text: str) -> Vocab:
-        return cls("".join(sorted(set(text))))
-
-    def __len__(self) -> int:
-        return len(self.chars)
-
-    def encode(self, text: str) -> list[int]:
-        """Token ids of ``text``; a character outside the vocabulary is a ``UserError`` naming it."""
-        try:
-            return [self.stoi[c] for c in text]
-        except KeyError as e:
-            c = e.args[0]
-            raise UserError(f"character {c!r} (U+{ord(c):04X}) at position {text.index(c)} is not in the "
-                            f"model's vocabulary of {len(self)} characters") from None
-
-    def encode_tensor(self, text: str) -> torch.Tensor:
-        """``encode`` as one (N,) int64 tensor, through a table indexed by code point (a few bytes
-        per character, where a list of ints costs dozens), ``ENCODE_CHUNK`` characters at a time:
-        a stop (Ctrl-C, SIGTERM) waits for one chunk only, and a long encoding is announced with
-        its estimate and shows progress (``core/progress.py``)."""
-        import numpy as np
-
-        table = np.full(max(map(ord, self.chars)) + 1, -1, dtype=np.int64)
-        table[[ord(c) for c in self.chars]] = np.arange(len(self.chars))
-        ids = np.empty(len(text), dtype=np.int64)  # (N,)
-        starts = range(0, len(text), ENCODE_CHUNK)
-        progress = Progress(len(starts), f"encoding {len(text):,} characters", "chunks")
-        for start in starts:
-            piece = text[start:start + ENCODE_CHUNK]
-            codes = np.frombuffer(piece.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)  # (n,)
-            chunk = ids[start:start + len(piece)]
-            np.take(table, np.minimum(codes, len(table) - 1), out=chunk)
-            chunk[codes >= len(table)] = -1
-            unknown = np.flatnonzero(chunk < 0)
-            if len(unknown):
-                i = start + int(unknown[0])
-                raise UserError(f"character {text[i]!r} (U+{ord(text[i]):04X}) at position {i} is not in the "
-                                f"model's vocabulary of {len(self)} characters")
-            progress.update()
-        progress.close()
-        return torch.from_numpy(ids)
-
-    def decode(self, ids) -> str:
-        return "".join(self.chars[int(i)] for i in ids)
-
-
-def default_prompt(vocab: Vocab) -> str:
+def default_prompt(tokenizer) -> str:
     """Where a sample starts when no prompt is given: a newline (the start of a line), or, for a
-    text without one, the vocabulary's first character, so that any trained model can sample."""
-    return "\n" if "\n" in vocab.stoi else vocab.chars[0]
+    character vocabulary without one, its first character, so that any trained model can sample."""
+    return tokenizer.default_prompt()
 
 
 @dataclass
 class Corpus:
-    """A text split into train and validation token tensors, with its vocabulary."""
+    """A corpus's tokenizer and its train and validation tokens (memory-mapped from the token cache)."""
 
-    path: Path  # where the text came from
-    vocab: Vocab
-    train: torch.Tensor  # (N_train,) int64 token ids, the first 90%
-    val: torch.Tensor  # (N_val,) int64 token ids, the last 10%
+    path: Path  # where the text came from (a file, a folder or a glob)
+    tokenizer: object  # Vocab (characters) or BPETokenizer (customnn/data/tokenizer.py)
+    train: np.ndarray  # (N_train,) token ids, the first 90% of the text
+    val: np.ndarray  # (N_val,) token ids, the last 10% (or --val-text)
+
+    @property
+    def vocab(self):  # the name this field had when every tokenizer was a character vocabulary
+        return self.tokenizer
 
 
 def read_text(path: str | Path) -> str:
@@ -132,35 +85,29 @@ def text_path(text: str | Path | None, data_dir: str | Path | None = None) -> Pa
     return ensure_file(DEFAULT_TEXT, data_dir=data_dir)
 
 
-def load_corpus(text: str | Path | None, data_dir: str | Path | None, block_size: int,
-                vocab: Vocab | None = None) -> Corpus:
-    """Read, tokenize and split a corpus for a model with context ``block_size``.
+def load_corpus(text: str | Path | None, data_dir: str | Path | None, block_size: int, vocab=None,
+                tokenizer: str = "char", vocab_size: int | None = None, val_text: str | Path | None = None,
+                quiet: bool = False) -> Corpus:
+    """Read, tokenize and split a corpus (a file, a folder or a glob) for a model with context ``block_size``.
 
-    ``vocab`` (a trained model's) encodes the text instead of a vocabulary built from it; a
-    character the model does not know is then a ``UserError``. Each split must hold at least
-    one block of ``block_size + 1`` characters.
+    ``vocab`` (a trained model's tokenizer) encodes the text instead of one learned from it; a
+    character a character-level model does not know is then a ``UserError``. Otherwise a
+    ``tokenizer`` ("char" or "bpe" with ``vocab_size`` tokens) is learned on the training split.
+    The tokens come from the token cache (``customnn/data/tokens.py``), built on first use. Each
+    split must hold at least one block of ``block_size + 1`` tokens.
     """
+    from customnn.data.tokens import load_tokens
+
     path = text_path(text, data_dir)
-    try:
-        size = path.stat().st_size
-    except OSError:
-        size = 0  # read_text says what is wrong
-    # the bytes, the text (up to 4 bytes a character), its UTF-32 codes and the int64 token ids
-    check_memory(17 * size, f"reading the text {path} ({size:,} bytes)", "cpu", "use a smaller text file")
-    content = read_text(path)
-    vocab = vocab if vocab is not None else Vocab.from_text(content)
-    try:
-        ids = vocab.encode_tensor(content)  # (N,)
-    except UserError as e:
-        raise UserError(f"{path}: {e}") from None
-    n = int(TRAIN_FRACTION * len(ids))
-    train, val = ids[:n], ids[n:]
+    data = load_tokens(path, val_text, data_dir, tokenizer, vocab_size, tokenizer=vocab, quiet=quiet)
     need = block_size + 1
-    if len(val) < need:
-        raise UserError(f"{path} is too short: {len(content)} characters give a validation split of "
-                        f"{len(val)}, shorter than one block of {need} (block_size {block_size} + 1); "
-                        f"use a text of at least {need * 10} characters or a smaller --block-size")
-    return Corpus(path, vocab, train, val)
+    for name, split in (("training", data.train), ("validation", data.val)):
+        if len(split) < need:
+            where = f"--val-text {val_text}" if name == "validation" and val_text is not None else str(path)
+            raise UserError(f"{where} is too short: its {name} split is {len(split)} tokens, shorter than one "
+                            f"block of {need} (block_size {block_size} + 1); use a text of at least {need * 10} "
+                            "characters or a smaller --block-size")
+    return Corpus(path, data.tokenizer, data.train, data.val)
 
 
 def get_batch(data: torch.Tensor, block_size: int, batch_size: int, generator: torch.Generator,
@@ -184,7 +131,10 @@ def blocks_at(data: torch.Tensor, ix: torch.Tensor, block_size: int,
               device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """The blocks starting at offsets ``ix`` (B,): inputs ``x`` and targets ``y``, each (B, T)."""
     offsets = ix[:, None] + torch.arange(block_size + 1)  # (B, T+1)
-    blocks = data[offsets]  # (B, T+1)
+    if isinstance(data, np.ndarray):  # a memory map of the token cache: read these blocks only
+        blocks = torch.from_numpy(data[offsets.numpy()].astype(np.int64))  # (B, T+1)
+    else:
+        blocks = data[offsets]  # (B, T+1)
     x = blocks[:, :-1]  # (B, T)
     y = blocks[:, 1:]  # (B, T)
     if torch.device(device).type == "cuda":

@@ -1,4 +1,4 @@
-"""``customnn train gpt``: the character-level GPT, nanoGPT's ``train.py`` on customnn.
+"""``customnn train gpt``: the GPT on characters or BPE tokens, nanoGPT's ``train.py`` on customnn.
 
 The loop of nanoGPT's ``train.py``, run by the engine (``customnn/train/engine.py``): random
 blocks of the training text, AdamW with decoupled weight decay on the matrices only (not on
@@ -6,15 +6,17 @@ biases, norm gains or, unless ``--decay-embeddings`` as nanoGPT and the ``nanogp
 preset, the embeddings), a cosine learning-rate schedule with linear warmup
 (``optim.cosine_lr``, nanoGPT's ``get_lr``), gradient clipping at a global norm, and every
 ``eval_interval`` steps the mean loss of ``eval_iters`` batches of each split, printed as
-nanoGPT prints it::
+nanoGPT prints it, followed by the validation loss in bits per UTF-8 byte of the text its
+batches cover (the figure that compares tokenizers: loss per token means something else for
+each)::
 
-    step 250: train loss 1.9661, val loss 2.0656
+    step 250: train loss 1.9661, val loss 2.0656, val bpb 2.9801
 
 This file holds only what is the GPT's own: the model, optimizer and batches, the evaluation,
 and the state it keeps beyond them (the next batch's offsets, drawn before each step's
 evaluation as nanoGPT fetches the next batch while a step runs); its settings and presets are
 in ``customnn/train/gpt_config.py`` (imported here too). A
-checkpoint's header holds the model's configuration and vocabulary, all generation needs.
+checkpoint's header holds the model's configuration and tokenizer, all generation needs.
 Evaluation draws its batches from a generator seeded afresh each time, so every evaluation of
 a run sees the same batches and uses none of the training randomness; except with
 ``--nanogpt-rng`` (on in the ``nanogpt-cpu`` preset), where, as in nanoGPT, one generator feeds
@@ -31,25 +33,26 @@ Presets (``--preset``; every field can be overridden by its flag, e.g. ``--max-i
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict
 
 import torch
 
-from customnn.core.memory import FLOAT, check_memory
-from customnn.core.runtime import SEED_MAX, SEED_MIN
-from customnn.data.text import Vocab, Corpus, blocks_at, default_prompt, get_batch, load_corpus, random_offsets
 from customnn.core.errors import UserError
-from customnn.models.gpt import GPT, GPTConfig
-from customnn.models.sampling import generate
-from customnn.optim.muon import Muon, muon_groups, state_keys
-from customnn.optim import AdamW, cosine_lr, decay_groups
+from customnn.core.fileio import atomic_write_text
 from customnn.core.progress import Progress
 from customnn.core.runtime import seed_all
+from customnn.data.text import Corpus, blocks_at, default_prompt, get_batch, load_corpus, random_offsets
+from customnn.models.gpt import GPT
+from customnn.models.sampling import generate
+from customnn.optim import AdamW, cosine_lr, decay_groups
+from customnn.optim.muon import Muon, muon_groups, state_keys
 from customnn.train.engine import train_with
+from customnn.train.gpt_checkpoint import (block_size_of, from_checkpoint, gpt_from_checkpoint,  # noqa: F401
+                                          gpt_tokenizer)  # (also customnn.train.gpt's: the task's loader)
 from customnn.train.gpt_config import PRESETS, GPTTrainConfig, adapt_defaults, make_config  # noqa: F401 (also customnn.train.gpt's)
-from customnn.train.loading import (check_optimizer_state, check_weights, is_int, load_weights,
-                                    own_model_from_checkpoint, saved_dtype, state_mismatch, stored_train_config)
+from customnn.train.loading import check_optimizer_state, check_weights, load_weights
 from customnn.train.nanogpt_rng import init_like_nanogpt_
 from customnn.train.trainer import Trainer
 from customnn.train.usermodel import check_training_memory
@@ -73,11 +76,15 @@ def estimate_loss(model: GPT, corpus: Corpus, batch_size: int, eval_iters: int, 
     """nanoGPT's ``estimate_loss``: the mean loss over ``eval_iters`` batches of each split, from
     generators seeded with ``seed`` and ``seed + 1``, or, given ``generator``, drawn from it
     (train first, as nanoGPT). A long one (a long context) is announced with its estimate and
-    shows progress (``core/progress.py``; the bar unless ``quiet``)."""
+    shows progress (``core/progress.py``; the bar unless ``quiet``).
+
+    Also each split's bits per byte (``train_bpb``, ``val_bpb``): the batches' summed loss in
+    nats, over ln 2 and the number of UTF-8 bytes their target tokens stand for."""
     was_training = model.training
     model.eval()
     out = {}
     block = model.config.block_size if block_size is None else block_size
+    token_bytes = torch.tensor(corpus.tokenizer.token_bytes(), device=device)  # (V,) UTF-8 bytes of each token
     progress = Progress(2 * eval_iters, f"evaluating on {batch_size} x {block} tokens a batch", "batches", quiet)
     try:
         for i, split in enumerate(("train", "val")):
@@ -86,13 +93,16 @@ def estimate_loss(model: GPT, corpus: Corpus, batch_size: int, eval_iters: int, 
             # the model's precision, at least float32: a sum of bfloat16 losses would keep 3 digits
             total = torch.zeros((), device=device,
                                 dtype=torch.promote_types(model.parameters()[0].dtype, torch.float32))
+            nbytes = torch.zeros((), device=device, dtype=torch.int64)
             for _ in range(eval_iters):
                 x, y = get_batch(data, block, batch_size, g, device)
                 total += model(x, y)[1]
+                nbytes += token_bytes[y].sum()
                 if progress.estimate is None:  # the first batch timed to its end (a GPU runs ahead)
                     total.item()
                 progress.update()
             out[split] = total.item() / eval_iters
+            out[f"{split}_bpb"] = out[split] * y.numel() * eval_iters / (math.log(2) * max(int(nbytes), 1))
     finally:
         progress.close()
         model.train(was_training)
@@ -100,74 +110,17 @@ def estimate_loss(model: GPT, corpus: Corpus, batch_size: int, eval_iters: int, 
 
 
 def eval_line(step: int, losses: dict) -> str:
-    return f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+    line = f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+    return line + (f", val bpb {losses['val_bpb']:.4f}" if "val_bpb" in losses else "")
 
 
-def sample_text(model: GPT, vocab, prompt: str | None = None, n: int = 300, seed: int = 1337,
+def sample_text(model: GPT, tokenizer, prompt: str | None = None, n: int = 300, seed: int = 1337,
                 temperature: float = 0.8, block_size: int | None = None) -> str:
     """``n`` characters sampled from ``prompt`` (None: a newline, or the text's first character)."""
-    prompt = default_prompt(vocab) if prompt is None else prompt
+    prompt = default_prompt(tokenizer) if prompt is None else prompt
     g = torch.Generator(device=model.parameters()[0].device).manual_seed(seed)
-    ids = generate(model, vocab.encode(prompt), n, temperature=temperature, generator=g, block_size=block_size)
-    return prompt + vocab.decode(ids)
-
-
-def from_checkpoint(ckpt, path, device="cpu", model=None) -> tuple:
-    """The model and vocabulary a checkpoint of the text task holds, the model in eval mode on
-    ``device``: the GPT, or, given ``model`` (``--model``'s ``ModelSpec``), the class of one's own
-    it was trained as (it gets the vocabulary's size and the run's ``block_size``)."""
-    meta = ckpt.meta
-    if meta.get("model") != "gpt":
-        raise UserError(f"{path} holds a {meta.get('model')!r} model, not a GPT")
-    if meta.get("model_class") is not None or model is not None:
-        if not isinstance(meta.get("vocab"), str):
-            raise UserError(f"{path}: the checkpoint holds no vocabulary")
-        vocab, tc = Vocab(meta["vocab"]), stored_train_config(meta, path)
-        if not is_int(tc.get("block_size"), 1) or not is_int(tc.get("seed"), SEED_MIN, SEED_MAX):
-            raise UserError(f"{path}: checkpoint is damaged: its train_config has no block_size and seed")
-        provided = {"vocab_size": len(vocab), "block_size": tc["block_size"], "seed": tc["seed"]}
-        return own_model_from_checkpoint(ckpt, path, model, provided, "gpt", device), vocab
-    return gpt_from_checkpoint(ckpt, path, device)
-
-
-def block_size_of(model, ckpt, path) -> int:
-    """The context of a loaded model: the GPT's own, or the block size its run trained at."""
-    if hasattr(model, "config"):
-        return model.config.block_size
-    return stored_train_config(ckpt.meta, path)["block_size"]
-
-
-def gpt_from_checkpoint(ckpt, path, device="cpu") -> tuple[GPT, Vocab]:
-    """The GPT and vocabulary stored in checkpoint ``ckpt`` (read from ``path``), in eval mode on ``device``."""
-    meta = ckpt.meta
-    try:
-        if not isinstance(meta.get("config"), dict):
-            raise ValueError("no model configuration")
-        config = GPTConfig(**meta["config"])
-        if not isinstance(meta.get("vocab"), str):
-            raise ValueError("no vocabulary")
-        vocab = Vocab(meta["vocab"])
-        if len(vocab) != config.vocab_size:
-            raise ValueError(f"{len(vocab)} vocabulary characters for vocab_size {config.vocab_size}")
-        if not is_int(meta.get("step"), 0):
-            raise ValueError(f"step {meta.get('step')!r} is not a step number")
-        blocks = {k.split(".")[1] for k in ckpt.model_state if k.startswith("blocks.")}
-        if len(blocks) != config.n_layer:  # first: n_layer bounds the work of state_shapes()
-            raise ValueError(f"its tensors do not match its configuration: n_layer {config.n_layer}, "
-                             f"but tensors of {len(blocks)} blocks")
-        shapes = config.state_shapes()
-        problem = state_mismatch(shapes, ckpt.model_state)
-        if problem:
-            raise ValueError(f"its tensors do not match its configuration: {problem}")
-        check_weights(ckpt.model_state, path)
-        need = FLOAT * sum(math.prod(shape) for shape in shapes.values())
-        for where in {"cpu", str(device)}:  # built on the CPU, then moved
-            check_memory(need, f"the GPT of {path} ({need // FLOAT:,} parameters)", where)
-        model = GPT(config).to(dtype=saved_dtype(ckpt.model_state))
-        model.load_state_dict(ckpt.model_state)  # the dtypes are checked here
-    except (TypeError, ValueError) as e:
-        raise UserError(f"{path}: the checkpoint does not describe a valid GPT ({e})") from None
-    return model.to(device=device).eval(), vocab
+    ids = generate(model, tokenizer.encode(prompt), n, temperature=temperature, generator=g, block_size=block_size)
+    return prompt + tokenizer.decode(ids)
 
 
 # --- the GPT's part of the engine -----------------------------------------------------------------
@@ -186,12 +139,15 @@ class GPTTrainer(Trainer):
         if ckpt is not None and not self.user_model:  # the stored model, checked before any use: the model resumed
             stored, stored_vocab = gpt_from_checkpoint(ckpt, ckpt.path)
         elif ckpt is not None:
-            stored_vocab = Vocab(ckpt.meta["vocab"]) if isinstance(ckpt.meta.get("vocab"), str) else None
-        self.corpus = corpus = load_corpus(cfg.text, cfg.data_dir, cfg.block_size, vocab=stored_vocab)
+            stored_vocab = gpt_tokenizer(ckpt.meta)
+        self.corpus = corpus = load_corpus(cfg.text, cfg.data_dir, cfg.block_size, vocab=stored_vocab,
+                                           tokenizer=cfg.tokenizer, vocab_size=cfg.vocab_size,
+                                           val_text=cfg.val_text)
+        vocab_size = corpus.tokenizer.vocab_size
         self.device = device
-        self.check_memory(device, len(corpus.vocab))  # refused in one line, before anything is allocated
+        self.check_memory(device, vocab_size)  # refused in one line, before anything is allocated
         if ckpt is not None and stored is not None \
-                and ckpt.meta["config"] != cfg.model_config(len(corpus.vocab)).to_dict():
+                and ckpt.meta["config"] != cfg.model_config(vocab_size).to_dict():
             raise UserError(f"{ckpt.path} was trained with a different model configuration")
         seed_all(cfg.seed)
         self.batch_gen = torch.Generator().manual_seed(cfg.seed)
@@ -222,7 +178,7 @@ class GPTTrainer(Trainer):
         self.eval_state, self.eval_step = None, -1
 
     def provided(self) -> dict:
-        return {"seed": self.cfg.seed, "vocab_size": len(self.corpus.vocab), "block_size": self.cfg.block_size}
+        return {"seed": self.cfg.seed, "vocab_size": self.corpus.tokenizer.vocab_size, "block_size": self.cfg.block_size}
 
     def check_memory(self, device, vocab_size: int = 1, measure: bool = True) -> None:
         """A one-line refusal, before anything is allocated, of a step that cannot fit (this
@@ -279,11 +235,12 @@ class GPTTrainer(Trainer):
                 self.batch_gen.set_state(self.eval_state)
             self.eval_step = -1
             raise
-        self.last_losses = {"train_loss": losses["train"], "val_loss": losses["val"]}
+        self.last_losses = {"train_loss": losses["train"], "val_loss": losses["val"], "train_bpb": losses["train_bpb"],
+                            "val_bpb": losses["val_bpb"]}
         return dict(self.last_losses)
 
     def eval_line(self, step, result) -> str:
-        return eval_line(step, {"train": result["train_loss"], "val": result["val_loss"]})
+        return eval_line(step, {"train": result["train_loss"], "val": result["val_loss"], "val_bpb": result["val_bpb"]})
 
     def check_resume(self, step: int, total: int) -> None:
         if step > self.cfg.max_iters:
@@ -296,9 +253,11 @@ class GPTTrainer(Trainer):
 
     def intro_line(self, run) -> str:
         c = self.corpus
+        atomic_write_text(run.path / "tokenizer.json", json.dumps(c.tokenizer.to_header()))  # also in every checkpoint
+        unit = "characters" if c.tokenizer.kind == "char" else f"{c.tokenizer.kind} tokens"
         what = f"{self.spec.cls.__name__} ({self.spec.file})" if self.user_model else "GPT"
         return (f"training a {what} of {self.model.num_parameters() / 1e6:.2f}M parameters on {c.path.name} "
-                f"({len(c.train):,} train / {len(c.val):,} val characters, vocabulary of {len(c.vocab)}) "
+                f"({len(c.train):,} train / {len(c.val):,} val {unit}, vocabulary of {c.tokenizer.vocab_size}) "
                 f"on {self.device}; run folder {run.path}")
 
     def plot_title(self) -> str:
@@ -306,8 +265,11 @@ class GPTTrainer(Trainer):
         return f"{what} on {self.corpus.path.name} ({self.cfg.preset})"
 
     def checkpoint_meta(self, step: int) -> dict:
-        meta = {"model": "gpt", "vocab": self.corpus.vocab.chars, "train_config": asdict(self.cfg), "step": step,
+        tok = self.corpus.tokenizer
+        meta = {"model": "gpt", "tokenizer": tok.to_header(), "train_config": asdict(self.cfg), "step": step,
                 **({"config": self.model.config.to_dict()} if not self.user_model else self.model_record())}
+        if tok.kind == "char":  # as checkpoints without a tokenizer field held it
+            meta["vocab"] = tok.chars
         if self.eval_step == step:  # the losses of this step's evaluation
             meta.update(self.last_losses)
         return meta
@@ -337,20 +299,22 @@ class GPTTrainer(Trainer):
                  f"lr {cfg.lr:g} -> {cfg.min_lr:g}, text `{self.corpus.path}`.", "",
                  f"Training time {seconds:.1f} s (evaluation included)"
                  + (f", time budget {cfg.time_budget:g} s." if cfg.time_budget else "."), "",
-                 "| step | train loss | val loss | time (s) |", "| ---: | ---: | ---: | ---: |"]
-        lines += [f"| {r['step']} | {r['train_loss']:.4f} | {r['val_loss']:.4f} | {r.get('time', 0):.1f} |"
-                  for r in evals]
+                 f"Tokens: {self.corpus.tokenizer.kind}, vocabulary of {self.corpus.tokenizer.vocab_size}. Losses "
+                 "are in nats per token; bits per byte is the validation loss per UTF-8 byte of the text.", "",
+                 "| step | train loss | val loss | val bits/byte | time (s) |", "| ---: | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {r['step']} | {r['train_loss']:.4f} | {r['val_loss']:.4f} | {r.get('val_bpb', float('nan')):.4f} "
+                  f"| {r.get('time', 0):.1f} |" for r in evals]
         lines.append("")
         if finished:  # a sample; none after Ctrl-C: stop fast
             last = evals[-1]["step"] if evals else 0
-            prompt = default_prompt(self.corpus.vocab)
-            text = sample_text(self.model, self.corpus.vocab, prompt, 300, seed=cfg.seed, block_size=cfg.block_size)
+            prompt = default_prompt(self.corpus.tokenizer)
+            text = sample_text(self.model, self.corpus.tokenizer, prompt, 300, seed=cfg.seed, block_size=cfg.block_size)
             lines += [f"A sample of the model at step {last} (temperature 0.8, from {prompt!r}):", "", "```",
                       text.strip("\n"), "```", ""]
         return lines
 
     def result(self) -> dict:
-        return {"vocab": self.corpus.vocab}
+        return {"vocab": self.corpus.tokenizer}
 
 
 def train(cfg: GPTTrainConfig, quiet: bool = False, given: dict | None = None, model=None) -> dict:

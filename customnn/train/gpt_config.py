@@ -19,7 +19,10 @@ from customnn.core.errors import UserError
 from customnn.models.gpt import GPTConfig
 from customnn.models.gpt import OPTIONS as GPT_OPTIONS  # the options' GPT-2 values
 from customnn.train.config import TrainConfig, flag_name, setting, time_budget_setting
+from customnn.data.tokenizer import MAX_VOCAB_SIZE
 from customnn.train.loading import MAX_BATCH_SIZE, MAX_EVAL_ITERS
+
+DEFAULT_BPE_VOCAB = 1024  # --tokenizer bpe without --vocab-size
 
 
 @dataclass
@@ -28,11 +31,11 @@ class GPTTrainConfig(TrainConfig):
 
     preset: str = setting("default", "starting values: nanogpt-cpu, default, modern or tiny",
                           choices=("nanogpt-cpu", "default", "modern", "tiny"))  # recorded in config.json
-    # model (GPTConfig; vocab_size comes from the text)
+    # model (GPTConfig; vocab_size comes from the tokenizer)
     n_layer: int = setting(4, "Transformer blocks")  # nanoGPT's CPU model: 4 blocks of width 128, 0.8M parameters
     n_head: int = setting(4, "attention heads")  # head size 32
     n_embd: int = setting(128, "width of the residual stream")  # wider learns more per step, fewer steps fit
-    block_size: int = setting(128, "context length in characters")  # a line and a half of verse
+    block_size: int = setting(128, "context length in tokens")  # a line and a half of verse in characters
     dropout: float = setting(0.0, "dropout probability")  # ten minutes do not overfit a 0.8M model
     bias: bool = setting(False, "biases in linear layers and layer norms")  # nanoGPT's setting
     tie_weights: bool = setting(True, "output projection = token embedding")  # fewer parameters
@@ -42,8 +45,14 @@ class GPTTrainConfig(TrainConfig):
     mlp: str = setting("gelu", "feed-forward: gelu (4C), or swiglu (8C/3, gated)", choices=("gelu", "swiglu"))
     qk_norm: bool = setting(False, "RMSNorm of queries and keys per head before attention")
     # data
-    text: str | None = setting(None, "a UTF-8 text file (default: Tiny Shakespeare from the data directory)",
-                               resume="free")
+    text: str | None = setting(None, "UTF-8 text: a file, a folder of text files or a glob (default: Tiny "
+                               "Shakespeare from the data directory)", resume="free")
+    val_text: str | None = setting(None, "validation text, as --text (default: the last 10%% of --text)",
+                                   resume="free")
+    tokenizer: str = setting("char", "tokens: char (characters), or bpe (byte-level BPE learned on the "
+                             "training text)", choices=("char", "bpe"))  # the seed's character model
+    vocab_size: int | None = setting(None, "tokens of the BPE vocabulary (--tokenizer bpe; default "
+                                     f"{DEFAULT_BPE_VOCAB})")  # None: characters, or the BPE default
     batch_size: int = setting(12, "sequences per step")  # small batches, many steps: most progress per second
     # optimizer and schedule
     max_iters: int = setting(20000, "training steps (with a time budget: the most it may plan)", resume="free")
@@ -117,6 +126,15 @@ class GPTTrainConfig(TrainConfig):
             self.model_config(65)  # its own checks (e.g. rope needs an even head size)
         except ValueError as e:
             raise UserError(str(e)) from None
+        if self.tokenizer not in ("char", "bpe"):
+            raise UserError(f"--tokenizer must be char or bpe, got {self.tokenizer!r}")
+        if self.tokenizer == "char" and self.vocab_size is not None:
+            raise UserError("--vocab-size is for --tokenizer bpe (a character vocabulary is the text's characters)")
+        if self.tokenizer == "bpe" and self.vocab_size is None:
+            self.vocab_size = DEFAULT_BPE_VOCAB
+        if self.tokenizer == "bpe" and not 256 < self.vocab_size <= MAX_VOCAB_SIZE:
+            raise UserError(f"--vocab-size must be between 257 and {MAX_VOCAB_SIZE} (the 256 bytes and at least one "
+                            f"merge), got {self.vocab_size}")
         if self.decay_iters <= self.warmup_iters:
             raise UserError(f"--lr-decay-iters ({self.decay_iters}) must be larger than --warmup-iters "
                             f"({self.warmup_iters})")

@@ -137,7 +137,7 @@ def stored_train_config(meta: dict, path) -> dict:
     tc = meta.get("train_config", {})
     if not isinstance(tc, dict):
         raise UserError(f"{path}: checkpoint is damaged: its train_config is {type(tc).__name__}, not a mapping")
-    for name in ("text", "data_dir"):
+    for name in ("text", "data_dir", "val_text"):
         if not isinstance(tc.get(name), (str, type(None))):
             raise UserError(f"{path}: checkpoint is damaged: train_config.{name} {tc[name]!r} is not a path")
     for name, low, high in (("batch_size", 1, MAX_BATCH_SIZE), ("eval_iters", 1, MAX_EVAL_ITERS),
