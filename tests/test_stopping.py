@@ -131,10 +131,11 @@ def test_sigterm_in_a_long_cnn_validation_stops_at_once(tmp_path):
 
 
 def test_sigterm_while_scoring_the_test_set_stops_and_resuming_scores_it(tmp_path):
-    """The test set one image at a time (10,000 batches): SIGTERM stops the run in seconds; the
-    resumed run trains nothing more and scores the test set, with the weights `eval` scores."""
+    """The test set one image at a time (10,000 batches of the default net: long enough to be
+    announced): SIGTERM stops the run in seconds; the resumed run trains nothing more and scores
+    the test set, with the weights `eval` scores."""
     code, seconds, err = sigterm_when(
-        ["-m", "customnn", "train", "cnn", "--arch", "seed", "--train-samples", "256", "--val-samples", "100",
+        ["-m", "customnn", "train", "cnn", "--arch", "default", "--train-samples", "256", "--val-samples", "100",
          "--epochs", "1", "--eval-batch-size", "1", "--device", "cpu", "--quiet", "--out", tmp_path],
         "evaluating on 10000 test images: 10000 batches")
     (run,) = tmp_path.iterdir()
