@@ -152,27 +152,30 @@ def test_sigterm_while_scoring_the_test_set_stops_and_resuming_scores_it(tmp_pat
     assert e.returncode == 0 and e.stdout.strip() == line
 
 
-SLOW_ENCODING = """
+SLOW_TOKENIZING = """
 import sys
-import customnn.core.progress, customnn.data.text
-customnn.data.text.ENCODE_CHUNK = 8  # the real encoding, in pieces small enough to make it long
-customnn.core.progress.LONG_S = 1.0
+import customnn.core.progress, customnn.data.tokens
+customnn.data.tokens.PIECE_BYTES = 64  # the real reading and tokenizing, in pieces small enough to make it long
+customnn.core.progress.LONG_S = 0.01
 from customnn.commands.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_sigterm_while_encoding_the_text_stops_at_once_without_a_run_folder(tmp_path):
+def test_sigterm_while_tokenizing_the_text_stops_at_once_without_a_run_folder(tmp_path):
     text = tmp_path / "text.txt"
     text.write_text("To be, or not to be, that is the question.\n" * 50_000)  # 2.15 MB
     out = tmp_path / "runs"
-    code, seconds, err = sigterm_when(["-c", SLOW_ENCODING, "train", "gpt", "--preset", "tiny", "--text", text,
-                                       "--device", "cpu", "--quiet", "--out", out], "encoding 2,150,000 characters")
+    env_cache = tmp_path / "tokens"
+    code, seconds, err = sigterm_when(["-c", SLOW_TOKENIZING, "train", "gpt", "--preset", "tiny", "--text", text,
+                                       "--data-dir", env_cache, "--device", "cpu", "--quiet", "--out", out],
+                                      "tokenizing the train split: ")
     assert code == 130, err
     assert seconds < PROMPT_S, (seconds, err)
     assert "interrupted while preparing the data and the model; nothing was trained, no run folder was made" in err
     assert "Traceback" not in err
     assert not out.exists() or not list(out.iterdir())
+    assert not any(p.name.endswith(".tokens") for p in env_cache.rglob("*"))  # no cache trusted later
 
 
 def test_sigterm_during_a_checkpoint_write_lets_it_finish_and_stops_after_it(tmp_path, monkeypatch):

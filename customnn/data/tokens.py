@@ -40,6 +40,7 @@ import numpy as np
 
 from customnn.data.tokenizer import safe_cuts, tokenizer_from_header, train_tokenizer
 from customnn.core.errors import UserError
+from customnn.core.progress import Progress
 from customnn.core.fileio import atomic_write_text
 
 TRAIN_FRACTION = 0.9  # nanoGPT's split: first 90% train, last 10% validation
@@ -107,9 +108,11 @@ def fingerprint(*groups: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-def plan_pieces(files: list[Path], piece_bytes: int = PIECE_BYTES) -> list[Piece]:
-    """The files cut into pieces of about ``piece_bytes`` at cuts that change no token (at a
-    newline after a visible ASCII byte; else, in a long run without one, at a character's start)."""
+def plan_pieces(files: list[Path], piece_bytes: int | None = None) -> list[Piece]:
+    """The files cut into pieces of about ``piece_bytes`` (default ``PIECE_BYTES``) at cuts that
+    change no token (at a newline after a visible ASCII byte; else, in a long run without one, at
+    a character's start)."""
+    piece_bytes = piece_bytes or PIECE_BYTES
     pieces = []
     for path in files:
         size = path.stat().st_size
@@ -170,30 +173,28 @@ def _encode_task(args):
 
 
 def run_pieces(task, items: list, tokenizer, sizes: list[int], desc: str, quiet: bool):
-    """``task`` over ``items`` in order, in a pool of processes when the pieces are large, with a progress bar."""
-    from tqdm import tqdm
-
+    """``task`` over ``items`` in order, in a pool of processes when the pieces are large; work that
+    will take long is announced with its estimate and shows a bar (``core/progress.py``)."""
     total = sum(sizes)
     workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, disable=quiet or total < PARALLEL_BYTES or None,
-               leave=False)
+    progress = Progress(len(items), desc, "pieces", quiet)
     try:
         if total < PARALLEL_BYTES or workers < 2:
             global _WORKER_TOKENIZER
             _WORKER_TOKENIZER = tokenizer
-            for item, size in zip(items, sizes):
+            for item in items:
                 yield task(item)
-                bar.update(size)
+                progress.update()
             return
         import multiprocessing
 
         header = tokenizer.to_header() if tokenizer is not None else None
         with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (header,)) as pool:
-            for out, size in zip(pool.imap(task, items), sizes):
+            for out in pool.imap(task, items):
                 yield out
-                bar.update(size)
+                progress.update()
     finally:
-        bar.close()
+        progress.close()
 
 
 # --- the cache file --------------------------------------------------------------------------------
