@@ -54,6 +54,8 @@ class Trainer:
     @classmethod
     def model_flags(cls, config_cls) -> list[str]:
         """The config's fields that are settings of the task's built-in model (``--width``, ...)."""
+        if cls.default_model is None:  # a task of one's own without a built-in model
+            return []
         names = {f.name for f in fields(config_cls)}
         return [k for k in settings(cls.default_model) if k in names and k not in cls.provided_names]
 
