@@ -11,11 +11,12 @@
 # Steps (each with its own time limit; about 8 minutes in all, most of it the CUDA bench and compiling):
 #   env      python, torch, CUDA, GPU, and which optional packages are importable
 #   check    python -m customnn check --device cuda       (every layer, float64 and float32)
-#   pytest   tests selected by -k cuda, if any exist (none are CUDA-parametrized yet)
+#   pytest   tests selected by -k cuda (tests/test_autocast.py runs every layer under CUDA autocast)
 #   twins    our CNN and GPT against customnn_ref.twins on CUDA: same logits
 #   bench    python -m customnn bench --device cuda --json $OUT/bench-cuda.json
 #   compile  python benchmarks/compile.py --device cuda: --compile against eager, ours and torch.nn's
 #   nccl     train gpt nanogpt-cpu on cuda, 1 process and torchrun (NCCL) at world size 1: steps/s
+#   precision  train gpt nanogpt-cpu on cuda 200 steps at --precision 32, bf16, fp16: steps/s, loss
 #   cpu      python -m customnn bench --quick --device cpu --threads 0 (an unloaded many-core CPU)
 # The exit code is 0 when every step passed; $OUT/summary.txt has one line per step.
 
@@ -123,6 +124,27 @@ for name, launch in (("1 process", [sys.executable]),
     (run,) = folder.iterdir()
     e = load_checkpoint(run / "last.safetensors").state["engine"]
     print(f"{name:<30} {e['step'] / e['train_time']:8.1f} steps/s ({e['step']} steps in {e['train_time']:.2f} s)")
+EOF
+
+step precision 240 "$PY" - "$LOG/precision" <<'EOF' || status=1
+import subprocess, sys
+from pathlib import Path
+from customnn.checkpoint import load_checkpoint
+out = Path(sys.argv[1])
+for precision in ("32", "bf16", "fp16"):
+    folder = out / precision
+    p = subprocess.run([sys.executable, "-m", "customnn", "train", "gpt", "--preset", "nanogpt-cpu", "--device", "cuda",
+                        "--max-steps", "200", "--eval-interval", "100000", "--eval-iters", "1", "--quiet",
+                        "--precision", precision, "--out", str(folder)], capture_output=True, text=True, timeout=70)
+    if p.returncode != 0:
+        print(precision, "FAILED", p.stderr[-2000:])
+        sys.exit(1)
+    (run,) = folder.iterdir()
+    state = load_checkpoint(run / "last.safetensors").state
+    e, rows = state["engine"], (run / "metrics.jsonl").read_text().splitlines()
+    last = ([r for r in rows if '"train"' in r] or ["none"])[-1]
+    print(f"--precision {precision:<5} {e['step'] / e['train_time']:8.1f} steps/s; last train row {last}; "
+          f"scaler {state.get('precision')}")
 EOF
 
 if [ "${CPU_BENCH:-1}" != "0" ]; then

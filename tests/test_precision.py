@@ -158,3 +158,12 @@ def test_fp16_run_saves_its_scale_and_resumes_as_one_uninterrupted(tmp_path):
     done = train(make_config("tiny", out=str(tmp_path / "b"), resume=str(part["run_dir"]), **kw), quiet=True)
     assert load_checkpoint(done["run_dir"] / "last.safetensors").state["precision"] == ck.state["precision"]
     assert [e["val_loss"] for e in done["evals"]] == [e["val_loss"] for e in whole["evals"]]
+
+
+def test_mixed_precision_needs_float32_master_weights():
+    from customnn.errors import UserError
+
+    with pytest.raises(UserError, match="--precision bf16 keeps float32 master weights"):
+        make_config("tiny", precision="bf16", dtype="float64").check()
+    with pytest.raises(UserError, match="--precision must be 32, bf16 or fp16"):
+        make_config("tiny", precision="16").check()

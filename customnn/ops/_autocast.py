@@ -23,11 +23,11 @@ own products and reductions stay in the dtypes chosen here.
 
 Each public layer starts with one line:
 
-    if autocast_on():
+    if autocast_on(x):
         return autocast_call("linear", linear, x, weight, bias)
 
-which calls the layer again with its inputs cast and autocast off; outside autocast the check
-costs one call (``_is_any_autocast_enabled``, about 0.1 us).
+which calls the layer again with its inputs cast and its device's autocast off; outside
+autocast the check costs one call (``_is_any_autocast_enabled``, about 0.1 us).
 """
 
 from __future__ import annotations
@@ -53,11 +53,13 @@ _CAST_KEYWORDS = ("weight", "bias", "attn_mask")  # keyword tensors cast with th
 _any_enabled = getattr(torch._C, "_is_any_autocast_enabled", None)
 
 
-def autocast_on() -> bool:
-    """Whether autocast is on for any device (the cheap test each layer makes first)."""
-    if _any_enabled is None or torch.compiler.is_compiling():
-        return torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")
-    return _any_enabled()
+def autocast_on(x) -> bool:
+    """Whether autocast is on for the device of ``x`` (a layer's first argument); the first test,
+    autocast on for any device, is the one made outside autocast. A layer called again by
+    ``autocast_call`` finds its device's autocast off."""
+    if _any_enabled is not None and not torch.compiler.is_compiling() and not _any_enabled():
+        return False
+    return isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type)
 
 
 def _cast(t, dtype):
@@ -71,11 +73,7 @@ def autocast_call(op: str, fn, *args, **kwargs):
     argument's device, run with that device's autocast off; an ``INSIDE`` op's tensor result is
     cast back to its first argument's dtype."""
     x = args[0]
-    if not isinstance(x, torch.Tensor):  # let the layer's own checks name the argument
-        return fn(*args, **kwargs)
     device = x.device.type
-    if not torch.is_autocast_enabled(device):  # autocast is on for another device only
-        return _without_autocast(device, fn, args, kwargs)
     policy, n = POLICY.get(device, POLICY["cuda"]).get(op, (None, 0))
     if policy is not None:
         dtype = torch.get_autocast_dtype(device) if policy == LOWER else torch.float32

@@ -143,7 +143,7 @@ def _inner2(x: torch.Tensor) -> torch.Tensor:
 
 def relu(x: torch.Tensor) -> torch.Tensor:
     """max(x, 0) elementwise, as ``F.relu``."""
-    if autocast_on():
+    if autocast_on(x):
         return autocast_call("relu", relu, x)
     check_tensor(x, "x")
     check_float(x, "x")
@@ -152,7 +152,7 @@ def relu(x: torch.Tensor) -> torch.Tensor:
 
 def gelu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
     """GELU elementwise, as ``F.gelu``: ``approximate="none"`` (erf) or ``"tanh"``."""
-    if autocast_on():
+    if autocast_on(x):
         return autocast_call("gelu", gelu, x, approximate)
     check_tensor(x, "x")
     check_float(x, "x")
@@ -190,7 +190,7 @@ class _SiLU(torch.autograd.Function):
 
 def silu(x: torch.Tensor) -> torch.Tensor:
     """x * sigmoid(x) elementwise, as ``F.silu``."""
-    if autocast_on():
+    if autocast_on(x):
         return autocast_call("silu", silu, x)
     check_tensor(x, "x")
     check_float(x, "x")

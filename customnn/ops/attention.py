@@ -347,7 +347,7 @@ def attention(q, k, v, causal=True, dropout_p=0.0, *, attn_mask=None, generator=
     float32 or q's dtype, or does not broadcast to (B, nh, T, S), or comes with ``causal=True``
     (SDPA documents the two as exclusive).
     """
-    if autocast_on():
+    if autocast_on(q):
         return autocast_call("attention", attention, q, k, v, causal, dropout_p, attn_mask=attn_mask,
                              generator=generator, block_q=block_q, block_k=block_k, batch=batch)
     _check_arguments(q, k, v, causal, dropout_p, attn_mask, block_q, block_k)

@@ -137,7 +137,7 @@ def avg_pool2d(x: torch.Tensor, kernel_size, stride=None, padding=0, ceil_mode: 
     Refuses (ValueError): x not 3-D or 4-D, not floating point, or with an empty C, H or W;
     kernel_size or stride < 1; negative padding or padding above half the kernel (PyTorch's
     limit); a window that fits nowhere (no output pixel); a divisor_override of 0 (or not an int)."""
-    if autocast_on():
+    if autocast_on(x):
         return autocast_call("avg_pool2d", avg_pool2d, x, kernel_size, stride, padding, ceil_mode,
                              count_include_pad, divisor_override)
     _check_avg(count_include_pad, divisor_override)

@@ -303,7 +303,7 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     padded input, dtypes that differ, an empty weight or an x empty other than in its batch
     (PyTorch raises too, but for zero input channels, where it returns an (N, 0, Ho, Wo) tensor;
     tests/test_degenerate.py). An empty batch gives an empty output."""
-    if autocast_on():
+    if autocast_on(x):
         return autocast_call("conv2d", conv2d, x, weight, bias, stride, padding, dilation, groups)
     stride, (top, bottom, left, right), dilation, batched = conv_args(x, weight, bias, stride, padding,
                                                                       dilation, groups)

@@ -93,7 +93,7 @@ def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True,
     when training. ``batch = (rows, total)``: x is rows
     ``rows`` (a slice) of a batch of ``total`` rows, and its mask is those rows of the whole
     batch's (data-parallel training, customnn/train/distributed.py)."""
-    if autocast_on():
+    if autocast_on(x):
         return autocast_call("dropout", dropout, x, p, training, generator, batch=batch)
     check_tensor(x, "x")
     if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:

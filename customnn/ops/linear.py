@@ -128,7 +128,7 @@ class _Embedding(torch.autograd.Function):
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ weight + bias`` for x (..., C), weight (C, OC), bias (OC,) -> (..., OC)."""
-    if autocast_on():
+    if autocast_on(x):
         return autocast_call("linear", linear, x, weight, bias)
     check_tensor(x, "x")
     check_tensor(weight, "weight")
@@ -158,7 +158,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 def flatten(x: torch.Tensor) -> torch.Tensor:
     """``x.flatten(1)``: keep the batch dimension, merge the rest."""
-    if autocast_on():
+    if autocast_on(x):
         return autocast_call("flatten", flatten, x)
     check_tensor(x, "x")
     if x.dim() < 2:
@@ -168,7 +168,7 @@ def flatten(x: torch.Tensor) -> torch.Tensor:
 
 def embedding(idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Rows of weight (V, C) picked by integer indices idx (any shape) -> (*idx.shape, C)."""
-    if autocast_on():
+    if autocast_on(idx):
         return autocast_call("embedding", embedding, idx, weight)
     check_tensor(idx, "idx")
     check_tensor(weight, "weight")

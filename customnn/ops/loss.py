@@ -261,7 +261,7 @@ def _weighted_forward(ctx, shifted, e, s, safe, valid, w, reduction, eps, target
 
 def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """exp(x) / sum(exp(x)) along dim, as ``F.softmax``."""
-    if autocast_on():
+    if autocast_on(x):
         return autocast_call("softmax", softmax, x, dim)
     check_tensor(x, "x")
     check_float(x, "x")
@@ -271,7 +271,7 @@ def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 def log_softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """x - log(sum(exp(x))) along dim, as ``F.log_softmax``."""
-    if autocast_on():
+    if autocast_on(x):
         return autocast_call("log_softmax", log_softmax, x, dim)
     check_tensor(x, "x")
     check_float(x, "x")
@@ -306,7 +306,7 @@ def cross_entropy(
     than -100 (PyTorch refuses it too); a weight that is not a (C,)
     tensor of logits' dtype; an unknown reduction; label_smoothing outside [0, 1].
     """
-    if autocast_on():
+    if autocast_on(logits):
         return autocast_call("cross_entropy", cross_entropy, logits, target, ignore_index, reduction,
                              label_smoothing, weight=weight)
     check_tensor(logits, "logits")

@@ -269,7 +269,7 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor 
 
     Refuses (ValueError): non-float or 0-d x; a normalized_shape that is empty or not ints, or
     that is not x's trailing shape; a weight or bias not of that shape."""
-    if autocast_on():
+    if autocast_on(x):
         return autocast_call("layer_norm", layer_norm, x, weight, bias, eps, normalized_shape)
     check_tensor(x, "x")
     check_float(x, "x")
@@ -305,7 +305,7 @@ def batch_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor 
     fewer than 2 dims or with no channel (PyTorch raises too), parameters not (C,), training with
     exactly one value per channel, eval without running statistics.
     """
-    if autocast_on():
+    if autocast_on(x):
         return autocast_call("batch_norm", batch_norm, x, weight, bias, running_mean, running_var, training,
                              momentum, eps, reduce=reduce)
     check_tensor(x, "x")
@@ -386,7 +386,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float | N
     _check_param(weight, "weight", x.shape[-1], x, "the last dimension")
     if eps is None:
         eps = torch.finfo(x.dtype).eps
-    if autocast_on():  # after eps: None is the input dtype's epsilon, as F.rms_norm
+    if autocast_on(x):  # after eps: None is the input dtype's epsilon, as F.rms_norm
         return autocast_call("rms_norm", rms_norm, x, weight, eps)
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
         raise ValueError(f"eps must be a number >= 0 or None, got {eps!r}")

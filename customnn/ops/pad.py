@@ -125,7 +125,7 @@ def pad2d(x: torch.Tensor, padding, value: float = 0.0, mode: str = "constant") 
     dim of x. Negative amounts crop. Refuses (ValueError): ``mode`` other than "constant"
     (reflect, replicate and circular are not implemented), an odd-length or non-int padding,
     more pairs than x has dims, a crop below size zero."""
-    if autocast_on():
+    if autocast_on(x):
         return autocast_call("pad2d", pad2d, x, padding, value, mode)
     amounts = _check(x, padding, mode)
     if not any(amounts):

@@ -187,7 +187,7 @@ def max_pool2d(x: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1,
     kernel_size, stride or dilation < 1; negative padding or padding above half the kernel
     (PyTorch's limit); a window that fits nowhere (no output pixel: in floor mode, a dilated
     kernel larger than the padded input)."""
-    if autocast_on():
+    if autocast_on(x):
         return autocast_call("max_pool2d", max_pool2d, x, kernel_size, stride, padding, dilation, ceil_mode,
                              return_indices)
     g = pool_args(x, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d")

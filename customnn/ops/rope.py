@@ -120,7 +120,7 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary position embedding of x (..., T, hs) with the tables cos, sin (T, hs/2) of
     ``rope_tables``: pair (x[..., i], x[..., i + hs/2]) at position t turned by the angle of
     (cos[t, i], sin[t, i])."""
-    if autocast_on():
+    if autocast_on(x):
         return autocast_call("rope", rope, x, cos, sin)
     check_tensor(x, "x")
     check_float(x, "x")
