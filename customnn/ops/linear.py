@@ -127,25 +127,30 @@ class _Embedding(torch.autograd.Function):
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ weight + bias`` for x (..., C), weight (C, OC), bias (OC,) -> (..., OC)."""
-    check_tensor(x, "x")
-    check_tensor(weight, "weight")
-    check_float(x, "x")
-    if weight.dim() != 2:
-        raise ValueError(f"weight must be 2-D (in_features, out_features), got shape {tuple(weight.shape)}")
-    if x.dim() < 1:
-        raise ValueError(f"x must have at least 1 dimension, got shape {tuple(x.shape)}")
-    if x.shape[-1] != weight.shape[0]:
+    # Each check costs a test of values already at hand; the messages are built only to refuse.
+    if not isinstance(x, torch.Tensor):
+        check_tensor(x, "x")
+    if not isinstance(weight, torch.Tensor):
+        check_tensor(weight, "weight")
+    if not x.is_floating_point():
+        check_float(x, "x")
+    xs, ws = x.shape, weight.shape
+    if len(ws) != 2:
+        raise ValueError(f"weight must be 2-D (in_features, out_features), got shape {tuple(ws)}")
+    if not xs:
+        raise ValueError(f"x must have at least 1 dimension, got shape {tuple(xs)}")
+    if xs[-1] != ws[0]:
         raise ValueError(
-            f"linear: x's last dimension ({x.shape[-1]}) must equal weight's first (in_features, "
-            f"{weight.shape[0]}); got x {tuple(x.shape)} and weight {tuple(weight.shape)}"
+            f"linear: x's last dimension ({xs[-1]}) must equal weight's first (in_features, "
+            f"{ws[0]}); got x {tuple(xs)} and weight {tuple(ws)}"
         )
     if x.dtype != weight.dtype:
         raise ValueError(f"x and weight must have the same dtype, got {x.dtype} and {weight.dtype}")
     if bias is not None:
         check_tensor(bias, "bias")
-        if bias.shape != (weight.shape[1],):
+        if bias.shape != ws[1:]:
             raise ValueError(
-                f"bias must have shape ({weight.shape[1]},) to match weight {tuple(weight.shape)}, "
+                f"bias must have shape ({ws[1]},) to match weight {tuple(ws)}, "
                 f"got {tuple(bias.shape)}"
             )
         if bias.dtype != x.dtype:
