@@ -34,6 +34,8 @@ Groups:
 - ``generate``: tokens per second (and ms per token) generating 500 tokens from one token with
   and without the KV cache (``customnn.models.sampling.generate``; GPT default-preset width,
   block_size 256), with learned positions and with RoPE.
+  Beside them, one token's cached step against the torch.nn twin's own cached step
+  (benchmarks/token_step.py), ms per token.
 - ``memory``: peak memory of a training step, ours and the twin's, each in its own process
   (CPU: peak RSS above the RSS before the step, from /proc/self/status VmHWM after resetting
   it through /proc/self/clear_refs, with glibc's mmap threshold fixed so freed tensors leave
@@ -409,6 +411,8 @@ def format_table(rows: list[dict]) -> str:
         ("conv", "conv2d fwd+bwd (custom vs F.conv2d)", "custom ms", "torch ms", "ratio"),
         ("reference", "loop references vs fast layers, fwd+bwd", "loops ms", "fast ms", "speed-up"),
         ("generate", "generation (custom GPT, temperature 1)", "cached tok/s", "uncached", "speed-up"),
+        ("token", "one token with the KV cache, no grad (custom vs the torch.nn twin's cached step)",
+         "custom ms", "torch ms", "ratio"),
         ("memory", "peak memory above the pre-step RSS, one process each", "custom MB", "torch MB", "ratio"),
     ]
     for group, title, a, b, r in sections:
@@ -446,6 +450,9 @@ def check_targets(rows: list[dict]) -> list[dict]:
             target = TEXTBOOK_TARGETS[row["name"].split()[0]]
             checks.append(dict(what=f"{row['name']} step (issue 25), ops / F", value=row["ratio"],
                                target=f"<= {target}", met=row["ratio"] <= target))
+        elif g == "token":
+            checks.append(dict(what="cached token, custom / twin's cached step (issue 25)", value=row["ratio"],
+                               target="<= 1.2", met=row["ratio"] <= 1.2))
         elif g == "calls":
             worst = max(row["fwd_ratio"], row["fwd_bwd_ratio"])
             checks.append(dict(what=f"call {row['name']}, worst of fwd, fwd+bwd (issue 25)", value=worst,
@@ -576,6 +583,8 @@ def run(args: argparse.Namespace, device: torch.device, threads: int) -> tuple[i
             rows += bench_reference(device, 3 if args.quick else 5, sample_s)
         elif group == "generate":
             rows += bench_generate(device, args.reps or (1 if args.quick else 3))
+            from token_step import bench_token_step  # benchmarks/token_step.py
+            rows += bench_token_step(device, reps, sample_s)
         elif group == "memory":
             rows += bench_memory(MEMORY_MODELS_QUICK if args.quick else list(MODELS), device, threads)
         elif group == "layers":

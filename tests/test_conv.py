@@ -25,6 +25,9 @@ CONFIGS = [
     ((2, 2, 5, 4), (3, 2, 5, 4), {}),                      # kernel covers the whole input
     ((2, 2, 3, 3), (2, 2, 5, 5), dict(padding=1)),          # kernel covers the padded input
     ((1, 3, 8, 8), (2, 3, 3, 3), dict(stride=2, padding=3, dilation=3)),
+    # "same"-size stride 1 with >= 16 input channels: dx as the convolution with the flipped weight
+    ((2, 16, 7, 6), (5, 16, 3, 3), dict(padding=1)),
+    ((2, 17, 6, 7), (4, 17, 5, 3), dict(padding=(2, 1))),
 ]
 
 

@@ -18,6 +18,9 @@ pixel of every image:
     dcol = w^T @ dout, then folded back into the padded input by *adding* each window's
            values where they were read from (windows overlap, so one input pixel gets
            several gradients; one index_add_ over a precomputed index), then un-padded.
+    dx   (stride 1, dilation 1, no groups, output the input's size) = the convolution of dout,
+           padded by k-1-p, with the weight flipped in space and its channels swapped:
+           the same chunked product as the forward, with no columns-sized product to fold.
 
 Groups (``groups=g``): the C input channels and O output channels are cut into g blocks;
 output block i sees input block i only, with weight (O, C/g, kh, kw). The columns' rows are
@@ -148,6 +151,9 @@ def _fold(dcols: torch.Tensor, x_shape, kh, kw, Ho, Wo, stride, padding, dilatio
 # the input for the seed's first layer). To keep a training step's peak memory near
 # PyTorch's, they are formed for a chunk of the batch at a time, at most this many bytes.
 MAX_COLUMN_BYTES = 2 * 2**20
+# From this many input channels, the dx of a "same"-size stride-1 convolution is computed as a
+# convolution (backward); with fewer, that product has too few output channels to be efficient.
+_TRANSPOSED_DX_MIN_C = 16
 
 
 def _batch_chunks(N: int, column_bytes_per_image: int) -> list[slice]:
@@ -156,37 +162,45 @@ def _batch_chunks(N: int, column_bytes_per_image: int) -> list[slice]:
     return [slice(i, min(i + step, N)) for i in range(0, N, step)]
 
 
+def _conv_product(x, weight, bias, stride, padding, dilation, groups) -> torch.Tensor:
+    """The convolution itself, im2col + one matrix product per chunk of the batch (no autograd):
+    x (N, C, H, W), symmetric padding (ph, pw) -> (N, O, Ho, Wo)."""
+    N, C, H, W = x.shape
+    O, Cg, kh, kw = weight.shape
+    Ho, Wo = _out_size(x.shape, weight.shape, stride, padding, dilation)
+    K, L = C * kh * kw, Ho * Wo
+    g, Og, Kg = groups, O // groups, K // groups
+    xp = pad_constant(x, *padding)  # (N, C, Hp, Wp)
+    wm = weight.reshape(O, K) if g == 1 else weight.reshape(g, Og, Kg)  # (O, K) or (g, Og, Kg), a view
+    out = x.new_empty((N, O, L))  # (N, O, L)
+    for s in _batch_chunks(N, K * L * x.element_size()):
+        n = s.stop - s.start
+        cols = _windows(xp[s], kh, kw, Ho, Wo, stride, dilation).reshape(n, K, L)  # (n, K, L), the im2col copy
+        if g == 1:
+            if bias is None:
+                torch.bmm(wm.expand(n, O, K), cols, out=out[s])  # (n, O, L)
+            else:
+                torch.baddbmm(bias.view(1, O, 1).expand(n, O, L), wm.expand(n, O, K), cols, out=out[s])
+        else:  # one product per image and group: (n*g, Og, Kg) @ (n*g, Kg, L)
+            prod = torch.bmm(wm.expand(n, g, Og, Kg).reshape(n * g, Og, Kg), cols.view(n * g, Kg, L))
+            out[s] = prod.view(n, O, L) if bias is None else prod.view(n, O, L) + bias.view(1, O, 1)
+        del cols
+    return out.view(N, O, Ho, Wo)
+
+
 class Conv2d(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
-        N, C, H, W = x.shape
-        O, Cg, kh, kw = weight.shape
-        Ho, Wo = _out_size(x.shape, weight.shape, stride, padding, dilation)
-        K, L = C * kh * kw, Ho * Wo
-        g, Og, Kg = groups, O // groups, K // groups
-        xp = pad_constant(x, *padding)  # (N, C, Hp, Wp)
-        wm = weight.reshape(O, K) if g == 1 else weight.reshape(g, Og, Kg)  # (O, K) or (g, Og, Kg), a view
-        out = x.new_empty((N, O, L))  # (N, O, L)
-        for s in _batch_chunks(N, K * L * x.element_size()):
-            n = s.stop - s.start
-            cols = _windows(xp[s], kh, kw, Ho, Wo, stride, dilation).reshape(n, K, L)  # (n, K, L), the im2col copy
-            if g == 1:
-                if bias is None:
-                    torch.bmm(wm.expand(n, O, K), cols, out=out[s])  # (n, O, L)
-                else:
-                    torch.baddbmm(bias.view(1, O, 1).expand(n, O, L), wm.expand(n, O, K), cols, out=out[s])
-            else:  # one product per image and group: (n*g, Og, Kg) @ (n*g, Kg, L)
-                prod = torch.bmm(wm.expand(n, g, Og, Kg).reshape(n * g, Og, Kg), cols.view(n * g, Kg, L))
-                out[s] = prod.view(n, O, L) if bias is None else prod.view(n, O, L) + bias.view(1, O, 1)
-            del cols
+        out = _conv_product(x, weight, bias, stride, padding, dilation, groups)  # (N, O, Ho, Wo)
+        Ho, Wo = out.shape[-2:]
         # x and the weight are kept for backward, not the columns: those are kh*kw times the
         # size of x (9x for a 3x3 kernel), and re-forming them costs one copy, cheap next to
         # the matrix products that use them.
         ctx.save_for_backward(x, weight)
         ctx.geometry = (stride, padding, dilation, Ho, Wo, groups)
         ctx.has_bias = bias is not None
-        return out.view(N, O, Ho, Wo)
+        return out
 
     @staticmethod
     def backward(ctx, dout):
@@ -202,6 +216,17 @@ class Conv2d(torch.autograd.Function):
             db = dout.sum((0, 2, 3))  # (O,)
         if need_dw:
             dw = weight.new_zeros((g, Og, Kg))  # (g, Og, Kg), summed over the chunks of the batch
+        (kh1, kw1), (ph, pw) = (kh - 1, kw - 1), padding
+        if (need_dx and g == 1 and C >= _TRANSPOSED_DX_MIN_C and stride == (1, 1) and dilation == (1, 1)
+                and (Ho, Wo) == (H, W)):
+            # "Same"-size stride 1: dx is the convolution of dout, padded by k-1-p, with the weight flipped
+            # and its in/out channels swapped (each input pixel sums the outputs its window
+            # offsets reached). The same chunked product as the forward, instead of a product
+            # the size of the columns and a scatter-add of it. (With less padding, the padded
+            # dout is larger than the output and this product costs more than the fold path.)
+            w_flip = weight.flip(2, 3).transpose(0, 1)  # (C, O, kh, kw)
+            dx = _conv_product(dout, w_flip, None, (1, 1), (kh1 - ph, kw1 - pw), (1, 1), 1)  # (N, C, H, W)
+            need_dx = False
         if need_dx:
             dx = x.new_empty(x.shape)  # (N, C, H, W)
             wt = weight.reshape(g, Og, Kg).transpose(1, 2)  # (g, Kg, Og)

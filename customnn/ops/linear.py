@@ -46,6 +46,10 @@ class _Linear(torch.autograd.Function):
         lead = x.shape[:-1]
         # (N, C), a view when x is contiguous; N spelt out, as -1 is ambiguous when C or N is 0
         x2 = x.reshape(math.prod(lead), C)
+        if not ctx.needs_input_grad[0] and not ctx.needs_input_grad[1] and bias is None and OC > _NARROW:
+            # Nothing to keep for a backward (no grad: evaluation, generation): matmul folds the
+            # leading dims into one product itself, with no view of the result to make here.
+            return torch.matmul(x, weight)  # (..., OC)
         if OC <= _NARROW:
             # A narrow output (a classifier head): the BLAS is several times faster at the
             # transposed product out^T = W^T x^T (OC, N) than at x W with only OC columns.
@@ -130,25 +134,30 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """``x @ weight + bias`` for x (..., C), weight (C, OC), bias (OC,) -> (..., OC)."""
     if autocast_on(x):
         return autocast_call("linear", linear, x, weight, bias)
-    check_tensor(x, "x")
-    check_tensor(weight, "weight")
-    check_float(x, "x")
-    if weight.dim() != 2:
-        raise ValueError(f"weight must be 2-D (in_features, out_features), got shape {tuple(weight.shape)}")
-    if x.dim() < 1:
-        raise ValueError(f"x must have at least 1 dimension, got shape {tuple(x.shape)}")
-    if x.shape[-1] != weight.shape[0]:
+    # Each check costs a test of values already at hand; the messages are built only to refuse.
+    if not isinstance(x, torch.Tensor):
+        check_tensor(x, "x")
+    if not isinstance(weight, torch.Tensor):
+        check_tensor(weight, "weight")
+    if not x.is_floating_point():
+        check_float(x, "x")
+    xs, ws = x.shape, weight.shape
+    if len(ws) != 2:
+        raise ValueError(f"weight must be 2-D (in_features, out_features), got shape {tuple(ws)}")
+    if not xs:
+        raise ValueError(f"x must have at least 1 dimension, got shape {tuple(xs)}")
+    if xs[-1] != ws[0]:
         raise ValueError(
-            f"linear: x's last dimension ({x.shape[-1]}) must equal weight's first (in_features, "
-            f"{weight.shape[0]}); got x {tuple(x.shape)} and weight {tuple(weight.shape)}"
+            f"linear: x's last dimension ({xs[-1]}) must equal weight's first (in_features, "
+            f"{ws[0]}); got x {tuple(xs)} and weight {tuple(ws)}"
         )
     if x.dtype != weight.dtype:
         raise ValueError(f"x and weight must have the same dtype, got {x.dtype} and {weight.dtype}")
     if bias is not None:
         check_tensor(bias, "bias")
-        if bias.shape != (weight.shape[1],):
+        if bias.shape != ws[1:]:
             raise ValueError(
-                f"bias must have shape ({weight.shape[1]},) to match weight {tuple(weight.shape)}, "
+                f"bias must have shape ({ws[1]},) to match weight {tuple(ws)}, "
                 f"got {tuple(bias.shape)}"
             )
         if bias.dtype != x.dtype:

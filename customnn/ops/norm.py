@@ -56,6 +56,9 @@ def layer_norm_reference(x: torch.Tensor, weight: torch.Tensor | None, bias: tor
     return _affine((x - mean) / torch.sqrt(var + eps), weight, bias, shape)
 
 
+_FEW_ROWS = 8  # up to this many rows, layer_norm's statistics come from one var_mean
+
+
 class _LayerNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
@@ -63,11 +66,17 @@ class _LayerNorm(torch.autograd.Function):
         x2 = x.reshape(math.prod(x.shape[:-1]), C)  # (N, C): every leading position is a row (N spelt out for C == 0)
         # Two passes (the mean, then the mean square about it): exact enough, and several times
         # faster on CPU than torch.var_mean's one-pass Welford.
-        mean = x2.mean(1, keepdim=True)  # (N, 1)
-        xhat = x2 - mean  # (N, C), centred now, normalised in place below
-        # The biased variance is ||x - mean||^2 / C: the row norm is one reduction kernel, with
-        # no (N, C) tensor of squares to allocate and then average.
-        var = torch.linalg.vector_norm(xhat, dim=1, keepdim=True).square_().div_(C)  # (N, 1)
+        if x2.shape[0] <= _FEW_ROWS:
+            # A few rows (a generated token): the dispatched operations are what costs, so the
+            # mean and biased variance come from one var_mean.
+            var, mean = torch.var_mean(x2, 1, correction=0, keepdim=True)  # (N, 1) each
+            xhat = x2 - mean  # (N, C), centred now, normalised in place below
+        else:
+            mean = x2.mean(1, keepdim=True)  # (N, 1)
+            xhat = x2 - mean  # (N, C), centred now, normalised in place below
+            # The biased variance is ||x - mean||^2 / C: the row norm is one reduction kernel, with
+            # no (N, C) tensor of squares to allocate and then average.
+            var = torch.linalg.vector_norm(xhat, dim=1, keepdim=True).square_().div_(C)  # (N, 1)
         rstd = var.add_(eps).rsqrt_()  # (N, 1)
         xhat.mul_(rstd)
         if weight is None:
