@@ -32,6 +32,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -293,7 +294,8 @@ def load_tokens(text, val_text, data_dir, kind: str = "char", vocab_size: int | 
     val_files = list_sources(val_text) if val_text is not None else []
     source = fingerprint(files, val_files)
     folder = cache_dir(data_dir)
-    stem = f"{Path(files[0]).stem[:40] if len(files) == 1 else Path(str(text).rstrip('/')).name[:40] or 'corpus'}-{source}"
+    name = Path(files[0]).stem if len(files) == 1 else Path(str(text).rstrip("/")).name
+    stem = f"{re.sub(r'[^A-Za-z0-9._-]+', '_', name)[:40] or 'corpus'}-{source}"  # a readable, safe file name
     scanned = {}
 
     def scan():  # characters per piece (and the set of characters), once
