@@ -144,6 +144,10 @@ def test_ctrl_c_while_writing_leaves_no_cache(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         tk.write_cache(path, arrays(), "h", "s", "uint16")
     assert list(tmp_path.iterdir()) == []
+    killed = tmp_path / ".x.tokens.tmp-999999999"  # what a writer killed with SIGKILL leaves: removed on the next load
+    killed.write_bytes(b"half")
+    tk.remove_stale_temporaries(tmp_path)
+    assert not killed.exists()
     tk.write_cache(path, iter([np.arange(70_000) % 65536]), "h", "s", "uint16")
     assert tk.open_cache(path, "h", "s")[-1] == 69_999 % 65536
     assert tk.open_cache(path, "other tokenizer", "s") is None and tk.open_cache(path, "h", "other text") is None

@@ -41,7 +41,7 @@ import numpy as np
 
 from customnn.data.tokenizer import safe_cuts, tokenizer_from_header, train_tokenizer
 from customnn.errors import UserError
-from customnn.fileio import atomic_write_text
+from customnn.fileio import atomic_write_text, remove_stale_temporaries
 
 TRAIN_FRACTION = 0.9  # nanoGPT's split: first 90% train, last 10% validation
 MAGIC = b"CNNTOK\x00\x01"
@@ -294,6 +294,7 @@ def load_tokens(text, val_text, data_dir, kind: str = "char", vocab_size: int | 
     val_files = list_sources(val_text) if val_text is not None else []
     source = fingerprint(files, val_files)
     folder = cache_dir(data_dir)
+    remove_stale_temporaries(folder)  # what writers killed mid-cache left (never trusted: not a cache's name)
     name = Path(files[0]).stem if len(files) == 1 else Path(str(text).rstrip("/")).name
     stem = f"{re.sub(r'[^A-Za-z0-9._-]+', '_', name)[:40] or 'corpus'}-{source}"  # a readable, safe file name
     scanned = {}
