@@ -129,7 +129,7 @@ EOF
 step precision 240 "$PY" - "$LOG/precision" <<'EOF' || status=1
 import subprocess, sys
 from pathlib import Path
-from customnn.checkpoint import load_checkpoint
+from customnn.train.checkpoint import load_checkpoint
 out = Path(sys.argv[1])
 for precision in ("32", "bf16", "fp16"):
     folder = out / precision

@@ -161,7 +161,7 @@ def test_fp16_run_saves_its_scale_and_resumes_as_one_uninterrupted(tmp_path):
 
 
 def test_mixed_precision_needs_float32_master_weights():
-    from customnn.errors import UserError
+    from customnn.core.errors import UserError
 
     with pytest.raises(UserError, match="--precision bf16 keeps float32 master weights"):
         make_config("tiny", precision="bf16", dtype="float64").check()

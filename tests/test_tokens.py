@@ -81,6 +81,9 @@ def test_char_cache_is_the_seeds_split_and_is_reused(cache, monkeypatch):
     text = SHAKESPEARE.read_text()
     assert (len(corpus.train), len(corpus.val)) == (1_003_854, 111_540)
     assert corpus.tokenizer.decode(corpus.val[-30:]) == text[-30:] and isinstance(corpus.train, np.memmap)
+    # the ids the whole-file reader gave (nanoGPT's shakespeare_char): a character's index in the sorted set
+    ids = Vocab.from_text(text).encode_tensor(text).numpy()
+    assert np.array_equal(corpus.train, ids[:1_003_854]) and np.array_equal(corpus.val, ids[1_003_854:])
     files = sorted(cache.iterdir())
     assert [f.name.rsplit(".", 2)[-2:] for f in files if f.suffix == ".tokens"] == [["train", "tokens"],
                                                                                    ["val", "tokens"]]
@@ -141,6 +144,10 @@ def test_ctrl_c_while_writing_leaves_no_cache(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         tk.write_cache(path, arrays(), "h", "s", "uint16")
     assert list(tmp_path.iterdir()) == []
+    killed = tmp_path / ".x.tokens.tmp-999999999"  # what a writer killed with SIGKILL leaves: removed on the next load
+    killed.write_bytes(b"half")
+    tk.remove_stale_temporaries(tmp_path)
+    assert not killed.exists()
     tk.write_cache(path, iter([np.arange(70_000) % 65536]), "h", "s", "uint16")
     assert tk.open_cache(path, "h", "s")[-1] == 69_999 % 65536
     assert tk.open_cache(path, "other tokenizer", "s") is None and tk.open_cache(path, "h", "other text") is None

@@ -32,6 +32,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +41,8 @@ import numpy as np
 
 from customnn.data.tokenizer import safe_cuts, tokenizer_from_header, train_tokenizer
 from customnn.core.errors import UserError
+from customnn.core.fileio import atomic_write_text, remove_stale_temporaries
 from customnn.core.progress import Progress
-from customnn.core.fileio import atomic_write_text
 
 TRAIN_FRACTION = 0.9  # nanoGPT's split: first 90% train, last 10% validation
 MAGIC = b"CNNTOK\x00\x01"
@@ -294,7 +295,9 @@ def load_tokens(text, val_text, data_dir, kind: str = "char", vocab_size: int | 
     val_files = list_sources(val_text) if val_text is not None else []
     source = fingerprint(files, val_files)
     folder = cache_dir(data_dir)
-    stem = f"{Path(files[0]).stem[:40] if len(files) == 1 else Path(str(text).rstrip('/')).name[:40] or 'corpus'}-{source}"
+    remove_stale_temporaries(folder)  # what writers killed mid-cache left (never trusted: not a cache's name)
+    name = Path(files[0]).stem if len(files) == 1 else Path(str(text).rstrip("/")).name
+    stem = f"{re.sub(r'[^A-Za-z0-9._-]+', '_', name)[:40] or 'corpus'}-{source}"  # a readable, safe file name
     scanned = {}
 
     def scan():  # characters per piece (and the set of characters), once
