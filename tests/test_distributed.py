@@ -247,7 +247,7 @@ def test_a_batch_the_processes_do_not_divide_is_a_one_line_error(tmp_path):
 def test_a_time_budget_ends_every_rank_at_the_same_step(tmp_path):
     """With --time-budget, rank 0's clock plans the steps and the plan is exchanged every
     PLAN_SYNC_STEPS steps: both ranks end at the step it planned, and the run fits the budget."""
-    from customnn.train.engine import PLAN_SYNC_STEPS
+    from customnn.train.budget import PLAN_SYNC_STEPS
 
     budget = 8
     args = ["train", "gpt", "--preset", "tiny", "--max-iters", 1_000_000, "--eval-interval", 200,

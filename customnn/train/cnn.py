@@ -320,7 +320,7 @@ def train(cfg: CNNTrainConfig, quiet: bool = False, given: dict | None = None, m
     """
     out = train_with(CNNTrainer, cfg, quiet, given, model)
     vals = out["evals"]
-    test = out["test"] or {"loss": float("nan"), "accuracy": float("nan"), "correct": 0, "n": 0}
+    test = out.get("test") or {"loss": float("nan"), "accuracy": float("nan"), "correct": 0, "n": 0}
     return {**out, "vals": vals, "epoch_times": CNNTrainer.epoch_times(vals),
             "val_accuracy": vals[-1]["accuracy"] if vals else float("nan"), "test_loss": test["loss"],
             "test_accuracy": test["accuracy"], "correct": test["correct"], "n_test": test["n"]}
