@@ -31,7 +31,7 @@ from customnn.core.validate import vocabulary
 
 DEFAULT_TEXT = "tinyshakespeare/input.txt"  # relative to the data directory
 TRAIN_FRACTION = 0.9  # nanoGPT's split: first 90% train, last 10% validation
-ENCODE_CHUNK = 2**22  # characters encoded at a time: about 50 ms of work, 48 MiB of temporaries
+ENCODE_CHUNK = 2**22  # characters encoded at a time: under 0.3 s on a loaded 2-core CPU, ~64 MiB of temporaries
 
 
 class Vocab:
@@ -69,19 +69,21 @@ class Vocab:
         ids = np.empty(len(text), dtype=np.int64)  # (N,)
         starts = range(0, len(text), ENCODE_CHUNK)
         progress = Progress(len(starts), f"encoding {len(text):,} characters", "chunks")
-        for start in starts:
-            piece = text[start:start + ENCODE_CHUNK]
-            codes = np.frombuffer(piece.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)  # (n,)
-            chunk = ids[start:start + len(piece)]
-            np.take(table, np.minimum(codes, len(table) - 1), out=chunk)
-            chunk[codes >= len(table)] = -1
-            unknown = np.flatnonzero(chunk < 0)
-            if len(unknown):
-                i = start + int(unknown[0])
-                raise UserError(f"character {text[i]!r} (U+{ord(text[i]):04X}) at position {i} is not in the "
-                                f"model's vocabulary of {len(self)} characters")
-            progress.update()
-        progress.close()
+        try:
+            for start in starts:
+                piece = text[start:start + ENCODE_CHUNK]
+                codes = np.frombuffer(piece.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)  # (n,)
+                chunk = ids[start:start + len(piece)]
+                np.take(table, np.minimum(codes, len(table) - 1), out=chunk)
+                chunk[codes >= len(table)] = -1
+                unknown = np.flatnonzero(chunk < 0)
+                if len(unknown):
+                    i = start + int(unknown[0])
+                    raise UserError(f"character {text[i]!r} (U+{ord(text[i]):04X}) at position {i} is not in "
+                                    f"the model's vocabulary of {len(self)} characters")
+                progress.update()
+        finally:
+            progress.close()
         return torch.from_numpy(ids)
 
     def decode(self, ids) -> str:
