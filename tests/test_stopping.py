@@ -197,3 +197,28 @@ def test_sigterm_during_a_checkpoint_write_lets_it_finish_and_stops_after_it(tmp
     assert result["interrupted"] and result["step"] == 0
     assert saved == [("best.safetensors", 0), ("last.safetensors", 0)]  # the evaluation's saves, nothing after
     assert load_checkpoint(Path(result["run_dir"]) / "last.safetensors").state["engine"]["evaluated_at"] == 0
+
+
+def test_a_stop_in_a_nanogpt_rng_evaluation_leaves_the_shared_stream_as_it_was(tmp_path, monkeypatch):
+    """With --nanogpt-rng the evaluations draw from the training stream: one abandoned halfway
+    puts the stream back, so that the resumed run evaluates and trains as an uninterrupted one."""
+    from customnn.train import gpt
+    from customnn.train.gpt import make_config, train
+
+    common = dict(max_iters=12, lr_decay_iters=12, eval_interval=6, eval_iters=3, log_interval=1, nanogpt_rng=True,
+                  device="cpu")
+    full = train(make_config("tiny", **common, out=str(tmp_path / "full")), quiet=True)
+    calls, real = [], gpt.get_batch
+
+    def get_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 6 + 4:  # the evaluation at step 0 draws 6 batches; stop in the middle of step 6's
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gpt, "get_batch", get_batch)
+    part = train(make_config("tiny", **common, out=str(tmp_path / "part")), quiet=True)
+    assert part["interrupted"] and part["step"] == 6 and [r["step"] for r in part["evals"]] == [0]
+    monkeypatch.setattr(gpt, "get_batch", real)
+    resumed = train(make_config("tiny", **common, resume=str(part["run_dir"])), quiet=True)
+    assert losses(Path(resumed["run_dir"])) == losses(Path(full["run_dir"]))

@@ -34,8 +34,9 @@ class InterruptFlag:
     The loop finishes its step, saves a checkpoint and exits cleanly; a second Ctrl-C
     interrupts at once (KeyboardInterrupt). Work whose result can be thrown away (an
     evaluation, preparing the data) runs inside ``abandonable()``: there the first signal also
-    raises ``Interrupted`` at once, between two Python operations (within one torch call, not
-    after the whole evaluation), so a stop is honoured within seconds wherever the time goes.
+    raises ``Interrupted`` at once, at the next Python operation (once the torch call under way
+    returns, not after the whole evaluation), so a stop is honoured within seconds wherever the
+    time goes.
     A checkpoint being written is never abandoned by the first signal: it completes (atomically,
     customnn/core/fileio.py), and a second Ctrl-C abandons it, leaving the previous file.
     """
