@@ -32,7 +32,7 @@ def test_presets_nanogpt_cpu_is_nanogpts_documented_run():
         0.9, 0.99, 0.1, 1.0, 0.0, 20)
     assert cfg.decay_embeddings and not make_config("default").decay_embeddings  # nanoGPT decays every matrix
     assert cfg.nanogpt_rng and not make_config("default").nanogpt_rng  # nanoGPT's random stream
-    assert set(PRESETS) == {"nanogpt-cpu", "default", "modern", "tiny"}
+    assert set(PRESETS) == {"nanogpt-cpu", "default", "modern", "bpe", "tiny"}
     with pytest.raises(UserError, match="unknown preset 'huge'"):
         make_config("huge")
     with pytest.raises(UserError, match="--n-embd \\(30\\) must be divisible by --n-head"):
@@ -52,6 +52,14 @@ def test_the_modern_preset_is_the_default_with_rope_trained_with_muon(tmp_path):
     result = train(make_config("modern", **small), quiet=True)
     assert result["step"] == 6 and math.isfinite(result["final_val_loss"])
     assert result["final_val_loss"] < math.log(len(result["vocab"]))  # it learned something in 6 steps
+
+
+def test_the_bpe_preset_is_the_default_on_bpe_tokens():
+    from dataclasses import asdict
+
+    bpe, default = asdict(make_config("bpe")), asdict(make_config("default"))
+    changed = {k: v for k, v in bpe.items() if default[k] != v}
+    assert changed == dict(preset="bpe", tokenizer="bpe", vocab_size=2048)  # the sweep's pick (README)
 
 
 def test_no_weight_decay_on_biases_norms_and_embeddings():

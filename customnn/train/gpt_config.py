@@ -7,7 +7,8 @@ not give (``adapt_defaults``). The trainer that uses them is ``customnn/train/gp
 
 Presets (``--preset``; every field can be overridden by its flag, e.g. ``--max-iters 500``):
 ``nanogpt-cpu`` is nanoGPT's documented CPU run, ``default`` ten minutes on a 2-core CPU,
-``modern`` the same ten minutes with rotary positions and trained with Muon, ``tiny`` a few seconds for tests.
+``modern`` the same ten minutes with rotary positions and trained with Muon, ``bpe`` the default's
+ten minutes on byte-level BPE tokens, ``tiny`` a few seconds for tests.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ DEFAULT_BPE_VOCAB = 1024  # --tokenizer bpe without --vocab-size
 class GPTTrainConfig(TrainConfig):
     """Everything a GPT run depends on. Defaults are the ``default`` preset's."""
 
-    preset: str = setting("default", "starting values: nanogpt-cpu, default, modern or tiny",
-                          choices=("nanogpt-cpu", "default", "modern", "tiny"))  # recorded in config.json
+    preset: str = setting("default", "starting values: nanogpt-cpu, default, modern, bpe or tiny",
+                          choices=("nanogpt-cpu", "default", "modern", "bpe", "tiny"))  # recorded in config.json
     # model (GPTConfig; vocab_size comes from the tokenizer)
     n_layer: int = setting(4, "Transformer blocks")  # nanoGPT's CPU model: 4 blocks of width 128, 0.8M parameters
     n_head: int = setting(4, "attention heads")  # head size 32
@@ -157,6 +158,10 @@ PRESETS: dict[str, dict] = {
     # cpu-gpt-ablation.txt): of the combinations of today's layers and Muon measured, the lowest
     # val loss in the default's 580 s, on both seeds (Muon alone came second, all five third).
     "modern": dict(pos="rope", optimizer="muon"),
+    # The default's model and ten minutes on byte-level BPE tokens. The vocabulary is the sweep's
+    # best in bits per byte (benchmarks/gpt_ablation.py with bpe-512/1024/2048 against default,
+    # each for half the steps the 580 s budget fits; benchmarks/results/cpu-gpt-bpe.txt): 2048.
+    "bpe": dict(tokenizer="bpe", vocab_size=2048),
     # A few seconds: tests and smoke runs.
     "tiny": dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=8, max_iters=100, lr=3e-3,
                  min_lr=3e-4, warmup_iters=5, eval_interval=50, eval_iters=4, log_interval=5, time_budget=None),
