@@ -101,7 +101,9 @@ def offset_view(xp: torch.Tensor, i: int, j: int, stride, out_size) -> torch.Ten
     the kh*kw kernel offsets and combining these views elementwise is much faster than
     reducing a window axis (on large inputs)."""
     (sh, sw), (Ho, Wo) = stride, out_size
-    sN, sC, sH, sW = xp.stride()
+    if torch.compiler.is_compiling():  # TorchDynamo does not trace storage_offset(): the same view by slicing
+        return xp[:, :, i: i + sh * (Ho - 1) + 1: sh, j: j + sw * (Wo - 1) + 1: sw]
+    sN, sC, sH, sW = xp.stride()  # one as_strided call costs a fraction of a 4-D slice
     return xp.as_strided((xp.shape[0], xp.shape[1], Ho, Wo), (sN, sC, sh * sH, sw * sW),
                          xp.storage_offset() + i * sH + j * sW)
 
@@ -111,7 +113,7 @@ def windows_view(xp: torch.Tensor, g: Geometry) -> torch.Tensor:
     (kh, kw), (sh, sw), (dh, dw), (Ho, Wo) = g.kernel, g.stride, g.dilation, g.out_size
     sN, sC, sH, sW = xp.stride()
     return xp.as_strided((xp.shape[0], xp.shape[1], Ho, Wo, kh, kw),
-                         (sN, sC, sh * sH, sw * sW, dh * sH, dw * sW), xp.storage_offset())
+                         (sN, sC, sh * sH, sw * sW, dh * sH, dw * sW))  # from xp's own storage offset
 
 
 def tiles(g: Geometry, in_size) -> bool:
