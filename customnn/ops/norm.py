@@ -66,14 +66,12 @@ class _LayerNorm(torch.autograd.Function):
         x2 = x.reshape(math.prod(x.shape[:-1]), C)  # (N, C): every leading position is a row (N spelt out for C == 0)
         # Two passes (the mean, then the mean square about it): exact enough, and several times
         # faster on CPU than torch.var_mean's one-pass Welford.
-        if x2.shape[0] <= _FEW_ROWS:
-            # A few rows (a generated token): the dispatched operations are what costs, so the
-            # mean and biased variance come from one var_mean.
-            var, mean = torch.var_mean(x2, 1, correction=0, keepdim=True)  # (N, 1) each
+        if x2.shape[0] <= _FEW_ROWS:  # a generated token: the dispatched operations are what costs
+            var, mean = torch.var_mean(x2, 1, correction=0, keepdim=True)  # (N, 1) each, in one call
             xhat = x2 - mean  # (N, C), centred now, normalised in place below
         else:
             mean = x2.mean(1, keepdim=True)  # (N, 1)
-            xhat = x2 - mean  # (N, C), centred now, normalised in place below
+            xhat = x2 - mean
             # The biased variance is ||x - mean||^2 / C: the row norm is one reduction kernel, with
             # no (N, C) tensor of squares to allocate and then average.
             var = torch.linalg.vector_norm(xhat, dim=1, keepdim=True).square_().div_(C)  # (N, 1)

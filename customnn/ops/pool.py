@@ -51,7 +51,7 @@ def max_pool2d_reference(x: torch.Tensor, kernel_size, stride=None, padding=0, d
     out, pos = windows_reference(xb, g, float("-inf")).max(dim=-1)  # (N, C, Ho, Wo) each
     if not return_indices:
         return out if g.batched else out.squeeze(0)
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (Ho, Wo) = g.kernel, g.stride, g.padding, g.dilation, g.out_size
+    kw, (sh, sw), (ph, pw), (dh, dw), (Ho, Wo) = g.kernel[1], g.stride, g.padding, g.dilation, g.out_size
     row = torch.arange(Ho).view(Ho, 1) * sh - ph + (pos // kw) * dh  # (N, C, Ho, Wo) input row of the max
     col = torch.arange(Wo).view(1, Wo) * sw - pw + (pos % kw) * dw
     idx = row * xb.shape[-1] + col
