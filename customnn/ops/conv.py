@@ -18,9 +18,6 @@ pixel of every image:
     dcol = w^T @ dout, then folded back into the padded input by *adding* each window's
            values where they were read from (windows overlap, so one input pixel gets
            several gradients; one index_add_ over a precomputed index), then un-padded.
-    dx   (stride 1, dilation 1, no groups, output the input's size) = the convolution of dout,
-           padded by k-1-p, with the weight flipped in space and its channels swapped:
-           the same chunked product as the forward, with no columns-sized product to fold.
 
 Groups (``groups=g``): the C input channels and O output channels are cut into g blocks;
 output block i sees input block i only, with weight (O, C/g, kh, kw). The columns' rows are
@@ -151,9 +148,6 @@ def _fold(dcols: torch.Tensor, x_shape, kh, kw, Ho, Wo, stride, padding, dilatio
 # the input for the seed's first layer). To keep a training step's peak memory near
 # PyTorch's, they are formed for a chunk of the batch at a time, at most this many bytes.
 MAX_COLUMN_BYTES = 2 * 2**20
-# From this many input channels, the dx of a "same"-size stride-1 convolution is computed as a
-# convolution (backward); with fewer, that product has too few output channels to be efficient.
-_TRANSPOSED_DX_MIN_C = 16
 
 
 def _batch_chunks(N: int, column_bytes_per_image: int) -> list[slice]:
@@ -216,17 +210,6 @@ class Conv2d(torch.autograd.Function):
             db = dout.sum((0, 2, 3))  # (O,)
         if need_dw:
             dw = weight.new_zeros((g, Og, Kg))  # (g, Og, Kg), summed over the chunks of the batch
-        (kh1, kw1), (ph, pw) = (kh - 1, kw - 1), padding
-        if (need_dx and g == 1 and C >= _TRANSPOSED_DX_MIN_C and stride == (1, 1) and dilation == (1, 1)
-                and (Ho, Wo) == (H, W)):
-            # "Same"-size stride 1: dx is the convolution of dout, padded by k-1-p, with the weight flipped
-            # and its in/out channels swapped (each input pixel sums the outputs its window
-            # offsets reached). The same chunked product as the forward, instead of a product
-            # the size of the columns and a scatter-add of it. (With less padding, the padded
-            # dout is larger than the output and this product costs more than the fold path.)
-            w_flip = weight.flip(2, 3).transpose(0, 1)  # (C, O, kh, kw)
-            dx = _conv_product(dout, w_flip, None, (1, 1), (kh1 - ph, kw1 - pw), (1, 1), 1)  # (N, C, H, W)
-            need_dx = False
         if need_dx:
             dx = x.new_empty(x.shape)  # (N, C, H, W)
             wt = weight.reshape(g, Og, Kg).transpose(1, 2)  # (g, Kg, Og)
