@@ -156,45 +156,37 @@ def _batch_chunks(N: int, column_bytes_per_image: int) -> list[slice]:
     return [slice(i, min(i + step, N)) for i in range(0, N, step)]
 
 
-def _conv_product(x, weight, bias, stride, padding, dilation, groups) -> torch.Tensor:
-    """The convolution itself, im2col + one matrix product per chunk of the batch (no autograd):
-    x (N, C, H, W), symmetric padding (ph, pw) -> (N, O, Ho, Wo)."""
-    N, C, H, W = x.shape
-    O, Cg, kh, kw = weight.shape
-    Ho, Wo = _out_size(x.shape, weight.shape, stride, padding, dilation)
-    K, L = C * kh * kw, Ho * Wo
-    g, Og, Kg = groups, O // groups, K // groups
-    xp = pad_constant(x, *padding)  # (N, C, Hp, Wp)
-    wm = weight.reshape(O, K) if g == 1 else weight.reshape(g, Og, Kg)  # (O, K) or (g, Og, Kg), a view
-    out = x.new_empty((N, O, L))  # (N, O, L)
-    for s in _batch_chunks(N, K * L * x.element_size()):
-        n = s.stop - s.start
-        cols = _windows(xp[s], kh, kw, Ho, Wo, stride, dilation).reshape(n, K, L)  # (n, K, L), the im2col copy
-        if g == 1:
-            if bias is None:
-                torch.bmm(wm.expand(n, O, K), cols, out=out[s])  # (n, O, L)
-            else:
-                torch.baddbmm(bias.view(1, O, 1).expand(n, O, L), wm.expand(n, O, K), cols, out=out[s])
-        else:  # one product per image and group: (n*g, Og, Kg) @ (n*g, Kg, L)
-            prod = torch.bmm(wm.expand(n, g, Og, Kg).reshape(n * g, Og, Kg), cols.view(n * g, Kg, L))
-            out[s] = prod.view(n, O, L) if bias is None else prod.view(n, O, L) + bias.view(1, O, 1)
-        del cols
-    return out.view(N, O, Ho, Wo)
-
-
 class Conv2d(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
-        out = _conv_product(x, weight, bias, stride, padding, dilation, groups)  # (N, O, Ho, Wo)
-        Ho, Wo = out.shape[-2:]
+        N, C, H, W = x.shape
+        O, Cg, kh, kw = weight.shape
+        Ho, Wo = _out_size(x.shape, weight.shape, stride, padding, dilation)
+        K, L = C * kh * kw, Ho * Wo
+        g, Og, Kg = groups, O // groups, K // groups
+        xp = pad_constant(x, *padding)  # (N, C, Hp, Wp)
+        wm = weight.reshape(O, K) if g == 1 else weight.reshape(g, Og, Kg)  # (O, K) or (g, Og, Kg), a view
+        out = x.new_empty((N, O, L))  # (N, O, L)
+        for s in _batch_chunks(N, K * L * x.element_size()):
+            n = s.stop - s.start
+            cols = _windows(xp[s], kh, kw, Ho, Wo, stride, dilation).reshape(n, K, L)  # (n, K, L), the im2col copy
+            if g == 1:
+                if bias is None:
+                    torch.bmm(wm.expand(n, O, K), cols, out=out[s])  # (n, O, L)
+                else:
+                    torch.baddbmm(bias.view(1, O, 1).expand(n, O, L), wm.expand(n, O, K), cols, out=out[s])
+            else:  # one product per image and group: (n*g, Og, Kg) @ (n*g, Kg, L)
+                prod = torch.bmm(wm.expand(n, g, Og, Kg).reshape(n * g, Og, Kg), cols.view(n * g, Kg, L))
+                out[s] = prod.view(n, O, L) if bias is None else prod.view(n, O, L) + bias.view(1, O, 1)
+            del cols
         # x and the weight are kept for backward, not the columns: those are kh*kw times the
         # size of x (9x for a 3x3 kernel), and re-forming them costs one copy, cheap next to
         # the matrix products that use them.
         ctx.save_for_backward(x, weight)
         ctx.geometry = (stride, padding, dilation, Ho, Wo, groups)
         ctx.has_bias = bias is not None
-        return out
+        return out.view(N, O, Ho, Wo)
 
     @staticmethod
     def backward(ctx, dout):
