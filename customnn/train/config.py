@@ -120,6 +120,14 @@ def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def refuse_builtin_flags(builtin_flags, shown: dict, model) -> None:
+    """One line for a built-in model's flag given with ``--model`` (it would not reach the class)."""
+    flags = [k for k in builtin_flags if k in shown]
+    if flags:
+        raise UserError(f"{flag_name(flags[0])} is a setting of the built-in model; --model {model.cls.__name__} "
+                        f"takes --model-arg NAME=VALUE instead")
+
+
 def default_of(f):
     return f.default if f.default is not MISSING else f.default_factory()
 

@@ -49,14 +49,13 @@ from customnn.core.progress import progress_bar
 from customnn.optim import clip_grad_norm_, grads_are_finite, set_lr
 from customnn.core.runtime import Interrupted, InterruptFlag, release_free_memory, rng_state, set_rng_state
 from customnn.train.budget import StepPlanner
-from customnn.train.config import given_in_python, open_for_resume
+from customnn.train.config import given_in_python, open_for_resume, refuse_builtin_flags
 from customnn.train.divergence import Diverged, diverged_message, loss_is_healthy, what_diverged  # noqa: F401
 from customnn.train.distributed import Dist, GradSync, PeerLost
 from customnn.train.loading import check_compile, compile_model
 from customnn.train.precision import FLOAT32, Precision
 from customnn.train.rundir import FollowerRunDir, RunDir
 from customnn.train.trainer import Trainer
-from customnn.train.usermodel import refuse_builtin_flags
 from customnn.train.zero import ZeroAdamW
 
 class Engine:

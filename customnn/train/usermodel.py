@@ -346,12 +346,3 @@ def current_settings(model: Module) -> dict:
                 out[name] = getattr(source, name)
                 break
     return out
-
-
-def refuse_builtin_flags(builtin_flags, shown: dict, model) -> None:
-    """One line for a built-in model's flag given with ``--model`` (it would not reach the class)."""
-    flags = [k for k in builtin_flags if k in shown]
-    if flags:
-        name = "--" + flags[0].replace("_", "-")
-        raise UserError(f"{name} is a setting of the built-in model; --model {model.cls.__name__} takes "
-                        f"--model-arg NAME=VALUE instead")
