@@ -599,7 +599,7 @@ def run(args: argparse.Namespace, device: torch.device, threads: int) -> tuple[i
     targets = check_targets(rows)
     print(format_table(rows))
     if targets:
-        print("\ntargets (issues 5 and 25)")
+        print("\ntargets")
         for t in targets:
             print(f"  {t['what']:<58} {t['value']:>7.2f}  target {t['target']:<7} {'met' if t['met'] else 'NOT met'}")
     elapsed = time.perf_counter() - start

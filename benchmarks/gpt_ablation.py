@@ -18,6 +18,9 @@ Two parts, so that a shared machine does not decide the result:
    prints one JSON line: name, seed, steps, final val loss and bits per byte, wall seconds.
 
 3. ``table RESULTS.jsonl SPEED.json``: the README's table from those lines.
+
+A name ``NAME@DIR`` is configuration NAME trained on the corpus DIR (``--text DIR``) instead of
+Tiny Shakespeare, e.g. ``default@/tmp/pytext`` (benchmarks/text_tokens.py writes that corpus).
 """
 import json, statistics, subprocess, sys, time
 
@@ -34,8 +37,17 @@ CONFIGS = {  # name -> flags of `customnn train gpt` over the default preset
     "bpe-512": ["--tokenizer", "bpe", "--vocab-size", "512"],
     "bpe-1024": ["--tokenizer", "bpe", "--vocab-size", "1024"],
     "bpe-2048": ["--tokenizer", "bpe", "--vocab-size", "2048"],
+    # the forward under bfloat16 autocast (float32 master weights): more steps against rounding
+    "bf16": ["--precision", "bf16"],
+    "bpe-2048-bf16": ["--tokenizer", "bpe", "--vocab-size", "2048", "--precision", "bf16"],
 }
 BUDGET_S, RESERVE_S = 580.0, 5.0
+
+
+def flags_of(name):
+    """The flags of configuration ``name``, or of ``NAME@DIR``: NAME's on the corpus DIR."""
+    name, _, text = name.partition("@")
+    return CONFIGS[name] + (["--text", text] if text else [])
 
 
 def overrides(flags):
@@ -55,19 +67,22 @@ def speed(names, rounds=12, steps=10):
     from customnn.optim import clip_grad_norm_
     from customnn.core.runtime import tune_allocator
     from customnn.train.gpt import GPTTrainer, make_config
+    from customnn.train.precision import Precision
 
     tune_allocator()
     trainers = {}
     for name in names:
-        t = GPTTrainer(make_config("default", **overrides(CONFIGS[name])))
+        t = GPTTrainer(make_config("default", **overrides(flags_of(name))))
         t.setup(torch.device("cpu"), None)
+        t.precision = Precision(t.cfg.precision, "cpu")  # as the engine sets it
         trainers[name] = t
 
     def run(t, n):
         start = time.perf_counter()
         for s in range(n):
             t.before_step(s)
-            t.train_step(s)
+            with t.precision.autocast():
+                t.train_step(s)
             clip_grad_norm_(t.model.parameters(), 1.0)
             t.optimizer.step()
             t.optimizer.zero_grad()
@@ -99,8 +114,8 @@ def speed(names, rounds=12, steps=10):
 
 def train_one(name, seed, speed_file, fraction=1.0):
     steps = int(json.load(open(speed_file))["configs"][name]["steps"] * fraction)
-    cmd = [sys.executable, "-m", "customnn", "train", "gpt", *CONFIGS[name], "--seed", str(seed),
-           "--time-budget", "0", "--max-iters", str(steps), "--out", f"/tmp/ablation/{name}-{seed}"]
+    cmd = [sys.executable, "-m", "customnn", "train", "gpt", *flags_of(name), "--seed", str(seed),
+           "--time-budget", "0", "--max-iters", str(steps), "--out", f"/tmp/ablation/{name.replace('/', '_')}-{seed}"]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - start

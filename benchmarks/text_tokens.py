@@ -4,12 +4,18 @@ and a corpus larger than memory (cache build time, time to first step, peak RSS)
     python benchmarks/text_tokens.py speed                   # MB/s per core on Tiny Shakespeare and stdlib
     python benchmarks/text_tokens.py equal                   # hand == fast, token for token, whole corpora
     python benchmarks/text_tokens.py big --gb 4 --dir /tmp/big   # a generated corpus: cache, first step, RSS
+    python benchmarks/text_tokens.py corpus --dir /tmp/pytext    # the larger corpus of the README's rows
 
 ``speed`` runs each encoder in one process with the library at one thread (``RAYON_NUM_THREADS=1``)
 so the figure is per core: ``BPETokenizer.encode_array`` (what the token cache uses: the ASCII
 pattern and a chunk table, the library for other text), the library's own ``encode_batch`` on
 the same pieces, and the hand-written ``BPE.encode``. The corpora: Tiny Shakespeare (1.1 MB,
 ASCII) and the Python standard library's ``*.py`` sources (non-ASCII in places).
+
+``corpus`` writes the README's larger corpus: every ``.py``, ``.pyi``, ``.md``, ``.rst`` and ``.txt``
+file of this Python's standard library and of the installed packages (``site-packages``), UTF-8
+ones only, each once (by content), shuffled with a fixed seed and joined into 64 MB files, so that
+the validation split (the last tenth) is drawn from the same mix as the training text.
 
 ``big`` writes ``--gb`` GB of text (Tiny Shakespeare's lines shuffled with a fixed seed, so the
 vocabulary is known and the text is not one repeated block), then runs
@@ -139,9 +145,44 @@ def big(args) -> None:
                 print("   ", line, flush=True)
 
 
+def corpus(args) -> None:
+    import hashlib
+    import random
+
+    roots = [Path(sysconfig.get_paths()["stdlib"]), Path(sysconfig.get_paths()["purelib"])]
+    texts, seen = [], set()
+    for root in roots:
+        for f in sorted(root.rglob("*")):
+            if f.suffix not in (".py", ".pyi", ".md", ".rst", ".txt") or not f.is_file():
+                continue
+            data = f.read_bytes()
+            digest = hashlib.sha1(data).digest()
+            if digest in seen:
+                continue
+            try:
+                texts.append(data.decode("utf-8"))
+            except UnicodeDecodeError:
+                continue
+            seen.add(digest)
+    random.Random(0).shuffle(texts)
+    folder = Path(args.dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    part, size, i, total = [], 0, 0, 0
+    for text in texts + [None]:
+        if text is None or size >= 64 * 10**6:
+            data = "".join(part).encode("utf-8")
+            (folder / f"part{i:03d}.txt").write_bytes(data)
+            total, part, size, i = total + len(data), [], 0, i + 1
+        if text is not None:
+            part.append(text)
+            size += len(text.encode("utf-8"))
+    print(f"corpus: {len(texts):,} files, {total / 1e6:.1f} MB in {i} files under {folder} (roots: "
+          f"{', '.join(map(str, roots))})", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("what", choices=("speed", "equal", "big"))
+    ap.add_argument("what", choices=("speed", "equal", "big", "corpus"))
     ap.add_argument("--vocab-size", type=int, default=1024)
     ap.add_argument("--stdlib-mb", type=float, default=4.0, help="how much of the stdlib's sources (MB)")
     ap.add_argument("--reps", type=int, default=3)
@@ -151,7 +192,7 @@ def main() -> None:
     ap.add_argument("--train-args", default="train gpt --preset tiny --max-iters 20 --eval-interval 10 "
                     "--eval-iters 2")
     args = ap.parse_args()
-    {"speed": speed, "equal": equal, "big": big}[args.what](args)
+    {"speed": speed, "equal": equal, "big": big, "corpus": corpus}[args.what](args)
 
 
 if __name__ == "__main__":

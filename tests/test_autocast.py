@@ -181,6 +181,29 @@ def test_layer_under_autocast(name, mix, device, low):
 
 
 @pytest.mark.parametrize("low", LOW, ids=["bf16", "fp16"])
+def test_conv_weight_gradient_summed_over_chunks_in_float32(low, monkeypatch):
+    """The convolution forms its columns a chunk of the batch at a time and sums the weight's
+    gradient over the chunks: under autocast that sum is float32, so 64 chunks stay within one
+    low-precision ulp of the float64 truth's largest value (summed in the low precision they
+    were 4 to 8 ulps off; PyTorch's CPU float16 convolution is too)."""
+    from customnn.ops import conv
+
+    monkeypatch.setattr(conv, "MAX_COLUMN_BYTES", 1)  # one image per chunk
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 8, 10, 10, generator=g).to(low).float()
+    w = (torch.randn(12, 8, 3, 3, generator=g) / 8).to(low).float().requires_grad_()
+    dout = torch.randn(64, 12, 10, 10, generator=g).to(low)
+    with torch.autocast("cpu", dtype=low):
+        out = ops.conv2d(x, w, None, 1, 1)
+    out.backward(dout.to(out.dtype))
+    w64 = w.detach().double().requires_grad_()
+    F.conv2d(x.double(), w64, None, 1, 1).backward(dout.double())
+    assert w.grad.dtype == torch.float32
+    ulp = CLOSE[low] / (4 if low == torch.bfloat16 else 8)  # 2^-8, 2^-11
+    assert _err(w.grad, w64.grad) <= ulp * w64.grad.abs().max().item()
+
+
+@pytest.mark.parametrize("low", LOW, ids=["bf16", "fp16"])
 @pytest.mark.parametrize("device", DEVICES)
 def test_dropout_under_autocast_keeps_dtype_and_scales(device, low):
     """With p > 0 the masks differ from PyTorch's: the dtype is PyTorch's, and each element is

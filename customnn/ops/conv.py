@@ -200,20 +200,25 @@ class Conv2d(torch.autograd.Function):
         dx = dw = db = None
         if ctx.has_bias and need_db:
             db = dout.sum((0, 2, 3))  # (O,)
-        if need_dw:
-            dw = weight.new_zeros((g, Og, Kg))  # (g, Og, Kg), summed over the chunks of the batch
+        chunks = _batch_chunks(N, K * L * x.element_size())
+        if need_dw:  # (g, Og, Kg), summed over the chunks of the batch: in float32 when the weight is
+            # bfloat16 or float16 (autocast's copy), as one product would accumulate, then rounded once
+            wide = len(chunks) > 1 and weight.dtype in (torch.bfloat16, torch.float16)
+            dw = weight.new_zeros((g, Og, Kg), dtype=torch.float32 if wide else weight.dtype)
         if need_dx:
             dx = x.new_empty(x.shape)  # (N, C, H, W)
             wt = weight.reshape(g, Og, Kg).transpose(1, 2)  # (g, Kg, Og)
         if need_dx or need_dw:
-            for s in _batch_chunks(N, K * L * x.element_size()):
+            for s in chunks:
                 n = s.stop - s.start
                 # The output gradient with the batch inside the columns, like _columns' layout:
                 # each product below is then one (batched over groups) matrix product over all n*L pixels.
                 dout_m = dout[s].transpose(0, 1).reshape(g, Og, n * L)  # (g, Og, n*L), a small copy
                 if need_dw:
                     cols = _columns(x[s], kh, kw, Ho, Wo, stride, padding, dilation)  # (K, n*L), recomputed
-                    if g == 1:
+                    if wide:  # the chunk's product in the low precision, the sum in float32
+                        dw += torch.bmm(dout_m, cols.view(g, Kg, n * L).transpose(1, 2))
+                    elif g == 1:
                         dw[0].addmm_(dout_m[0], cols.T)  # (O, K)
                     else:
                         dw.baddbmm_(dout_m, cols.view(g, Kg, n * L).transpose(1, 2))  # (g, Og, Kg)
@@ -222,7 +227,7 @@ class Conv2d(torch.autograd.Function):
                     dcols = wt[0] @ dout_m[0] if g == 1 else torch.bmm(wt, dout_m).view(K, n * L)  # (K, n*L)
                     dx[s] = _fold(dcols, x[s].shape, kh, kw, Ho, Wo, stride, padding, dilation)  # (n, C, H, W)
             if need_dw:
-                dw = dw.view(weight.shape)  # (O, C/g, kh, kw)
+                dw = dw.view(weight.shape).to(weight.dtype)  # (O, C/g, kh, kw)
         return dx, dw, db, None, None, None, None
 
 
