@@ -40,6 +40,7 @@ CONFIGS = {  # name -> flags of `customnn train gpt` over the default preset
     # the forward under bfloat16 autocast (float32 master weights): more steps against rounding
     "bf16": ["--precision", "bf16"],
     "bpe-2048-bf16": ["--tokenizer", "bpe", "--vocab-size", "2048", "--precision", "bf16"],
+    "rope+muon-bf16": ["--pos", "rope", "--optimizer", "muon", "--precision", "bf16"],
 }
 BUDGET_S, RESERVE_S = 580.0, 5.0
 

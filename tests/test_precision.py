@@ -165,5 +165,36 @@ def test_mixed_precision_needs_float32_master_weights():
 
     with pytest.raises(UserError, match="--precision bf16 keeps float32 master weights"):
         make_config("tiny", precision="bf16", dtype="float64").check()
-    with pytest.raises(UserError, match="--precision must be 32, bf16 or fp16"):
+    with pytest.raises(UserError, match="--precision must be 32, bf16, fp16 or auto"):
         make_config("tiny", precision="16").check()
+    make_config("tiny", precision="auto", dtype="float64").check()  # auto: float32 under float64
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_where_the_device_computes_it(monkeypatch, native):
+    """``--precision auto`` picks bf16 where bfloat16 is native and float32 elsewhere or under
+    float64, and writes what it picked into the config (so config.json says what ran)."""
+    from customnn.train import precision as P
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert P.native_bf16("cpu") is native
+    cfg = make_config("tiny", precision="auto")
+    assert P.run_precision(cfg, "cpu").name == cfg.precision == ("bf16" if native else "32")
+    cfg = make_config("tiny", precision="auto", dtype="float64")
+    assert P.run_precision(cfg, "cpu").name == cfg.precision == "32"
+    cfg = make_config("tiny", precision="fp16")
+    assert P.run_precision(cfg, "cpu").name == cfg.precision == "fp16"
+
+
+def test_auto_precision_run_records_its_choice(tmp_path):
+    """A run with ``--precision auto`` records the precision it ran in config.json and in every
+    checkpoint: bf16 on a CPU with AVX512_BF16 or AMX (this one's), float32 elsewhere."""
+    import json
+
+    from customnn.train.precision import native_bf16
+
+    out = train(make_config("tiny", out=str(tmp_path), max_iters=4, eval_interval=4, precision="auto"), quiet=True)
+    chosen = "bf16" if native_bf16("cpu") else "32"
+    assert json.loads((out["run_dir"] / "config.json").read_text())["precision"] == chosen
+    assert load_checkpoint(out["run_dir"] / "last.safetensors").state["precision"]["precision"] == chosen

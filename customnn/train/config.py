@@ -67,8 +67,9 @@ class TrainConfig:
     dtype: str = setting("float32", "float32, or float64 to check results to the last bits",
                          choices=("float32", "float64"))  # float32: fast, and what the figures use
     precision: str = setting("32", "32 (float32), or mixed: bf16 or fp16 (the forward under autocast, float32 "
-                             "weights; fp16 with a dynamic loss scale)",
-                             choices=("32", "bf16", "fp16"))  # float32 until measurements say otherwise
+                             "weights; fp16 with a dynamic loss scale), or auto: bf16 where the device computes "
+                             "bfloat16 natively (a CPU with AVX512_BF16 or AMX, a CUDA GPU), else 32",
+                             choices=("32", "bf16", "fp16", "auto"))  # a preset may choose auto
     data_dir: str | None = setting(None, "data directory (default: $CUSTOMNN_DATA, else ~/.cache/customnn)",
                                    resume="free")
     compile: bool = setting(False, "run the model's forward and backward through torch.compile (the first "
@@ -103,9 +104,9 @@ class TrainConfig:
             raise UserError(f"--zero shards AdamW's moments; it cannot be used with --optimizer {optimizer}")
         if self.dtype not in ("float32", "float64"):
             raise UserError(f"--dtype must be float32 or float64, got {self.dtype!r}")
-        if self.precision not in ("32", "bf16", "fp16"):
-            raise UserError(f"--precision must be 32, bf16 or fp16, got {self.precision!r}")
-        if self.precision != "32" and self.dtype != "float32":
+        if self.precision not in ("32", "bf16", "fp16", "auto"):
+            raise UserError(f"--precision must be 32, bf16, fp16 or auto, got {self.precision!r}")
+        if self.precision not in ("32", "auto") and self.dtype != "float32":
             raise UserError(f"--precision {self.precision} keeps float32 master weights: it needs --dtype float32, "
                             f"got {self.dtype}")
 

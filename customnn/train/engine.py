@@ -53,7 +53,7 @@ from customnn.train.config import given_in_python, open_for_resume, refuse_built
 from customnn.train.divergence import Diverged, diverged_message, loss_is_healthy, what_diverged  # noqa: F401
 from customnn.train.distributed import Dist, GradSync, PeerLost
 from customnn.train.loading import check_compile, compile_model
-from customnn.train.precision import FLOAT32, Precision
+from customnn.train.precision import FLOAT32, run_precision
 from customnn.train.rundir import FollowerRunDir, RunDir
 from customnn.train.trainer import Trainer
 from customnn.train.zero import ZeroAdamW
@@ -168,7 +168,7 @@ class Engine:
             return {"run_dir": run and run.path, "step": self.ckpt.meta.get("step", 0) if self.ckpt else 0,
                     "finished": False, "interrupted": True, "evals": [], "test": None, "model": None,
                     "config": asdict(cfg), "time_s": self.clock()}
-        self.precision = t.precision = Precision(getattr(cfg, "precision", "32"), dist.device(device).type)
+        self.precision = t.precision = run_precision(cfg, dist.device(device).type)  # "auto" resolved in cfg
         if cfg.compile:
             compile_model(t.model, dist.device(device))
         if dist.active:  # every rank starts from rank 0's weights, and sums gradients with the others

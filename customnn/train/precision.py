@@ -1,4 +1,4 @@
-"""Mixed-precision training: ``--precision 32|bf16|fp16``, and float16's dynamic loss scaler.
+"""Mixed-precision training: ``--precision 32|bf16|fp16|auto``, and float16's dynamic loss scaler.
 
 Micikevicius et al., "Mixed Precision Training" (2018): the weights, their gradients, the
 optimizer's state and the checkpoints stay float32 ("master weights"); only the forward runs
@@ -69,6 +69,27 @@ class LossScaler:
                 or not (isinstance(tracker, int) and 0 <= tracker < self.growth_interval):
             raise ValueError("loss scaler state")
         self.scale, self.growth_tracker = float(scale), tracker
+
+
+def native_bf16(device_type: str) -> bool:
+    """Whether the device computes bfloat16 matrix products natively, so that bf16 steps are
+    faster than float32's: a CUDA GPU that supports bfloat16, or a CPU with AVX512_BF16 or AMX
+    (oneDNN's bfloat16 kernels; elsewhere a bfloat16 product is emulated and slower)."""
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, p, lambda: False)() for p in probes)
+
+
+def run_precision(cfg, device_type: str) -> Precision:
+    """The run's ``Precision`` from ``cfg.precision``. ``"auto"`` is bf16 where the device computes
+    bfloat16 natively (``native_bf16``) and float32 elsewhere, or under ``--dtype float64``; the
+    name chosen replaces "auto" in ``cfg``, so config.json and the report say what ran."""
+    name = getattr(cfg, "precision", "32")
+    if name == "auto":
+        cfg.precision = name = "bf16" if getattr(cfg, "dtype", "float32") == "float32" and native_bf16(device_type) \
+            else "32"
+    return Precision(name, device_type)
 
 
 class Precision:
