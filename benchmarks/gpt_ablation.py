@@ -41,6 +41,7 @@ CONFIGS = {  # name -> flags of `customnn train gpt` over the default preset
     "bf16": ["--precision", "bf16"],
     "bpe-2048-bf16": ["--tokenizer", "bpe", "--vocab-size", "2048", "--precision", "bf16"],
     "rope+muon-bf16": ["--pos", "rope", "--optimizer", "muon", "--precision", "bf16"],
+    "bpe-2048-bf16-drop0.2": ["--tokenizer", "bpe", "--vocab-size", "2048", "--precision", "bf16", "--dropout", "0.2"],
 }
 BUDGET_S, RESERVE_S = 580.0, 5.0
 
@@ -51,13 +52,23 @@ def flags_of(name):
     return CONFIGS[name] + (["--text", text] if text else [])
 
 
+def number(value):
+    """A flag's value as the config holds it: an int, a float, or the string."""
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
 def overrides(flags):
     out, i = {}, 0
     while i < len(flags):
         key = flags[i][2:].replace("-", "_")
         if i + 1 < len(flags) and not flags[i + 1].startswith("--"):
             value = flags[i + 1]
-            out[key], i = (int(value) if value.isdigit() else value), i + 2
+            out[key], i = number(value), i + 2
         else:
             out[key], i = True, i + 1
     return out

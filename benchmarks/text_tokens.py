@@ -3,6 +3,7 @@ and a corpus larger than memory (cache build time, time to first step, peak RSS)
 
     python benchmarks/text_tokens.py speed                   # MB/s per core on Tiny Shakespeare and stdlib
     python benchmarks/text_tokens.py equal                   # hand == fast, token for token, whole corpora
+    python benchmarks/text_tokens.py equal --corpus /tmp/pytext --vocab-size 2048   # ... on a large corpus
     python benchmarks/text_tokens.py big --gb 4 --dir /tmp/big   # a generated corpus: cache, first step, RSS
     python benchmarks/text_tokens.py corpus --dir /tmp/pytext    # the larger corpus of the README's rows
 
@@ -84,6 +85,9 @@ def _timed(fn) -> float:
 def equal(args) -> None:
     from customnn.data.bpe import FastEncoder, train_bpe, train_bpe_fast
 
+    if args.corpus:
+        return equal_corpus(args)
+
     for name, text in corpora(args.stdlib_mb).items():
         t0 = time.perf_counter()
         hand = train_bpe(text, args.vocab_size)
@@ -98,6 +102,32 @@ def equal(args) -> None:
         print(f"{name} ({len(text.encode('utf-8')) / 1e6:.2f} MB), vocab {args.vocab_size}: merges equal "
               f"{same_merges} ({len(hand.merges)}; hand {t1 - t0:.1f} s, library {t2 - t1:.1f} s); tokens equal "
               f"{same_tokens} ({len(ids):,} tokens; library {t3 - t2:.1f} s, hand {t4 - t3:.1f} s)", flush=True)
+
+
+def equal_corpus(args) -> None:
+    """The hand-written encoder against the fast path (``encode_array``, what the token cache
+    holds) on every piece of the corpus ``--corpus``, with the tokenizer a run learns on it."""
+    from customnn.data.tokens import list_sources, load_tokens, piece_text, plan_pieces
+
+    tok = load_tokens(args.corpus, None, os.environ.get("CUSTOMNN_DATA"), kind="bpe",
+                      vocab_size=args.vocab_size).tokenizer
+    pieces = plan_pieces(list_sources(args.corpus))
+    n = mb = hand_s = fast_s = 0
+    differ = []
+    for i, piece in enumerate(pieces):
+        text = piece_text(piece)
+        t0 = time.perf_counter()
+        fast = tok.encode_array(text).tolist()
+        t1 = time.perf_counter()
+        hand = tok.bpe.encode(text)
+        hand_s, fast_s = hand_s + time.perf_counter() - t1, fast_s + t1 - t0
+        n, mb = n + len(hand), mb + (piece.end - piece.start) / 1e6
+        if hand != fast:
+            differ.append(i)
+        print(f"  piece {i + 1}/{len(pieces)}: {len(hand):,} tokens, equal {hand == fast}", flush=True)
+    print(f"{args.corpus} ({mb:.1f} MB, {len(pieces)} pieces), vocab {args.vocab_size}: tokens equal "
+          f"{not differ} ({n:,} tokens; fast path {mb / fast_s:.2f} MB/s, hand {mb / hand_s:.2f} MB/s, one core)"
+          + (f"; pieces that differ: {differ}" if differ else ""), flush=True)
 
 
 def big(args) -> None:
@@ -186,6 +216,8 @@ def main() -> None:
     ap.add_argument("--vocab-size", type=int, default=1024)
     ap.add_argument("--stdlib-mb", type=float, default=4.0, help="how much of the stdlib's sources (MB)")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--corpus", help="equal: a corpus (file, folder, glob) to compare on, piece by piece, "
+                    "with the BPE a run learns on it (its token cache's tokenizer)")
     ap.add_argument("--gb", type=float, default=4.0)
     ap.add_argument("--dir", default="/tmp/customnn-big-corpus")
     ap.add_argument("--out", default="/tmp/customnn-big-runs")

@@ -185,6 +185,8 @@ def test_auto_precision_is_bf16_where_the_device_computes_it(monkeypatch, native
     assert P.run_precision(cfg, "cpu").name == cfg.precision == "32"
     cfg = make_config("tiny", precision="fp16")
     assert P.run_precision(cfg, "cpu").name == cfg.precision == "fp16"
+    cfg = make_config("tiny", precision="auto")  # a model of one's own: float32 unless asked
+    assert P.run_precision(cfg, "cpu", own_model=True).name == cfg.precision == "32"
 
 
 def test_auto_precision_run_records_its_choice(tmp_path):

@@ -67,8 +67,9 @@ class TrainConfig:
     dtype: str = setting("float32", "float32, or float64 to check results to the last bits",
                          choices=("float32", "float64"))  # float32: fast, and what the figures use
     precision: str = setting("32", "32 (float32), or mixed: bf16 or fp16 (the forward under autocast, float32 "
-                             "weights; fp16 with a dynamic loss scale), or auto: bf16 where the device computes "
-                             "bfloat16 natively (a CPU with AVX512_BF16 or AMX, a CUDA GPU), else 32",
+                             "weights; fp16 with a dynamic loss scale), or auto: bf16 for the built-in models where "
+                             "the device computes bfloat16 natively (a CPU with AVX512_BF16 or AMX, a CUDA GPU), "
+                             "else 32",
                              choices=("32", "bf16", "fp16", "auto"))  # a preset may choose auto
     data_dir: str | None = setting(None, "data directory (default: $CUSTOMNN_DATA, else ~/.cache/customnn)",
                                    resume="free")

@@ -168,7 +168,7 @@ class Engine:
             return {"run_dir": run and run.path, "step": self.ckpt.meta.get("step", 0) if self.ckpt else 0,
                     "finished": False, "interrupted": True, "evals": [], "test": None, "model": None,
                     "config": asdict(cfg), "time_s": self.clock()}
-        self.precision = t.precision = run_precision(cfg, dist.device(device).type)  # "auto" resolved in cfg
+        self.precision = t.precision = run_precision(cfg, dist.device(device).type, t.user_model)  # auto: in cfg
         if cfg.compile:
             compile_model(t.model, dist.device(device))
         if dist.active:  # every rank starts from rank 0's weights, and sums gradients with the others

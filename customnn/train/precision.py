@@ -81,14 +81,16 @@ def native_bf16(device_type: str) -> bool:
     return any(getattr(torch.cpu, p, lambda: False)() for p in probes)
 
 
-def run_precision(cfg, device_type: str) -> Precision:
+def run_precision(cfg, device_type: str, own_model: bool = False) -> Precision:
     """The run's ``Precision`` from ``cfg.precision``. ``"auto"`` is bf16 where the device computes
-    bfloat16 natively (``native_bf16``) and float32 elsewhere, or under ``--dtype float64``; the
-    name chosen replaces "auto" in ``cfg``, so config.json and the report say what ran."""
+    bfloat16 natively (``native_bf16``), for the built-in models; float32 elsewhere, under
+    ``--dtype float64``, and for a model of one's own (``own_model``: its own layers may not follow
+    autocast; ``--precision bf16`` asks for it). The name chosen replaces "auto" in ``cfg``, so
+    config.json and the report say what ran."""
     name = getattr(cfg, "precision", "32")
     if name == "auto":
-        cfg.precision = name = "bf16" if getattr(cfg, "dtype", "float32") == "float32" and native_bf16(device_type) \
-            else "32"
+        native = getattr(cfg, "dtype", "float32") == "float32" and not own_model and native_bf16(device_type)
+        cfg.precision = name = "bf16" if native else "32"
     return Precision(name, device_type)
 
 
