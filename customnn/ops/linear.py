@@ -27,7 +27,7 @@ import torch
 
 from customnn.ops._apply import apply
 from customnn.ops._autocast import autocast_call, autocast_on
-from customnn.ops._checks import check_float, check_tensor
+from customnn.ops._checks import check_float, check_tensor, int_range
 
 
 _NARROW = 16  # outputs at most this wide take the transposed forward product (see below)
@@ -189,7 +189,7 @@ def embedding(idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if idx.numel() > 0 and torch.compiler.is_compiling():  # asserted on the device: no .item() in a graph
         torch._assert_async(((idx >= 0) & (idx < V)).all(), "embedding: an index is outside [0, V)")
     elif idx.numel() > 0:
-        lo, hi = (int(v) for v in torch.aminmax(idx))  # one pass, one sync
+        lo, hi = int_range(idx)
         if lo < 0 or hi >= V:
             raise ValueError(
                 f"idx values must be in [0, {V}) for weight of shape {tuple(weight.shape)}, "
