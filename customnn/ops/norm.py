@@ -63,7 +63,7 @@ class _LayerNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
         C = x.shape[-1]
-        x2 = x.reshape(math.prod(x.shape[:-1]), C)  # (N, C): every leading position is a row (N spelt out for C == 0)
+        x2 = x if x.dim() == 2 else x.reshape(math.prod(x.shape[:-1]), C)  # (N, C), N spelt out for C == 0
         # Two passes (the mean, then the mean square about it): exact enough, and several times
         # faster on CPU than torch.var_mean's one-pass Welford.
         if x2.shape[0] <= _FEW_ROWS:  # a generated token: the dispatched operations are what costs
@@ -87,14 +87,14 @@ class _LayerNorm(torch.autograd.Function):
         # and dweight use, and it costs the same memory as x).
         ctx.save_for_backward(xhat, rstd, weight)
         ctx.has_bias = bias is not None
-        return y.view(x.shape)
+        return y if x.dim() == 2 else y.view(x.shape)  # (N, C) in: no views, in or out
 
     @staticmethod
     def backward(ctx, dout):
         xhat, rstd, weight = ctx.saved_tensors
         need = ctx.needs_input_grad
         N, C = xhat.shape
-        dout2 = dout.reshape(N, C)
+        dout2 = dout if dout.dim() == 2 else dout.reshape(N, C)
         g = dout2 * xhat  # (N, C) dout * xhat: its column sums are dweight
         dw = g.sum(0) if weight is not None and need[1] else None  # (C,)
         db = dout2.sum(0) if ctx.has_bias and need[2] else None  # (C,)
@@ -114,7 +114,7 @@ class _LayerNorm(torch.autograd.Function):
                 dx = torch.addcmul(neg_mean_dxhat, dout2, weight, out=g)  # g is free again: reuse it
             # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
             dx.addcmul_(xhat, neg_mean_dxhat_xhat).mul_(rstd)
-            dx = dx.view(dout.shape)
+            dx = dx if dout.dim() == 2 else dx.view(dout.shape)
         return dx, dw, db, None
 
 
