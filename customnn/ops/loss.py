@@ -106,7 +106,10 @@ class _Softmax(torch.autograd.Function):
             ctx.dim = dim
             return y
         y = x - x.amax(dim, keepdim=True)  # the row maximum goes first, always
-        y.mul_(_LOG2E).exp2_()  # exp(z) = 2^(z log2 e), in place: one new tensor in all
+        if y.numel() <= _SMALL:  # exp in place: one new tensor in all
+            y.exp_()
+        else:
+            y.mul_(_LOG2E).exp2_()  # exp(z) = 2^(z log2 e)
         y.div_(y.sum(dim, keepdim=True))
         # The output is all backward needs: dx = y * (dout - sum(dout * y)).
         ctx.save_for_backward(y)
@@ -139,7 +142,7 @@ class _LogSoftmax(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         (y,) = ctx.saved_tensors
-        dx = (y * _LOG2E).exp2_()  # softmax = exp(y)
+        dx = y.exp() if y.numel() <= _SMALL else (y * _LOG2E).exp2_()  # softmax = exp(y)
         dx.mul_(dout.sum(ctx.dim, keepdim=True).neg_()).add_(dout)  # dout - softmax * sum(dout)
         return dx, None
 
@@ -183,8 +186,7 @@ class _CrossEntropy(torch.autograd.Function):
             out = loss.sum()
         else:
             out = loss.view(target_shape)
-        # e and s give probs = e / s in backward (PyTorch keeps its log-softmax output, the size
-        # of e); the targets are kept, as PyTorch's nll_loss keeps them.
+        # e, s for probs = e / s (PyTorch keeps log-softmax, e's size); the targets, as nll_loss
         ctx.save_for_backward(e, s, safe, *(() if valid is None else (valid, n_valid)))
         ctx.reduction, ctx.n, ctx.weighted, ctx.eps = reduction, N, False, eps
         return out if out.dtype == ctx.logits_dtype else out.to(ctx.logits_dtype)
@@ -217,8 +219,7 @@ class _CrossEntropy(torch.autograd.Function):
 
 
 def _probs_minus_q(ctx):
-    """(probs - q (N, C), 0 on ignored rows, in a new tensor; then the number of rows that count,
-    when some may be ignored), from what _CrossEntropy kept."""
+    """(probs - q (N, C), 0 on ignored rows, in a new tensor[, the number of rows that count])."""
     e, s, safe, *ignored = ctx.saved_tensors
     eps = ctx.eps
     grad = e / s  # probs (a new tensor: e stays as it was, for a second backward)
@@ -311,9 +312,9 @@ def cross_entropy(
 
     Refuses (ValueError): non-float logits; a bool or complex target; an integer target whose
     shape is not logits' without dimension 1, or with a value outside [0, C) other than
-    ignore_index; a float target not of logits' shape or dtype, or with an ignore_index other
-    than -100 (PyTorch refuses it too); a weight that is not a (C,)
-    tensor of logits' dtype; an unknown reduction; label_smoothing outside [0, 1].
+    ignore_index; a float target not of logits' shape or dtype, or with an ignore_index other than
+    -100 (as PyTorch); a weight not a (C,) tensor of logits' dtype; an unknown reduction;
+    label_smoothing outside [0, 1].
     """
     if autocast_on(logits):
         return autocast_call("cross_entropy", cross_entropy, logits, target, ignore_index, reduction,
