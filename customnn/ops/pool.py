@@ -157,17 +157,12 @@ class MaxPool2d(torch.autograd.Function):
         xp = pad_to(x, g.padding, g.extended, float("-inf"))  # (N, C, Hp, Wp)
         (Ho, Wo), (kh, kw) = g.out_size, g.kernel
         small = g.padding == (0, 0) and x.shape[0] * x.shape[1] * Ho * Wo * kh * kw <= _SMALL
-        ctx.geometry = (x.shape, xp.shape, g)
-        ctx.recompute = small and not return_indices
-        if not return_indices and (small or not ctx.needs_input_grad[0]):
-            # Where each maximum is is not needed here: not at all without a gradient, and on a
-            # small input it is found again in backward, from the padded input kept (x itself,
-            # or a copy only slightly larger): a few operations fewer for every forward.
-            ctx.save_for_backward(xp)
+        if not return_indices and not ctx.needs_input_grad[0]:  # no gradient: where it is is not needed
             return _max_only(xp, g, small)
         out, arg = _max_small(xp, g) if small else _walk(xp, g)
         # Only the argmax (int32, an offset from its window's corner) is kept for backward.
         ctx.save_for_backward(arg)
+        ctx.geometry = (x.shape, xp.shape, g)
         if not return_indices:
             return out
         Wp = xp.shape[-1]
@@ -178,9 +173,8 @@ class MaxPool2d(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, *_):
+        (arg,) = ctx.saved_tensors
         x_shape, xp_shape, g = ctx.geometry
-        (saved,) = ctx.saved_tensors
-        arg = _max_small(saved, g)[1] if ctx.recompute else saved  # (N, C, Ho, Wo) int32 offsets
         N, C, H, W = x_shape
         Hp, Wp = xp_shape[-2:]
         (ph, pw), (Ho, Wo) = g.padding, g.out_size
