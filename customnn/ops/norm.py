@@ -168,8 +168,7 @@ class _BatchNorm(torch.autograd.Function):
             n = int(sums[2 * C].item())
             mean = (sums[:C] / n).view(shape)  # (1, C, 1, 1)
             var = (sums[C:2 * C] / n).view(shape) - mean * mean  # (1, C, 1, 1) biased variance
-            xhat = x - mean
-            y = torch.empty_like(xhat)  # becomes the output below
+            xhat, y = x - mean, None  # y: the output, made by addcmul below
         elif training:
             mean = x.mean(dims, keepdim=True)  # (1, C, 1, 1)
             xhat = x - mean  # (N, C, H, W) centred now, normalised in place below
@@ -183,13 +182,12 @@ class _BatchNorm(torch.autograd.Function):
                     if running_var is not None:  # the running variance is the unbiased one
                         running_var.mul_(1.0 - momentum).add_(var.view(C), alpha=momentum * n / (n - 1))
         else:
-            xhat, var = x - running_mean.view(shape), running_var.view(shape)
-            y = torch.empty_like(xhat)
+            xhat, var, y = x - running_mean.view(shape), running_var.view(shape), None
         rstd = (var + eps).rsqrt_()  # (1, C, 1, 1)
         xhat.mul_(rstd)
         w = torch.ones_like(rstd) if weight is None else weight.view(shape)
         b = torch.zeros_like(rstd) if bias is None else bias.view(shape)
-        torch.addcmul(b, xhat, w, out=y)  # y = xhat * w + b
+        y = torch.addcmul(b, xhat, w, out=y)  # y = xhat * w + b, into the scratch y when there is one
         # xhat and rstd are kept for backward, as in layer norm.
         ctx.save_for_backward(xhat, rstd, weight)
         ctx.training, ctx.has_bias, ctx.dims, ctx.reduce, ctx.n = training, bias is not None, dims, reduce, n
