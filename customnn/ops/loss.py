@@ -186,15 +186,16 @@ class _CrossEntropy(torch.autograd.Function):
             out = loss.sum()
         else:
             out = loss.view(target_shape)
-        # e, s for probs = e / s (PyTorch keeps log-softmax, e's size); the targets, as nll_loss
-        ctx.save_for_backward(e, s, safe, *(() if valid is None else (valid, n_valid)))
+        # Kept: e and s, for probs = e / s in backward (PyTorch keeps its log-softmax output, the
+        # size of e), and the targets (as PyTorch's nll_loss keeps them).
+        kept = (e, s, safe) if valid is None else (e, s, safe, valid, n_valid)
+        ctx.save_for_backward(*kept)
         ctx.reduction, ctx.n, ctx.weighted, ctx.eps = reduction, N, False, eps
         return out if out.dtype == ctx.logits_dtype else out.to(ctx.logits_dtype)
 
     @staticmethod
     def backward(ctx, dout):
-        # The weighted forward kept the gradient itself (scaled into a new tensor); otherwise it
-        # is formed here, in a new tensor, and scaled in place.
+        # Weighted: the forward kept the gradient (scaled into a new tensor); else made here, scaled in place.
         grad, *n_valid = ctx.saved_tensors if ctx.weighted else _probs_minus_q(ctx)
         scale = grad.mul if ctx.weighted else grad.mul_
         if dout.dtype != grad.dtype:  # half-precision logits were computed in float32
@@ -219,9 +220,9 @@ class _CrossEntropy(torch.autograd.Function):
 
 
 def _probs_minus_q(ctx):
-    """(probs - q (N, C), 0 on ignored rows, in a new tensor[, the number of rows that count])."""
-    e, s, safe, *ignored = ctx.saved_tensors
-    eps = ctx.eps
+    """probs - q (N, C) in a new tensor (0 on ignored rows), then the number of rows that count
+    when some may be ignored: a tuple of one or two, from what _CrossEntropy's forward kept."""
+    (e, s, safe, *ignored), eps = ctx.saved_tensors, ctx.eps
     grad = e / s  # probs (a new tensor: e stays as it was, for a second backward)
     if eps > 0.0:
         grad.sub_(eps / e.shape[1])
