@@ -17,7 +17,10 @@ def ref_linear(x, w, b=None):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("x_shape,out_features", [((7,), 3), ((1, 5), 1), ((5, 7), 4), ((2, 3, 7), 5), ((12, 64, 16), 65)])
+# A few rows (at most 8: one product), a narrow output over more rows (the transposed product),
+# wide outputs; 1-D, 2-D (no views) and 3-D x.
+@pytest.mark.parametrize("x_shape,out_features", [((7,), 3), ((1, 5), 1), ((5, 7), 4), ((2, 3, 7), 5), ((32, 9), 10),
+                                                  ((3, 4, 9), 10), ((12, 64, 16), 65)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_linear_matches_functional(dtype, x_shape, out_features, bias):
     C = x_shape[-1]

@@ -111,6 +111,23 @@ def test_max_pool_with_nans_matches_torch_forward_and_backward():
     assert x.grad.tolist() == [[[[0.0, 0.0], [1.0, 0.0]]]]  # the last NaN in row-major order
 
 
+@pytest.mark.parametrize("xs", [(2, 3, 7, 8), (16, 8, 24, 24)], ids=["small", "large"])
+def test_max_pool_without_gradient_equals_torch(xs):
+    """Without a gradient the forward takes the maximum alone (one reduction on small inputs, a
+    running maximum on large ones): the same values as PyTorch's, NaN and -inf windows included,
+    with padding, ceil mode and dilation."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(xs, generator=g)
+    x[torch.rand(x.shape, generator=g) < 0.01] = float("nan")
+    x[0, 0, :3, :3] = float("-inf")
+    for kwargs in [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1),
+                   dict(kernel_size=3, stride=2, padding=1, ceil_mode=True), dict(kernel_size=3, dilation=2, padding=1)]:
+        with torch.no_grad():
+            y, ty = ops.max_pool2d(x, **kwargs), F.max_pool2d(x, **kwargs)
+        torch.testing.assert_close(y, ty, equal_nan=True, rtol=0, atol=0)
+        assert y.isnan().any() and not y.requires_grad
+
+
 # ----------------------------------------------------------------------------- bad arguments
 
 @pytest.mark.parametrize("pool", [ops.max_pool2d, ops.avg_pool2d], ids=["max", "avg"])

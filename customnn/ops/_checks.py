@@ -67,3 +67,17 @@ def plain_ints(*values) -> bool:
             if type(e) is not int:
                 return False
     return True
+
+
+_READ_WHOLE = 64  # integer tensors up to this size are read to the host whole to find their range
+
+
+def int_range(t: torch.Tensor) -> tuple[int, int]:
+    """The smallest and largest value of a non-empty integer tensor, as Python ints (one host
+    synchronisation). A few values are read whole: a copy to a list costs a fraction of a
+    reduction kernel and two scalar reads."""
+    if t.numel() <= _READ_WHOLE:
+        values = t.tolist() if t.dim() == 1 else t.reshape(-1).tolist()
+        return min(values), max(values)
+    lo, hi = torch.aminmax(t)  # one pass
+    return int(lo), int(hi)

@@ -22,6 +22,7 @@ for autograd to differentiate; the fast versions below them are tested against t
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -35,6 +36,7 @@ _LOG2_INV_SQRT_2PI = math.log2(1.0 / math.sqrt(2.0 * math.pi))  # phi(x) = 2^(-x
 _TANH_K = math.sqrt(2.0 / math.pi)  # sqrt(2/pi), the tanh form's scale
 _TANH_A = 0.044715  # the tanh form's cubic coefficient
 _LOG2E = math.log2(math.e)  # exp(z) = exp2(z * log2(e)); exp2 is the faster kernel on CPU
+_FEW = 4096  # up to this many values, the tanh form's backward reuses the forward's sigmoid
 
 
 def relu_reference(x: torch.Tensor) -> torch.Tensor:
@@ -119,26 +121,36 @@ class _GeluTanh(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x):
-        y = _inner2(x).sigmoid_().mul_(x)
-        # Only x is kept; the sigmoid is recomputed in backward (as llm.c's gelu_backward
-        # recomputes tanh) rather than stored.
-        ctx.save_for_backward(x)
-        return y
+        if x.numel() > _FEW or not ctx.needs_input_grad[0]:
+            # Only x is kept; the sigmoid is recomputed in backward (as llm.c's gelu_backward
+            # recomputes tanh) rather than stored.
+            ctx.save_for_backward(x)
+            return _inner2(x).sigmoid_().mul_(x)
+        # A few values: the sigmoid is kept too, three dispatched operations fewer in backward.
+        s = _inner2(x).sigmoid_()
+        ctx.save_for_backward(x, s)
+        return s * x
 
     @staticmethod
     def backward(ctx, dout):
-        (x,) = ctx.saved_tensors
-        s = _inner2(x).sigmoid_()
+        x, *kept = ctx.saved_tensors
+        s = kept[0] if kept else _inner2(x).sigmoid_()
         # dx = (s + q s (1 - s)) * dout with q = x * 2k (1 + 3 a x^2), built in one new tensor
-        dx = torch.mul(x, x).mul_(6.0 * _TANH_A * _TANH_K).add_(2.0 * _TANH_K).mul_(x)  # q
+        dx = torch.addcmul(_two_k(x.dtype, x.device), x, x, value=6.0 * _TANH_A * _TANH_K).mul_(x)  # q
         dx.mul_(s)
         dx.addcmul_(dx, s, value=-1.0)  # q s - q s s = q s (1 - s)
         return dx.add_(s).mul_(dout)
 
 
+@functools.lru_cache(maxsize=32)
+def _two_k(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """2k as a 0-d tensor of x's dtype and device: addcmul's first argument must be a tensor."""
+    return torch.tensor(2.0 * _TANH_K, dtype=dtype, device=device)
+
+
 def _inner2(x: torch.Tensor) -> torch.Tensor:
-    """2u = 2k x (1 + a x^2), the argument of the sigmoid in the tanh form."""
-    return torch.mul(x, x).mul_(2.0 * _TANH_K * _TANH_A).add_(2.0 * _TANH_K).mul_(x)
+    """2u = 2k x (1 + a x^2) = (2k + 2ka x^2) x, the argument of the sigmoid in the tanh form."""
+    return torch.addcmul(_two_k(x.dtype, x.device), x, x, value=2.0 * _TANH_K * _TANH_A).mul_(x)
 
 
 def relu(x: torch.Tensor) -> torch.Tensor:

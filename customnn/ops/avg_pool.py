@@ -52,6 +52,8 @@ def _divisor(g: Geometry, in_size, count_include_pad: bool, divisor_override, li
     """Each window's divisor: a number, or an (Ho, Wo) tensor when the windows differ."""
     if divisor_override is not None:
         return divisor_override
+    if g.padding == (0, 0) and in_size == g.extended:  # every window lies inside x, whole
+        return g.kernel[0] * g.kernel[1]
     counts = _counts(g, tuple(in_size), count_include_pad)
     if counts is None:
         return g.kernel[0] * g.kernel[1]

@@ -27,10 +27,11 @@ import torch
 
 from customnn.ops._apply import apply
 from customnn.ops._autocast import autocast_call, autocast_on
-from customnn.ops._checks import check_float, check_tensor
+from customnn.ops._checks import check_float, check_tensor, int_range
 
 
 _NARROW = 16  # outputs at most this wide take the transposed forward product (see below)
+_FEW = 8  # ... unless there are at most this many rows: then the one product costs least
 
 
 def linear_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -44,13 +45,14 @@ class _Linear(torch.autograd.Function):
     def forward(ctx, x, weight, bias):
         C, OC = weight.shape
         lead = x.shape[:-1]
+        rows = len(lead) == 1  # x is (N, C) already: no view to make, in or out
         # (N, C), a view when x is contiguous; N spelt out, as -1 is ambiguous when C or N is 0
-        x2 = x.reshape(math.prod(lead), C)
+        x2 = x if rows else x.reshape(math.prod(lead), C)
         if not ctx.needs_input_grad[0] and not ctx.needs_input_grad[1] and bias is None and OC > _NARROW:
             # Nothing to keep for a backward (no grad: evaluation, generation): matmul folds the
             # leading dims into one product itself, with no view of the result to make here.
             return torch.matmul(x, weight)  # (..., OC)
-        if OC <= _NARROW:
+        if OC <= _NARROW and x2.shape[0] > _FEW:
             # A narrow output (a classifier head): the BLAS is several times faster at the
             # transposed product out^T = W^T x^T (OC, N) than at x W with only OC columns.
             out_t = weight.T @ x2.T if bias is None else torch.addmm(bias.unsqueeze(1), weight.T, x2.T)
@@ -63,16 +65,18 @@ class _Linear(torch.autograd.Function):
         ctx.save_for_backward(x2, weight)
         ctx.x_shape = x.shape
         ctx.has_bias = bias is not None
-        return out.view(*lead, OC)
+        return out if rows else out.view(*lead, OC)
 
     @staticmethod
     def backward(ctx, dout):
         x2, weight = ctx.saved_tensors
         OC = weight.shape[1]
-        dout2 = dout.reshape(x2.shape[0], OC)  # (N, OC)
+        rows = dout.dim() == 2  # x was (N, C): no views to make
+        dout2 = dout if rows else dout.reshape(x2.shape[0], OC)  # (N, OC)
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
-            dx = (dout2 @ weight.T).view(ctx.x_shape)  # (N, C) -> x's shape
+            dx = dout2 @ weight.T  # (N, C)
+            dx = dx if rows else dx.view(ctx.x_shape)  # x's shape
         if ctx.needs_input_grad[1]:
             # dW = x^T dout (C, OC); when OC < C the BLAS is faster at (dout^T x)^T, the same
             # numbers in column-major order.
@@ -108,15 +112,14 @@ def embedding_reference(idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor
 
 class _Embedding(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, idx, weight):
+    def forward(ctx, flat, weight, idx_shape):
         V, C = weight.shape
-        flat = idx.reshape(-1)  # (N,)
-        out = weight.index_select(0, flat)  # (N, C)
+        out = weight.index_select(0, flat)  # (N, C), flat the indices (N,)
         # The indices are kept for backward (small: one integer per token); the weight is not
         # needed, only its shape.
         ctx.save_for_backward(flat)
         ctx.weight_shape = weight.shape
-        return out.view(*idx.shape, C)
+        return out if len(idx_shape) == 1 else out.view(*idx_shape, C)
 
     @staticmethod
     def backward(ctx, dout):
@@ -127,7 +130,7 @@ class _Embedding(torch.autograd.Function):
             dw = torch.zeros((V, C), dtype=dout.dtype, device=dout.device)
             # Add, don't assign: a row used by several tokens gets every contribution.
             dw.index_add_(0, flat, dout.reshape(flat.shape[0], C))  # (N, C), N spelt out for C == 0
-        return None, dw
+        return None, dw, None
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -186,15 +189,16 @@ def embedding(idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if weight.dim() != 2:
         raise ValueError(f"weight must be 2-D (num_embeddings, embedding_dim), got shape {tuple(weight.shape)}")
     V = weight.shape[0]
+    flat = idx.reshape(-1)  # (N,)
     if idx.numel() > 0 and torch.compiler.is_compiling():  # asserted on the device: no .item() in a graph
         torch._assert_async(((idx >= 0) & (idx < V)).all(), "embedding: an index is outside [0, V)")
     elif idx.numel() > 0:
-        lo, hi = (int(v) for v in torch.aminmax(idx))  # one pass, one sync
+        lo, hi = int_range(flat)
         if lo < 0 or hi >= V:
             raise ValueError(
                 f"idx values must be in [0, {V}) for weight of shape {tuple(weight.shape)}, "
                 f"got values in [{lo}, {hi}]"
             )
     if idx.dtype not in (torch.int32, torch.int64):
-        idx = idx.long()
-    return apply(_Embedding, idx, weight)
+        flat = flat.long()
+    return apply(_Embedding, flat, weight, idx.shape)

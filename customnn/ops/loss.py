@@ -30,7 +30,7 @@ import torch
 
 from customnn.ops._apply import apply
 from customnn.ops._autocast import autocast_call, autocast_on
-from customnn.ops._checks import check_float, check_tensor
+from customnn.ops._checks import check_float, check_tensor, int_range
 from customnn.ops.cross_entropy_soft import NoClassesCrossEntropy, SoftCrossEntropy, no_classes_loss
 
 _REDUCTIONS = ("mean", "sum", "none")
@@ -106,7 +106,10 @@ class _Softmax(torch.autograd.Function):
             ctx.dim = dim
             return y
         y = x - x.amax(dim, keepdim=True)  # the row maximum goes first, always
-        y.mul_(_LOG2E).exp2_()  # exp(z) = 2^(z log2 e), in place: one new tensor in all
+        if y.numel() <= _SMALL:  # exp in place: one new tensor in all
+            y.exp_()
+        else:
+            y.mul_(_LOG2E).exp2_()  # exp(z) = 2^(z log2 e)
         y.div_(y.sum(dim, keepdim=True))
         # The output is all backward needs: dx = y * (dout - sum(dout * y)).
         ctx.save_for_backward(y)
@@ -139,7 +142,7 @@ class _LogSoftmax(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         (y,) = ctx.saved_tensors
-        dx = (y * _LOG2E).exp2_()  # softmax = exp(y)
+        dx = y.exp() if y.numel() <= _SMALL else (y * _LOG2E).exp2_()  # softmax = exp(y)
         dx.mul_(dout.sum(ctx.dim, keepdim=True).neg_()).add_(dout)  # dout - softmax * sum(dout)
         return dx, None
 
@@ -147,8 +150,8 @@ class _LogSoftmax(torch.autograd.Function):
 class _CrossEntropy(torch.autograd.Function):
     """Softmax + negative log-likelihood on rows (N, C), forward and one fused backward.
 
-    The forward already forms the gradient's only big term, probs - q (N, C), in the buffer
-    that held exp(logits): the backward is then one multiply by the upstream gradient.
+    The forward computes the loss only, keeping exp(logits - max) and its row sums; backward
+    forms the gradient's one big term, probs - q (N, C), from them (evaluation never forms it).
     """
 
     @staticmethod
@@ -161,7 +164,7 @@ class _CrossEntropy(torch.autograd.Function):
             safe = torch.where(valid, target, 0).unsqueeze(1)  # (N, 1) gather-able even when ignored
             n_valid = valid.sum()  # mean divides by the rows that count, as PyTorch does
         else:  # the common case (the caller has seen no target equal to ignore_index)
-            valid, safe, n_valid = None, target.unsqueeze(1), N
+            valid, safe, n_valid = None, target.view(N, 1), N
         shifted, e, s = _shifted_exp(logits, 1)  # (N, C), (N, C), (N, 1)
         eps = label_smoothing
         if weight is not None:
@@ -171,19 +174,11 @@ class _CrossEntropy(torch.autograd.Function):
             # -mean over classes of log p = lse - mean(shifted)
             smooth = shifted.mean(1, keepdim=True)  # (N, 1), taken before lse below
         lse = s.log()  # (N, 1) log-sum-exp of the shifted logits
-        nll = lse - shifted.gather(1, safe)  # (N, 1) -log p[target]
+        nll = lse.sub(shifted.gather(1, safe))  # (N, 1) -log p[target]
         # (1 - eps) nll + eps smooth (not lerp: nll + eps (smooth - nll) is NaN when both are inf)
         loss = nll.mul(1.0 - eps).add_(lse.sub_(smooth), alpha=eps) if eps > 0.0 else nll
-        # grad = probs - q, q = (1 - eps) onehot + eps / C: the loss's gradient per row, made
-        # in place in e. It is the one big tensor kept (PyTorch keeps its log-softmax output,
-        # the same size).
-        grad = e.div_(s)  # probs
-        if eps > 0.0:
-            grad.sub_(eps / C)
-        grad.scatter_(1, safe, eps - 1.0, reduce="add")  # -(1 - eps) at each row's target
         if valid is not None:  # ignored rows count for nothing, even when their logits are NaN or inf
             loss = torch.where(valid.unsqueeze(1), loss, 0.0)
-            grad.mul_(valid.unsqueeze(1))  # ignored rows get no gradient
         # loss is (N, 1) here
         if reduction == "mean":  # over the rows that count (0/0 = nan if all are ignored, as PyTorch)
             out = loss.mean() if valid is None else loss.sum() / n_valid
@@ -191,27 +186,29 @@ class _CrossEntropy(torch.autograd.Function):
             out = loss.sum()
         else:
             out = loss.view(target_shape)
-        if valid is None:
-            ctx.save_for_backward(grad)
-        else:
-            ctx.save_for_backward(grad, n_valid)
-        ctx.reduction, ctx.n, ctx.weighted = reduction, N, False
+        # Kept: e and s, for probs = e / s in backward (PyTorch keeps its log-softmax output, the
+        # size of e), and the targets (as PyTorch's nll_loss keeps them).
+        kept = (e, s, safe) if valid is None else (e, s, safe, valid, n_valid)
+        ctx.save_for_backward(*kept)
+        ctx.reduction, ctx.n, ctx.weighted, ctx.eps = reduction, N, False, eps
         return out if out.dtype == ctx.logits_dtype else out.to(ctx.logits_dtype)
 
     @staticmethod
     def backward(ctx, dout):
-        grad, *n_valid = ctx.saved_tensors
+        # Weighted: the forward kept the gradient (scaled into a new tensor); else made here, scaled in place.
+        grad, *n_valid = ctx.saved_tensors if ctx.weighted else _probs_minus_q(ctx)
+        scale = grad.mul if ctx.weighted else grad.mul_
         if dout.dtype != grad.dtype:  # half-precision logits were computed in float32
             dout = dout.to(grad.dtype)
         # dlogits = (probs - q) * dloss, dloss the gradient reaching each row's loss
         if ctx.reduction == "none":
-            dlogits = grad * dout.reshape(-1, 1)  # (N, C) * (N, 1)
+            dlogits = scale(dout.reshape(-1, 1))  # (N, C) * (N, 1)
         elif ctx.reduction == "mean" and ctx.weighted:  # divided by the rows' total weight
-            dlogits = grad * (dout / torch.where(n_valid[0] == 0, 1.0, n_valid[0]))
+            dlogits = scale(dout / torch.where(n_valid[0] == 0, 1.0, n_valid[0]))
         elif ctx.reduction == "mean":
-            dlogits = grad * (dout / (n_valid[0].clamp_min(1) if n_valid else ctx.n))
+            dlogits = scale(dout / (n_valid[0].clamp_min(1) if n_valid else ctx.n))
         else:
-            dlogits = grad * dout
+            dlogits = scale(dout)
         shape = ctx.logits_shape
         if len(shape) == 1:
             dlogits = dlogits.view(shape)
@@ -220,6 +217,20 @@ class _CrossEntropy(torch.autograd.Function):
         if dlogits.dtype != ctx.logits_dtype:
             dlogits = dlogits.to(ctx.logits_dtype)
         return dlogits, None, None, None, None, None, None
+
+
+def _probs_minus_q(ctx):
+    """probs - q (N, C) in a new tensor (0 on ignored rows), then the number of rows that count
+    when some may be ignored: a tuple of one or two, from what _CrossEntropy's forward kept."""
+    (e, s, safe, *ignored), eps = ctx.saved_tensors, ctx.eps
+    grad = e / s  # probs (a new tensor: e stays as it was, for a second backward)
+    if eps > 0.0:
+        grad.sub_(eps / e.shape[1])
+    grad.scatter_(1, safe, eps - 1.0, reduce="add")  # -(1 - eps) at each row's target
+    if not ignored:
+        return (grad,)
+    valid, n_valid = ignored
+    return grad.mul_(valid.unsqueeze(1)), n_valid  # ignored rows get no gradient
 
 
 def _weighted_forward(ctx, shifted, e, s, safe, valid, w, reduction, eps, target_shape):
@@ -302,9 +313,9 @@ def cross_entropy(
 
     Refuses (ValueError): non-float logits; a bool or complex target; an integer target whose
     shape is not logits' without dimension 1, or with a value outside [0, C) other than
-    ignore_index; a float target not of logits' shape or dtype, or with an ignore_index other
-    than -100 (PyTorch refuses it too); a weight that is not a (C,)
-    tensor of logits' dtype; an unknown reduction; label_smoothing outside [0, 1].
+    ignore_index; a float target not of logits' shape or dtype, or with an ignore_index other than
+    -100 (as PyTorch); a weight not a (C,) tensor of logits' dtype; an unknown reduction;
+    label_smoothing outside [0, 1].
     """
     if autocast_on(logits):
         return autocast_call("cross_entropy", cross_entropy, logits, target, ignore_index, reduction,
@@ -353,7 +364,7 @@ def cross_entropy(
                             "cross_entropy: a target value is outside [0, C) and is not ignore_index")
         may_ignore = True
     elif target.numel() > 0:
-        lo, hi = (int(v) for v in torch.aminmax(target))  # one pass, one sync
+        lo, hi = int_range(target)
         if lo < 0 or hi >= C:  # out of range, unless it is ignore_index
             bad = target[(target != ignore_index) & ((target < 0) | (target >= C))]
             if bad.numel() > 0:

@@ -63,7 +63,7 @@ class _LayerNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
         C = x.shape[-1]
-        x2 = x.reshape(math.prod(x.shape[:-1]), C)  # (N, C): every leading position is a row (N spelt out for C == 0)
+        x2 = x if x.dim() == 2 else x.reshape(math.prod(x.shape[:-1]), C)  # (N, C), N spelt out for C == 0
         # Two passes (the mean, then the mean square about it): exact enough, and several times
         # faster on CPU than torch.var_mean's one-pass Welford.
         if x2.shape[0] <= _FEW_ROWS:  # a generated token: the dispatched operations are what costs
@@ -87,14 +87,14 @@ class _LayerNorm(torch.autograd.Function):
         # and dweight use, and it costs the same memory as x).
         ctx.save_for_backward(xhat, rstd, weight)
         ctx.has_bias = bias is not None
-        return y.view(x.shape)
+        return y if x.dim() == 2 else y.view(x.shape)  # (N, C) in: no views, in or out
 
     @staticmethod
     def backward(ctx, dout):
         xhat, rstd, weight = ctx.saved_tensors
         need = ctx.needs_input_grad
         N, C = xhat.shape
-        dout2 = dout.reshape(N, C)
+        dout2 = dout if dout.dim() == 2 else dout.reshape(N, C)
         g = dout2 * xhat  # (N, C) dout * xhat: its column sums are dweight
         dw = g.sum(0) if weight is not None and need[1] else None  # (C,)
         db = dout2.sum(0) if ctx.has_bias and need[2] else None  # (C,)
@@ -114,7 +114,7 @@ class _LayerNorm(torch.autograd.Function):
                 dx = torch.addcmul(neg_mean_dxhat, dout2, weight, out=g)  # g is free again: reuse it
             # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
             dx.addcmul_(xhat, neg_mean_dxhat_xhat).mul_(rstd)
-            dx = dx.view(dout.shape)
+            dx = dx if dout.dim() == 2 else dx.view(dout.shape)
         return dx, dw, db, None
 
 
@@ -168,8 +168,7 @@ class _BatchNorm(torch.autograd.Function):
             n = int(sums[2 * C].item())
             mean = (sums[:C] / n).view(shape)  # (1, C, 1, 1)
             var = (sums[C:2 * C] / n).view(shape) - mean * mean  # (1, C, 1, 1) biased variance
-            xhat = x - mean
-            y = torch.empty_like(xhat)  # becomes the output below
+            xhat, y = x - mean, None  # y: the output, made by addcmul below
         elif training:
             mean = x.mean(dims, keepdim=True)  # (1, C, 1, 1)
             xhat = x - mean  # (N, C, H, W) centred now, normalised in place below
@@ -183,13 +182,12 @@ class _BatchNorm(torch.autograd.Function):
                     if running_var is not None:  # the running variance is the unbiased one
                         running_var.mul_(1.0 - momentum).add_(var.view(C), alpha=momentum * n / (n - 1))
         else:
-            xhat, var = x - running_mean.view(shape), running_var.view(shape)
-            y = torch.empty_like(xhat)
+            xhat, var, y = x - running_mean.view(shape), running_var.view(shape), None
         rstd = (var + eps).rsqrt_()  # (1, C, 1, 1)
         xhat.mul_(rstd)
         w = torch.ones_like(rstd) if weight is None else weight.view(shape)
         b = torch.zeros_like(rstd) if bias is None else bias.view(shape)
-        torch.addcmul(b, xhat, w, out=y)  # y = xhat * w + b
+        y = torch.addcmul(b, xhat, w, out=y)  # y = xhat * w + b, into the scratch y when there is one
         # xhat and rstd are kept for backward, as in layer norm.
         ctx.save_for_backward(xhat, rstd, weight)
         ctx.training, ctx.has_bias, ctx.dims, ctx.reduce, ctx.n = training, bias is not None, dims, reduce, n

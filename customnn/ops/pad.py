@@ -20,6 +20,8 @@ ValueError.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from customnn.ops._apply import apply
@@ -88,27 +90,34 @@ def pad2d_reference(x: torch.Tensor, padding, value: float = 0.0, mode: str = "c
     return torch.where(inside, out, value)
 
 
+@functools.lru_cache(maxsize=256)
+def _plan(in_shape, amounts):
+    """For x of ``in_shape``: the slices of x that survive and where they land in the output (one
+    per dim), the output shape, and whether anything is cropped; computed once per shape."""
+    src, dst, shape = [slice(None)] * len(in_shape), [slice(None)] * len(in_shape), list(in_shape)
+    for k in range(len(amounts) // 2):
+        dim = len(in_shape) - 1 - k
+        src[dim], dst[dim], shape[dim] = _pad_slices(in_shape[dim], amounts[2 * k], amounts[2 * k + 1], dim, in_shape)
+    return tuple(src), tuple(dst), tuple(shape), min(amounts) < 0
+
+
 class Pad2d(torch.autograd.Function):
     """Constant padding of the last len(padding) / 2 dims. Backward: the gradient sliced back."""
 
     @staticmethod
     def forward(ctx, x, amounts, value):
-        src, dst, shape = [slice(None)] * x.dim(), [slice(None)] * x.dim(), list(x.shape)
-        for k in range(len(amounts) // 2):
-            dim = x.dim() - 1 - k
-            src[dim], dst[dim], shape[dim] = _pad_slices(x.shape[dim], amounts[2 * k], amounts[2 * k + 1], dim, x.shape)
+        src, dst, shape, cropped = _plan(x.shape, amounts)
         out = x.new_full(shape, value)  # (..., padded sizes)
-        out[tuple(dst)] = x[tuple(src)]
+        out[dst] = x[src] if cropped else x
         # Only the slices are kept for backward: the gradient of the padding is dropped.
-        ctx.slices = (tuple(src), tuple(dst))
+        ctx.slices, ctx.cropped = (src, dst), cropped
         ctx.in_shape = x.shape
         return out
 
     @staticmethod
     def backward(ctx, dout):
         src, dst = ctx.slices
-        cropped = any(s.start not in (None, 0) or s.stop not in (None, n) for s, n in zip(src, ctx.in_shape))
-        if not cropped:
+        if not ctx.cropped:
             dx = dout[dst]  # nothing was cropped: a view of dout
         else:
             dx = dout.new_zeros(ctx.in_shape)

@@ -138,6 +138,18 @@ def _walk(xp, g: Geometry):
     return out, arg
 
 
+def _max_only(xp, g: Geometry, small: bool):
+    """The maximum of every window, where it is not needed: (N, C, Ho, Wo). NaN propagates (a
+    window holding one is NaN), as in ``_max_small`` and ``_walk``; a padded -inf never wins."""
+    if small:
+        return windows_view(xp, g).amax((-2, -1))  # one reduction of the window views
+    (kh, kw), (dh, dw) = g.kernel, g.dilation
+    out = offset_view(xp, 0, 0, g.stride, g.out_size).clone()  # (N, C, Ho, Wo)
+    for p in range(1, kh * kw):
+        torch.maximum(out, offset_view(xp, (p // kw) * dh, (p % kw) * dw, g.stride, g.out_size), out=out)
+    return out
+
+
 class MaxPool2d(torch.autograd.Function):
 
     @staticmethod
@@ -145,6 +157,8 @@ class MaxPool2d(torch.autograd.Function):
         xp = pad_to(x, g.padding, g.extended, float("-inf"))  # (N, C, Hp, Wp)
         (Ho, Wo), (kh, kw) = g.out_size, g.kernel
         small = g.padding == (0, 0) and x.shape[0] * x.shape[1] * Ho * Wo * kh * kw <= _SMALL
+        if not return_indices and not ctx.needs_input_grad[0]:  # no gradient: where it is is not needed
+            return _max_only(xp, g, small)
         out, arg = _max_small(xp, g) if small else _walk(xp, g)
         # Only the argmax (int32, an offset from its window's corner) is kept for backward.
         ctx.save_for_backward(arg)
