@@ -37,8 +37,11 @@ CONFIGS = {  # name -> flags of `customnn train gpt` over the default preset
     "bpe-512": ["--tokenizer", "bpe", "--vocab-size", "512"],
     "bpe-1024": ["--tokenizer", "bpe", "--vocab-size", "1024"],
     "bpe-2048": ["--tokenizer", "bpe", "--vocab-size", "2048"],
-    # the forward under bfloat16 autocast (float32 master weights): more steps against rounding
+    # the forward under bfloat16 autocast (float32 master weights): more steps against rounding.
+    # The presets' own precision is "auto" (bf16 where native); "f32" names float32 for them.
     "bf16": ["--precision", "bf16"],
+    "f32": ["--precision", "32"],
+    "rope+muon-f32": ["--pos", "rope", "--optimizer", "muon", "--precision", "32"],
     "bpe-2048-bf16": ["--tokenizer", "bpe", "--vocab-size", "2048", "--precision", "bf16"],
     "rope+muon-bf16": ["--pos", "rope", "--optimizer", "muon", "--precision", "bf16"],
     "bpe-2048-bf16-drop0.2": ["--tokenizer", "bpe", "--vocab-size", "2048", "--precision", "bf16", "--dropout", "0.2"],
@@ -52,13 +55,16 @@ def flags_of(name):
     return CONFIGS[name] + (["--text", text] if text else [])
 
 
-def number(value):
-    """A flag's value as the config holds it: an int, a float, or the string."""
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
+def number(key, value):
+    """A flag's value as the config's field holds it: a string field keeps it (``--precision 32``)."""
+    from dataclasses import fields
+
+    from customnn.train.gpt_config import GPTTrainConfig
+
+    kind = {f.name: str(f.type) for f in fields(GPTTrainConfig)}.get(key, "")
+    for name, cast in (("str", str), ("int", int), ("float", float)):
+        if kind.startswith(name):
+            return cast(value)
     return value
 
 
@@ -68,7 +74,7 @@ def overrides(flags):
         key = flags[i][2:].replace("-", "_")
         if i + 1 < len(flags) and not flags[i + 1].startswith("--"):
             value = flags[i + 1]
-            out[key], i = number(value), i + 2
+            out[key], i = number(key, value), i + 2
         else:
             out[key], i = True, i + 1
     return out
@@ -79,14 +85,14 @@ def speed(names, rounds=12, steps=10):
     from customnn.optim import clip_grad_norm_
     from customnn.core.runtime import tune_allocator
     from customnn.train.gpt import GPTTrainer, make_config
-    from customnn.train.precision import Precision
+    from customnn.train.precision import run_precision
 
     tune_allocator()
     trainers = {}
     for name in names:
         t = GPTTrainer(make_config("default", **overrides(flags_of(name))))
         t.setup(torch.device("cpu"), None)
-        t.precision = Precision(t.cfg.precision, "cpu")  # as the engine sets it
+        t.precision = run_precision(t.cfg, "cpu")  # as the engine sets it ("auto": bf16 where native)
         trainers[name] = t
 
     def run(t, n):
@@ -118,7 +124,7 @@ def speed(names, rounds=12, steps=10):
         every = trainers[n].cfg.eval_interval
         # steps N with N * step + (N / every + 1) * eval <= budget - reserve
         fits = int((BUDGET_S - RESERVE_S - evals[n]) / (step_s + evals[n] / every))
-        ratio = statistics.median(a / b for a, b in zip(times[n], times["default"]))
+        ratio = statistics.median(a / b for a, b in zip(times[n], times[names[0]]))  # vs the first named
         out["configs"][n] = {"step_ms": round(step_s * 1e3, 2), "eval_s": round(evals[n], 3),
                              "vs_default": round(ratio, 3), "steps": fits}
     return out

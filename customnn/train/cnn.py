@@ -287,7 +287,7 @@ class CNNTrainer(Trainer):
                  f"rotate {cfg.rotate:g} degrees, scale {cfg.scale:g}; label smoothing {cfg.label_smoothing:g}",
                  f"- optimizer: {cfg.optimizer}, lr {cfg.lr:g} ({cfg.schedule}), batch {cfg.batch_size}, "
                  f"weight decay {cfg.weight_decay:g}; seed {cfg.seed}",
-                 f"- steps: {step}", "",
+                 f"- steps: {step}; precision {cfg.precision} ({cfg.dtype} weights)", "",
                  "| epoch | val loss | val accuracy | train time (s) |", "| --- | --- | --- | --- |"]
         lines += [f"| {t['epoch']} | {t['loss']:.4f} | {t['correct']}/{t['n']} ({t['accuracy']:.2f}%) | "
                   f"{e:.2f} |" for t, e in zip(evals, self.epoch_times(evals))]

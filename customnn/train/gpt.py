@@ -298,7 +298,8 @@ class GPTTrainer(Trainer):
                  f"context {cfg.block_size}, {self.model.num_parameters():,} parameters; batch {cfg.batch_size}, "
                  f"lr {cfg.lr:g} -> {cfg.min_lr:g}, text `{self.corpus.path}`.", "",
                  f"Training time {seconds:.1f} s (evaluation included)"
-                 + (f", time budget {cfg.time_budget:g} s." if cfg.time_budget else "."), "",
+                 + (f", time budget {cfg.time_budget:g} s" if cfg.time_budget else "")
+                 + f"; precision {cfg.precision} ({cfg.dtype} weights).", "",
                  f"Tokens: {self.corpus.tokenizer.kind}, vocabulary of {self.corpus.tokenizer.vocab_size}. Losses "
                  "are in nats per token; bits per byte is the validation loss per UTF-8 byte of the text.", "",
                  "| step | train loss | val loss | val bits/byte | time (s) |", "| ---: | ---: | ---: | ---: | ---: |"]
