@@ -87,6 +87,7 @@ import torch
 from customnn.ops._apply import apply
 from customnn.ops._autocast import autocast_call, autocast_on
 from customnn.ops._checks import check_float, check_rank, check_tensor
+from customnn.ops._scalars import scalar
 from customnn.ops.attention_masks import (LOG2E, EmptyAttention, additive_bias, causal_mask, floor_row_max,
                                           heads_last, nonzero_sums, output_row_sums, sum_to)
 from customnn.ops.attention_tiled import TiledAttention
@@ -213,7 +214,7 @@ class DenseAttention(torch.autograd.Function):
             # mask + alpha * q @ k^T in one kernel (-inf stays -inf in any units)
             scores = torch.baddbmm(causal_mask(T, S, q.dtype, q.device), q3, k3.transpose(1, 2), alpha=alpha)
         else:
-            scores = torch.bmm(q3, k3.transpose(1, 2)).mul_(alpha)  # (B*nh, T, S)
+            scores = torch.bmm(q3, k3.transpose(1, 2)).mul_(scalar(alpha, q3))  # (B*nh, T, S)
         if mask is not None:  # attn_mask in base-2 units, broadcast over batch and heads
             scores.view(B, nh, T, S).add_(additive_bias(mask, q.dtype))
         # softmax over the keys, the row maximum subtracted before exp2 (with a mask, a row whose
