@@ -1,6 +1,6 @@
 """One generated token with the KV cache: our GPT's cached step against the torch.nn twin's.
 
-    python benchmarks/token_step.py --threads 1,0
+    python benchmarks/token_step.py --threads 1,0 [--block-sizes 64,128,256]
     customnn bench --only generate          # these rows come with the generate group
 
 The twin (``customnn_ref.twins.TwinGPT``, same weights) has no cache of its own, so its cached
@@ -80,10 +80,12 @@ def step_pair(config: GPTConfig, device):
     return ours, theirs
 
 
-def bench_token_step(device, reps: int, sample_s: float) -> list[dict]:
+def bench_token_step(device, reps: int, sample_s: float, block_size: int | None = None) -> list[dict]:
+    """The cached token step of the generate group's model (``GEN_CONFIG``), or of that model with
+    another ``block_size`` (64: the nanogpt-cpu preset's, 128: the default preset's)."""
     from bench import GEN_CONFIG, _progress, compare  # benchmarks/bench.py
 
-    config = GPTConfig(**GEN_CONFIG, pos="learned")
+    config = GPTConfig(**{**GEN_CONFIG, "block_size": block_size or GEN_CONFIG["block_size"]}, pos="learned")
     ours, theirs = step_pair(config, device)
     row = dict(group="token", name="cached token step", size=f"at position {config.block_size // 2}, "
                f"L={config.n_layer} C={config.n_embd}", **compare(ours, theirs, device, reps, sample_s))
@@ -95,13 +97,18 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", default="1,0")
     p.add_argument("--reps", type=int, default=11)
+    p.add_argument("--block-sizes", default="256",
+                   help="comma-separated block sizes, the step at position block_size // 2 (64: nanogpt-cpu, "
+                        "128: the default preset, 256: the generate group's)")
     args = p.parse_args(argv)
     old = torch.get_num_threads()
     for n in (int(t) for t in args.threads.split(",")):
         torch.set_num_threads(n or old)
-        for r in bench_token_step(torch.device("cpu"), args.reps, 0.1):
-            print(f"{torch.get_num_threads()} thread(s): {r['name']}: ours {r['custom_ms']:.3f} ms, twin "
-                  f"{r['torch_ms']:.3f} ms, ratio {r['ratio']:.2f} ({r['ratio_q1']:.2f}-{r['ratio_q3']:.2f})")
+        for block in (int(b) for b in args.block_sizes.split(",")):
+            for r in bench_token_step(torch.device("cpu"), args.reps, 0.1, block):
+                print(f"{torch.get_num_threads()} thread(s), {r['size']}: ours {r['custom_ms']:.3f} ms, twin "
+                      f"{r['torch_ms']:.3f} ms, ratio {r['ratio']:.2f} ({r['ratio_q1']:.2f}-{r['ratio_q3']:.2f})",
+                      flush=True)
     return 0
 
 

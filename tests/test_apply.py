@@ -73,3 +73,28 @@ def test_apply_is_public_for_a_layer_of_ones_own():
     y = ops.apply(Double, x.requires_grad_())
     y.sum().backward()
     assert y.grad_fn is not None and torch.equal(x.grad, torch.full((3,), 2.0, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_scalar_as_a_0d_tensor_gives_the_same_bits_as_the_python_number(dtype):
+    from customnn.ops._scalars import scalar
+
+    x = torch.randn(1000, generator=torch.Generator().manual_seed(0), dtype=dtype) * 3
+    for value in (1e-5, 2 ** -0.5, 0.5, 0.25503486164919736, 128):
+        s = scalar(value, x)
+        assert s.shape == () and s.dtype == dtype and s is scalar(value, x)  # made once
+        for op in (torch.mul, torch.add, torch.div):
+            assert torch.equal(op(x, s), op(x, value)), (op, value)
+
+
+def test_a_scalar_stays_a_python_number_in_half_precision_and_made_while_generating_serves_training():
+    from customnn.ops import _scalars
+
+    for dtype in (torch.bfloat16, torch.float16):  # a 0-d tensor there would be rounded first
+        assert _scalars.scalar(0.1, torch.ones(2, dtype=dtype)) == 0.1
+    with torch.inference_mode():
+        s = _scalars.scalar(0.123456, torch.ones(2))
+    assert not s.is_inference()
+    w = torch.ones(3, requires_grad=True)
+    (w * s).sum().backward()  # an inference tensor could not take part in a recorded product
+    assert torch.equal(w.grad, torch.full((3,), 0.123456))

@@ -95,6 +95,19 @@ def test_sampling_options():
     assert drawn == {0, 1, 2, 3, 4}
 
 
+
+def test_finite_logits_whose_sum_overflows_are_sampled_as_the_softmax_says():
+    # every scaled logit finite but their float32 sum infinite: the sampler's one-reduction test
+    # for finite logits fails, and the careful path draws the same token from the same stream
+    from customnn import ops
+
+    logits = torch.tensor([[3e38, 3e38, 1.0, -3e38], [2e38, 3e38, 1.0, 0.0]])
+    for seed in range(20):
+        tok = sample_next(logits, 1.0, generator=torch.Generator().manual_seed(seed))
+        want = torch.multinomial(ops.softmax(logits, -1), 1, generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(tok, want.squeeze(-1)) and int(tok[1]) == 1
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("gen")

@@ -25,8 +25,9 @@ Options of ``GPTConfig``, each off by default (the defaults are the model above,
   heads of a layer) before RoPE and attention (QK-norm: Dehghani et al. 2023, "Scaling Vision
   Transformers to 22 Billion Parameters", with RMSNorm as in OLMo 2 and Qwen3).
 
-Every layer is one of ``customnn.ops``; only reshapes, splits, residual additions and SwiGLU's
-gating product are plain tensor operations. Weights of linear layers are ``(in_features,
+Every layer is one of ``customnn.ops``; only reshapes, splits, residual additions, SwiGLU's
+gating product and the slice of the position table (positions are consecutive rows) are plain
+tensor operations. Weights of linear layers are ``(in_features,
 out_features)``.
 
 Generation uses a key/value cache (``KVCache``): the prompt is run once (a prefill), then
@@ -334,8 +335,8 @@ class GPT(Module):
             raise ValueError("a cached forward takes either a prefill into an empty cache or one token")
         rope = None
         if self.wpe is not None:
-            pos = torch.arange(start, start + T, device=idx.device)  # (T,)
-            x = ops.embedding(idx, self.wte) + ops.embedding(pos, self.wpe)  # (B, T, C)
+            # positions start .. start + T - 1 are consecutive rows of the table: a slice, (T, C)
+            x = ops.embedding(idx, self.wte) + self.wpe[start:start + T]  # (B, T, C)
         else:
             x = ops.embedding(idx, self.wte)  # (B, T, C)
             cos, sin = self.rope_tables()
@@ -347,7 +348,7 @@ class GPT(Module):
         if cache is not None:
             cache.length += T
         x = self.ln_f(x)  # (B, T, C)
-        if last_only:
+        if last_only and T > 1:
             x = x[:, -1:, :]  # (B, 1, C)
         logits = ops.linear(x, self.head_weight())  # (B, T, V)
         loss = None

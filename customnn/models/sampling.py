@@ -23,6 +23,8 @@ A prompt longer than ``block_size`` keeps its last ``block_size`` characters as 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from customnn import ops
@@ -44,14 +46,18 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     overflow), never a NaN probability.
     """
     logits = logits.float()
-    if torch.isnan(logits).any():
-        raise UserError("the model's output is not a number (NaN): its weights overflow, so it cannot sample; "
-                        "use another checkpoint")
     if temperature == 0:
+        _refuse_nan(logits)
         return logits.argmax(dim=-1)
     scaled = logits / temperature  # (B, V)
-    overflow = torch.isinf(scaled).any(dim=-1) | torch.isnan(scaled).any(dim=-1)  # (B,)
-    if bool(overflow.any()):  # a vanishing temperature: its limit, the argmax
+    overflow = None
+    # The usual case, every scaled logit finite, in one reduction and one host synchronisation:
+    # a finite sum has no inf or NaN term. Otherwise (or when the sum itself overflows) NaN logits
+    # are refused, and each row with a non-finite scaled logit (a vanishing temperature, or an
+    # infinite logit) takes its limit, the argmax.
+    if not math.isfinite(scaled.sum()):
+        _refuse_nan(logits)
+        overflow = torch.isinf(scaled).any(dim=-1) | torch.isnan(scaled).any(dim=-1)  # (B,)
         greedy = logits.argmax(dim=-1)
         if bool(overflow.all()):
             return greedy
@@ -70,9 +76,15 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
         logits = logits.masked_fill(drop, float("-inf"))
     probs = ops.softmax(logits, dim=-1)  # (B, V)
     tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
-    if bool(overflow.any()):
+    if overflow is not None:
         tokens = torch.where(overflow, greedy, tokens)
     return tokens
+
+
+def _refuse_nan(logits: torch.Tensor) -> None:
+    if torch.isnan(logits).any():
+        raise UserError("the model's output is not a number (NaN): its weights overflow, so it cannot sample; "
+                        "use another checkpoint")
 
 
 @torch.inference_mode()
@@ -115,7 +127,8 @@ def generate(model, ids: list[int], max_new_tokens: int, temperature: float = 1.
         for i in range(max_new_tokens):
             if not use_cache:
                 logits = last(window())  # the whole window, every token
-            tok = int(sample_next(logits[:, -1, :], temperature, top_k, top_p, generator))
+            tok_t = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)  # (1,)
+            tok = int(tok_t)
             seq.append(tok)
             new.append(tok)
             if on_token is not None:
@@ -127,8 +140,7 @@ def generate(model, ids: list[int], max_new_tokens: int, temperature: float = 1.
                     logits = last(window(), cache=cache)  # re-prefill
                     continue
             if use_cache and i + 1 < max_new_tokens:
-                step = torch.tensor([[tok]], dtype=torch.int64, device=device)  # (1, 1)
-                logits = last(step, cache=cache)  # one position
+                logits = last(tok_t.view(1, 1), cache=cache)  # one position
     finally:
         model.train(was_training)
     return new

@@ -30,6 +30,7 @@ import torch
 from customnn.ops._apply import apply
 from customnn.ops._autocast import autocast_call, autocast_on
 from customnn.ops._checks import check_float, check_tensor
+from customnn.ops._scalars import scalar
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _LOG2_INV_SQRT_2PI = math.log2(1.0 / math.sqrt(2.0 * math.pi))  # phi(x) = 2^(-x^2 log2(e) / 2 + this)
@@ -81,8 +82,8 @@ class _GeluErf(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x):
-        y = torch.mul(x, _INV_SQRT2).erf_()  # erf(x / sqrt2), then 0.5 * (x + x * erf) in place:
-        torch.addcmul(x, x, y, out=y).mul_(0.5)  # addcmul writes over its own input y, elementwise
+        y = torch.mul(x, scalar(_INV_SQRT2, x)).erf_()  # erf(x / sqrt2), then 0.5 * (x + x * erf) in place:
+        torch.addcmul(x, x, y, out=y).mul_(scalar(0.5, y))  # addcmul writes over its own input y, elementwise
         if ctx.needs_input_grad[0]:
             # The one tensor kept is gelu'(x), formed here from x and y, so that backward needs
             # neither: x is freed when the forward returns, and y when the next layer's backward

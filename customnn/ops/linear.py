@@ -44,14 +44,14 @@ class _Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias):
         C, OC = weight.shape
+        if not ctx.needs_input_grad[0] and not ctx.needs_input_grad[1] and bias is None and OC > _NARROW:
+            # Nothing to keep for a backward (no grad: evaluation, generation): matmul folds the
+            # leading dims into one product itself, with no view of x or of the result to make here.
+            return torch.matmul(x, weight)  # (..., OC)
         lead = x.shape[:-1]
         rows = len(lead) == 1  # x is (N, C) already: no view to make, in or out
         # (N, C), a view when x is contiguous; N spelt out, as -1 is ambiguous when C or N is 0
         x2 = x if rows else x.reshape(math.prod(lead), C)
-        if not ctx.needs_input_grad[0] and not ctx.needs_input_grad[1] and bias is None and OC > _NARROW:
-            # Nothing to keep for a backward (no grad: evaluation, generation): matmul folds the
-            # leading dims into one product itself, with no view of the result to make here.
-            return torch.matmul(x, weight)  # (..., OC)
         if OC <= _NARROW and x2.shape[0] > _FEW:
             # A narrow output (a classifier head): the BLAS is several times faster at the
             # transposed product out^T = W^T x^T (OC, N) than at x W with only OC columns.

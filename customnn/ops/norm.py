@@ -37,6 +37,7 @@ import torch
 from customnn.ops._apply import apply
 from customnn.ops._autocast import autocast_call, autocast_on
 from customnn.ops._checks import check_float, check_tensor
+from customnn.ops._scalars import scalar
 
 
 def _affine(xhat: torch.Tensor, weight, bias, shape) -> torch.Tensor:
@@ -63,19 +64,17 @@ class _LayerNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
         C = x.shape[-1]
-        x2 = x if x.dim() == 2 else x.reshape(math.prod(x.shape[:-1]), C)  # (N, C), N spelt out for C == 0
-        # Two passes (the mean, then the mean square about it): exact enough, and several times
-        # faster on CPU than torch.var_mean's one-pass Welford.
-        if x2.shape[0] <= _FEW_ROWS:  # a generated token: the dispatched operations are what costs
-            var, mean = torch.var_mean(x2, 1, correction=0, keepdim=True)  # (N, 1) each, in one call
-            xhat = x2 - mean  # (N, C), centred now, normalised in place below
-        else:
+        N = math.prod(x.shape[:-1])  # every leading position is a row (N spelt out for C == 0)
+        if N <= _FEW_ROWS:  # a generated token: the dispatched operations are what costs (no views)
+            var, mean = torch.var_mean(x, -1, correction=0, keepdim=True)  # (..., 1) each, in one call
+            xhat = x - mean  # (..., C), centred now, normalised in place below
+        else:  # two passes, the mean then the mean square about it: on CPU several times faster than Welford's
+            x2 = x if x.dim() == 2 else x.reshape(N, C)  # (N, C)
             mean = x2.mean(1, keepdim=True)  # (N, 1)
             xhat = x2 - mean
-            # The biased variance is ||x - mean||^2 / C: the row norm is one reduction kernel, with
-            # no (N, C) tensor of squares to allocate and then average.
+            # the biased variance ||x - mean||^2 / C: one reduction kernel, no (N, C) tensor of squares
             var = torch.linalg.vector_norm(xhat, dim=1, keepdim=True).square_().div_(C)  # (N, 1)
-        rstd = var.add_(eps).rsqrt_()  # (N, 1)
+        rstd = var.add_(scalar(eps, var)).rsqrt_()  # (N, 1) or (..., 1)
         xhat.mul_(rstd)
         if weight is None:
             y = xhat.clone() if bias is None else xhat + bias
@@ -83,11 +82,12 @@ class _LayerNorm(torch.autograd.Function):
             y = xhat * weight
         else:
             y = torch.addcmul(bias, xhat, weight)  # xhat * w + b in one pass
-        # xhat and rstd are kept for backward (xhat instead of x and mean: it is what both dx
-        # and dweight use, and it costs the same memory as x).
-        ctx.save_for_backward(xhat, rstd, weight)
-        ctx.has_bias = bias is not None
-        return y if x.dim() == 2 else y.view(x.shape)  # (N, C) in: no views, in or out
+        if any(ctx.needs_input_grad):  # xhat (N, C) and rstd (N, 1) are kept for backward (xhat
+            # instead of x and mean: what both dx and dweight use, the same memory as x)
+            rows = xhat.dim() == 2
+            ctx.save_for_backward(xhat if rows else xhat.reshape(N, C), rstd if rows else rstd.reshape(N, 1), weight)
+            ctx.has_bias = bias is not None
+        return y if N <= _FEW_ROWS or x.dim() == 2 else y.view(x.shape)  # (N, C) in: no views, in or out
 
     @staticmethod
     def backward(ctx, dout):
@@ -358,8 +358,8 @@ class _RMSNorm(torch.autograd.Function):
         C = x.shape[-1]
         x2 = x.reshape(math.prod(x.shape[:-1]), C)  # (N, C): every leading position is a row (N spelt out for C == 0)
         # mean(x^2) = ||x||^2 / C: one reduction kernel, no (N, C) tensor of squares
-        ms = torch.linalg.vector_norm(x2, dim=1, keepdim=True).square_().div_(C)  # (N, 1)
-        rstd = ms.add_(eps).rsqrt_()  # (N, 1)
+        ms = torch.linalg.vector_norm(x2, dim=1, keepdim=True).square_().div_(scalar(C, x2))  # (N, 1)
+        rstd = ms.add_(scalar(eps, ms)).rsqrt_()  # (N, 1)
         xhat = x2 * rstd  # (N, C)
         y = xhat if weight is None else xhat * weight
         ctx.save_for_backward(xhat, rstd, weight)  # xhat: what both dx and dweight use
