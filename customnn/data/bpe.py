@@ -270,5 +270,7 @@ class FastEncoder:
         return self.tok.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """Several texts at once, on every core (each text encoded alone)."""
-        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+        """Several texts at once, on every core (each text encoded alone). ``encode_batch_fast``
+        (tokenizers >= 0.20) skips the character offsets we do not use: twice as fast here."""
+        encode = getattr(self.tok, "encode_batch_fast", self.tok.encode_batch)
+        return [e.ids for e in encode(texts, add_special_tokens=False)]
