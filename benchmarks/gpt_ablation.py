@@ -37,11 +37,8 @@ CONFIGS = {  # name -> flags of `customnn train gpt` over the default preset
     "bpe-512": ["--tokenizer", "bpe", "--vocab-size", "512"],
     "bpe-1024": ["--tokenizer", "bpe", "--vocab-size", "1024"],
     "bpe-2048": ["--tokenizer", "bpe", "--vocab-size", "2048"],
-    # the forward under bfloat16 autocast (float32 master weights): more steps against rounding.
-    # The presets' own precision is "auto" (bf16 where native); "f32" names float32 for them.
+    # the forward under bfloat16 autocast (float32 master weights): more steps against rounding
     "bf16": ["--precision", "bf16"],
-    "f32": ["--precision", "32"],
-    "rope+muon-f32": ["--pos", "rope", "--optimizer", "muon", "--precision", "32"],
     "bpe-2048-bf16": ["--tokenizer", "bpe", "--vocab-size", "2048", "--precision", "bf16"],
     "rope+muon-bf16": ["--pos", "rope", "--optimizer", "muon", "--precision", "bf16"],
     "bpe-2048-bf16-drop0.2": ["--tokenizer", "bpe", "--vocab-size", "2048", "--precision", "bf16", "--dropout", "0.2"],
@@ -92,7 +89,7 @@ def speed(names, rounds=12, steps=10):
     for name in names:
         t = GPTTrainer(make_config("default", **overrides(flags_of(name))))
         t.setup(torch.device("cpu"), None)
-        t.precision = run_precision(t.cfg, "cpu")  # as the engine sets it ("auto": bf16 where native)
+        t.precision = run_precision(t.cfg, "cpu")  # as the engine sets it
         trainers[name] = t
 
     def run(t, n):

@@ -85,9 +85,6 @@ def _timed(fn) -> float:
 def equal(args) -> None:
     from customnn.data.bpe import FastEncoder, train_bpe, train_bpe_fast
 
-    if args.corpus:
-        return equal_corpus(args)
-
     for name, text in corpora(args.stdlib_mb).items():
         t0 = time.perf_counter()
         hand = train_bpe(text, args.vocab_size)
@@ -180,7 +177,7 @@ def corpus(args) -> None:
     import random
 
     roots = [Path(sysconfig.get_paths()["stdlib"]), Path(sysconfig.get_paths()["purelib"])]
-    texts, seen = [], set()
+    texts, seen = [], set()  # each file's bytes, checked as UTF-8
     for root in roots:
         for f in sorted(root.rglob("*")):
             if f.suffix not in (".py", ".pyi", ".md", ".rst", ".txt") or not f.is_file():
@@ -190,9 +187,10 @@ def corpus(args) -> None:
             if digest in seen:
                 continue
             try:
-                texts.append(data.decode("utf-8"))
+                data.decode("utf-8")
             except UnicodeDecodeError:
                 continue
+            texts.append(data)
             seen.add(digest)
     random.Random(0).shuffle(texts)
     folder = Path(args.dir)
@@ -200,12 +198,11 @@ def corpus(args) -> None:
     part, size, i, total = [], 0, 0, 0
     for text in texts + [None]:
         if text is None or size >= 64 * 10**6:
-            data = "".join(part).encode("utf-8")
-            (folder / f"part{i:03d}.txt").write_bytes(data)
-            total, part, size, i = total + len(data), [], 0, i + 1
+            (folder / f"part{i:03d}.txt").write_bytes(b"".join(part))
+            total, part, size, i = total + size, [], 0, i + 1
         if text is not None:
             part.append(text)
-            size += len(text.encode("utf-8"))
+            size += len(text)
     print(f"corpus: {len(texts):,} files, {total / 1e6:.1f} MB in {i} files under {folder} (roots: "
           f"{', '.join(map(str, roots))})", flush=True)
 
@@ -224,7 +221,7 @@ def main() -> None:
     ap.add_argument("--train-args", default="train gpt --preset tiny --max-iters 20 --eval-interval 10 "
                     "--eval-iters 2")
     args = ap.parse_args()
-    {"speed": speed, "equal": equal, "big": big, "corpus": corpus}[args.what](args)
+    {"speed": speed, "equal": equal_corpus if args.corpus else equal, "big": big, "corpus": corpus}[args.what](args)
 
 
 if __name__ == "__main__":

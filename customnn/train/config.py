@@ -70,7 +70,7 @@ class TrainConfig:
                              "weights; fp16 with a dynamic loss scale), or auto: bf16 for the built-in models where "
                              "the device computes bfloat16 natively (a CPU with AVX512_BF16 or AMX, a CUDA GPU), "
                              "else 32",
-                             choices=("32", "bf16", "fp16", "auto"))  # a preset may choose auto
+                             choices=("32", "bf16", "fp16", "auto"))  # float32: every preset (README: equal wall time)
     data_dir: str | None = setting(None, "data directory (default: $CUSTOMNN_DATA, else ~/.cache/customnn)",
                                    resume="free")
     compile: bool = setting(False, "run the model's forward and backward through torch.compile (the first "
